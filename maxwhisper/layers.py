@@ -1,0 +1,116 @@
+"""Whisper's encoder layers written with max.graph ops.
+
+Every layer is a plain function of graph values and a `Scope`, which looks up parameters by
+openai-whisper's state-dict names and records intermediate activations under the same names.
+One function therefore serves the fused encoder graph (parameters are `Weight`s) and the
+one-layer graphs the parity suite compiles (parameters are graph inputs, so new random weights
+need no recompile).
+
+Activations are channels-last, (batch, time, channels), the layout Whisper's transformer uses;
+the conv stem is computed in that layout too, so no transpose sits between the stem and block 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from max.graph import TensorValue, ops
+
+LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which openai-whisper keeps
+
+
+class Scope:
+    """Parameter lookup and activation trace, both keyed by state-dict style names."""
+
+    def __init__(self, lookup: Callable[[str], TensorValue], prefix: str = "",
+                 trace: dict[str, TensorValue] | None = None):
+        self.lookup, self.prefix, self.trace = lookup, prefix, trace
+
+    def __call__(self, name: str) -> TensorValue:
+        return self.lookup(self.prefix + name)
+
+    def sub(self, name: str) -> Scope:
+        return Scope(self.lookup, f"{self.prefix}{name}.", self.trace)
+
+    def record(self, x: TensorValue, name: str = "") -> TensorValue:
+        if self.trace is not None:
+            self.trace[(self.prefix + name).rstrip(".")] = x
+        return x
+
+
+def gelu(x: TensorValue) -> TensorValue:
+    # openai-whisper uses F.gelu / nn.GELU, the exact erf form; the tanh form is off by up to 3e-4.
+    return ops.gelu(x, approximate="none")
+
+
+def linear(x: TensorValue, s: Scope, bias: bool = True) -> TensorValue:
+    # x @ W.T with W in torch's (out, in) layout: MAX matches this as a transposed-B matmul.
+    y = x @ ops.transpose(s("weight"), 0, 1)
+    return y + s("bias") if bias else y
+
+
+def layer_norm(x: TensorValue, s: Scope) -> TensorValue:
+    return s.record(ops.layer_norm(x, s("weight"), s("bias"), epsilon=LN_EPS))
+
+
+def conv1d(x: TensorValue, s: Scope, stride: int = 1) -> TensorValue:
+    """Conv1d(kernel 3, padding 1) on channels-last (batch, time, c_in) -> (batch, time', c_out).
+
+    MAX has no conv1d: the time axis becomes W of an NHWC conv2d with H = 1, and torch's
+    (c_out, c_in, k) filter becomes RSCF (1, k, c_in, c_out).
+    """
+    w = s("weight")
+    c_out, c_in, k = (int(d) for d in w.shape)
+    rscf = ops.reshape(ops.permute(w, [2, 1, 0]), [1, k, c_in, c_out])
+    nhwc = ops.unsqueeze(x, 1)
+    y = ops.conv2d(nhwc, rscf, stride=(1, stride), padding=(0, 0, 1, 1), bias=s("bias"))
+    return ops.squeeze(y, 1)
+
+
+def conv_stem(mel: TensorValue, s: Scope) -> TensorValue:
+    """(batch, n_mels, frames) log-mel -> (batch, frames // 2, n_state), before the positions."""
+    x = ops.permute(mel, [0, 2, 1])
+    x = s.record(gelu(s.record(conv1d(x, s.sub("conv1")), "conv1")), "conv1.gelu")
+    x = s.record(gelu(s.record(conv1d(x, s.sub("conv2"), stride=2), "conv2")), "conv2.gelu")
+    return x
+
+
+def attention(x: TensorValue, s: Scope, n_head: int) -> TensorValue:
+    """Whisper's self-attention: q/v/out carry a bias, the key has none (it would cancel in softmax)."""
+    batch, n_ctx, n_state = x.shape
+    head_dim = int(n_state) // n_head
+    q = s.record(linear(x, s.sub("query")), "query")
+    k = s.record(linear(x, s.sub("key"), bias=False), "key")
+    v = s.record(linear(x, s.sub("value")), "value")
+
+    def heads(t: TensorValue) -> TensorValue:  # (b, t, h*d) -> (b, h, t, d)
+        return ops.permute(ops.reshape(t, [batch, n_ctx, n_head, head_dim]), [0, 2, 1, 3])
+
+    # Whisper scales q and k by head_dim**-0.25 each; one head_dim**-0.5 on the scores is the
+    # same product, and `softmax(scores * scale) @ v` in this operand order is the pattern
+    # MAX's compiler fuses into one attention kernel.
+    scores = heads(q) @ ops.permute(heads(k), [0, 1, 3, 2])
+    wv = ops.softmax(scores * (head_dim**-0.5)) @ heads(v)
+    wv = ops.reshape(ops.permute(wv, [0, 2, 1, 3]), [batch, n_ctx, n_state])
+    return s.record(linear(wv, s.sub("out")))
+
+
+def mlp(x: TensorValue, s: Scope) -> TensorValue:
+    h = s.record(linear(x, s.sub("0")), "0")
+    h = s.record(gelu(h), "1")
+    return s.record(linear(h, s.sub("2")), "2")
+
+
+def block(x: TensorValue, s: Scope, n_head: int) -> TensorValue:
+    x = x + attention(layer_norm(x, s.sub("attn_ln")), s.sub("attn"), n_head)
+    x = x + mlp(layer_norm(x, s.sub("mlp_ln")), s.sub("mlp"))
+    return s.record(x)
+
+
+def encoder(mel: TensorValue, s: Scope, n_head: int, n_layer: int) -> TensorValue:
+    """openai-whisper's AudioEncoder.forward; `s` is scoped at "encoder."."""
+    x = conv_stem(mel, s)
+    x = s.record(x + s("positional_embedding"), "positional_embedding")
+    for i in range(n_layer):
+        x = block(x, s.sub(f"blocks.{i}"), n_head)
+    return layer_norm(x, s.sub("ln_post"))

@@ -1,0 +1,89 @@
+"""The MAX Whisper model: weights from `maxwhisper.weights`, the encoder as one MAX graph."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import numpy as np
+from max.graph import DeviceRef, Graph, TensorType
+from max.dtype import DType
+from whisper.model import ModelDimensions
+
+from maxwhisper import layers
+from maxwhisper.runtime import Compiled, device_ref, weight_lookup
+from maxwhisper.weights import load_weights
+
+
+def encoder_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef,
+                  trace: bool = False, name: str = "whisper_encoder") -> tuple[Graph, list[str]]:
+    """mel (batch, n_mels, 2 * n_audio_ctx) -> (batch, n_audio_ctx, n_audio_state).
+
+    With `trace`, the graph returns every recorded activation, keyed by layer id.
+    Batch is symbolic; the frame count is static because the positional embedding fixes it.
+    """
+    mel = TensorType(DType.float32, ["batch", dims.n_mels, 2 * dims.n_audio_ctx], ref)
+    with Graph(name, input_types=[mel]) as g:
+        rec: dict | None = {} if trace else None
+        s = layers.Scope(weight_lookup({}, shapes, ref), "encoder.", rec)
+        out = layers.encoder(g.inputs[0].tensor, s, dims.n_audio_head, dims.n_audio_layer)
+        names = list(rec) if trace else ["encoder"]
+        g.output(*(rec.values() if trace else [out]))
+    return g, names
+
+
+def check_mel(mel, dims: ModelDimensions) -> np.ndarray:
+    """The mel the encoder accepts, or a ValueError saying what is wrong with it."""
+    want = f"(batch, {dims.n_mels}, {2 * dims.n_audio_ctx}) float32"
+    if not isinstance(mel, np.ndarray):
+        raise ValueError(f"mel must be a numpy array {want}, got {type(mel).__name__}")
+    if mel.ndim != 3:
+        raise ValueError(f"mel must have rank 3 {want}, got shape {mel.shape}")
+    if mel.shape[0] == 0:
+        raise ValueError(f"mel has an empty batch: shape {mel.shape}, expected {want}")
+    if mel.shape[1:] != (dims.n_mels, 2 * dims.n_audio_ctx):
+        raise ValueError(f"mel has shape {mel.shape}, expected {want} "
+                         "(pad or trim audio to 30 s first, e.g. maxwhisper.audio.log_mel)")
+    if mel.dtype != np.float32:
+        raise ValueError(f"mel has dtype {mel.dtype}, expected float32")
+    if not np.isfinite(mel).all():
+        raise ValueError(f"mel holds {int((~np.isfinite(mel)).sum())} NaN or infinite values")
+    return np.ascontiguousarray(mel)
+
+
+class MaxWhisper:
+    """Whisper with its audio encoder compiled as a MAX graph.
+
+    `state_dict` uses openai-whisper's key names; the graph's weights carry the same names.
+    """
+
+    def __init__(self, dims: ModelDimensions, state_dict: Mapping[str, np.ndarray],
+                 device: str = "cpu", source: str = "<state dict>"):
+        self.dims, self.state_dict, self.device, self.source = dims, dict(state_dict), device, source
+        self._compiled: dict[bool, Compiled] = {}
+
+    def _encoder(self, trace: bool) -> Compiled:
+        if trace not in self._compiled:
+            weights = {k: v for k, v in self.state_dict.items() if k.startswith("encoder.")}
+            shapes = {k: v.shape for k, v in weights.items()}
+            graph, names = encoder_graph(self.dims, shapes, device_ref(self.device), trace)
+            self._compiled[trace] = Compiled(graph, self.device, weights, names)
+        return self._compiled[trace]
+
+    def encode(self, mel: np.ndarray) -> np.ndarray:
+        """(batch, n_mels, 3000) float32 log-mel -> (batch, 1500, n_audio_state) float32."""
+        mel = check_mel(mel, self.dims)
+        return self._encoder(trace=False)(mel)[0]
+
+    def encode_trace(self, mel: np.ndarray) -> dict[str, np.ndarray]:
+        """Every intermediate activation of the encoder, keyed by layer id (see `layers`)."""
+        mel = check_mel(mel, self.dims)
+        compiled = self._encoder(trace=True)
+        return dict(zip(compiled.output_names, compiled(mel)))
+
+
+def load_model(name_or_path: str | os.PathLike = "tiny.en", device: str = "cpu") -> MaxWhisper:
+    """Load Whisper weights (embedded tiny.en by default; see `maxwhisper.weights`) onto MAX."""
+    device_ref(device)  # a bad device fails here, before any weights are read
+    dims, state_dict = load_weights(name_or_path)
+    return MaxWhisper(dims, state_dict, device, source=str(name_or_path))

@@ -1,0 +1,85 @@
+"""Devices, sessions and compiled graphs.
+
+A MAX compile costs 15-100 s cold on this project's CPUs and ~2 s warm (MAX keeps compiled graphs
+on disk under ~/.cache/modular). Graphs here therefore have symbolic batch/time dimensions and
+take weights either as `Weight`s bound at load time or as ordinary inputs, so one compiled graph
+serves every input shape and every set of weight values.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+from max import driver, engine
+from max.dtype import DType
+from max.graph import DeviceRef, Graph, TensorType, TensorValue, Weight
+
+from maxwhisper.layers import Scope
+
+
+@functools.cache
+def _session(device: str) -> tuple[engine.InferenceSession, DeviceRef]:
+    if device == "cpu":
+        dev = driver.CPU()
+    elif device == "gpu" or device.startswith("gpu:"):
+        if driver.accelerator_count() == 0:
+            raise ValueError(f"device {device!r}: no MAX accelerator on this machine")
+        dev = driver.Accelerator(int(device.partition(":")[2] or 0))
+    else:
+        raise ValueError(f"device {device!r}: expected 'cpu', 'gpu' or 'gpu:N'")
+    # The host CPU is always in the session: weights are staged on it before moving to the device.
+    devices = [dev] if device == "cpu" else [dev, driver.CPU()]
+    return engine.InferenceSession(devices=devices), DeviceRef.from_device(dev)
+
+
+def device_ref(device: str) -> DeviceRef:
+    return _session(device)[1]
+
+
+class Compiled:
+    """A loaded MAX model called with numpy arrays and returning numpy arrays."""
+
+    def __init__(self, graph: Graph, device: str, weights: Mapping[str, np.ndarray] | None = None,
+                 output_names: Sequence[str] = ()):
+        session, self.ref = _session(device)
+        self.device = device
+        self.output_names = list(output_names)
+        self.model = session.load(graph, weights_registry=dict(weights or {}))
+
+    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        dev = self.model.input_devices[0]
+        buffers = [driver.Buffer.from_numpy(np.ascontiguousarray(a)).to(dev) for a in arrays]
+        return [o.to(driver.CPU()).to_numpy() for o in self.model.execute(*buffers)]
+
+
+def weight_lookup(graph_weights: dict[str, Weight], shapes: Mapping[str, tuple[int, ...]],
+                  ref: DeviceRef, dtype: DType = DType.float32) -> Callable[[str], TensorValue]:
+    """Parameters as `Weight`s named by their state-dict key (bound by the weights registry)."""
+
+    def lookup(name: str) -> TensorValue:
+        if name not in graph_weights:
+            if name not in shapes:
+                raise KeyError(f"the graph asks for weight {name!r}, which the state dict lacks")
+            graph_weights[name] = Weight(name, dtype, tuple(shapes[name]), ref)
+        return graph_weights[name]
+
+    return lookup
+
+
+def functional_graph(name: str, fn: Callable[[TensorValue, Scope], TensorValue | dict],
+                     x_shape: Sequence, params: Mapping[str, tuple[int, ...]], ref: DeviceRef,
+                     dtype: DType = DType.float32) -> tuple[Graph, list[str]]:
+    """A one-layer graph: input 0 is the activation, then one input per parameter, in `params` order.
+
+    `fn` may return one value, or a dict of named values when the caller wants a trace.
+    """
+    types = [TensorType(dtype, list(x_shape), ref)]
+    types += [TensorType(dtype, list(shape), ref) for shape in params.values()]
+    with Graph(name, input_types=types) as g:
+        values = dict(zip(params, (v.tensor for v in g.inputs[1:])))
+        out = fn(g.inputs[0].tensor, Scope(values.__getitem__))
+        names = list(out) if isinstance(out, dict) else [name]
+        g.output(*(out.values() if isinstance(out, dict) else [out]))
+    return g, names
