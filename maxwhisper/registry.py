@@ -23,9 +23,12 @@ from maxwhisper.parity import Tolerance
 from maxwhisper.runtime import Compiled, device_ref, functional_graph
 from reference import modules as ref
 
-# MAX float32 against the float64 reference. The tiny.en target is max abs error <= 1e-4 at every
-# layer on real speech; rtol lets layers whose values reach the hundreds keep that relative margin.
-DEFAULT_TOLERANCE = {"float32": Tolerance(atol=1e-4, rtol=1e-5)}
+# MAX float32 against the float64 reference (rtol is relative to each row's largest value).
+# atol 1e-4 is the project's target on real speech. rtol 5e-5 (~400 float32 ulps of the row's
+# range) holds tiny.en's block-3 MLP on jfk.flac, where one frame reaches 630 and MAX errs 1.3e-2
+# (rel 2.3e-5; openai-whisper's own float32 errs 2.6e-3 there), while the tanh-GELU bug
+# (up to 4.7e-4 on values below 3) still exceeds 1e-4 + 5e-5 * 3.
+DEFAULT_TOLERANCE = {"float32": Tolerance(atol=1e-4, rtol=5e-5)}
 
 # Input regimes: "normal" looks like real activations; "extreme" is the layer's numerically hard case.
 REGIMES = ("normal", "extreme")
@@ -93,16 +96,22 @@ SPECS: dict[str, LayerSpec] = {s.name: s for s in [
               lambda d: ["batch", d.n_mels, "frames"], _mel,
               r"encoder\.(conv[12](\.gelu)?|positional_embedding)$"),
     LayerSpec("gelu", lambda x, s, d: layers.gelu(x), ref.gelu,
-              lambda d: ["batch", "n_ctx", "channels"], _gelu_input, r"\.(gelu|mlp\.1)$"),
+              lambda d: ["batch", "n_ctx", "channels"], _gelu_input, r"\.gelu$"),
     LayerSpec("layer_norm", lambda x, s, d: layers.layer_norm(x, s), ref.layer_norm,
               lambda d: ["batch", "n_ctx", d.n_audio_state], _ln_input, r"(_ln|ln_post)$"),
     LayerSpec("attention", lambda x, s, d: layers.attention(x, s, d.n_audio_head), ref.attention,
               lambda d: ["batch", "n_ctx", d.n_audio_state], _attn_input,
               r"\.attn(\.(query|key|value))?$"),
+    # rtol 1e-4 for mlp and block: in tiny.en's trace on jfk.flac, mlp_ln of block 3 amplifies the
+    # upstream float32 error ~10x on frame 1473 (values to 630), and the MLP and the block output
+    # carry it: measured rel 5.2e-5 (abs 1.3e-2). Alone, on the same input, MAX's MLP errs 2.7e-4
+    # abs and torch float32 1.1e-4, so this is accumulation, not a less accurate layer.
     LayerSpec("mlp", lambda x, s, d: layers.mlp(x, s), ref.mlp,
-              lambda d: ["batch", "n_ctx", d.n_audio_state], _acts, r"\.mlp\.[02]$"),
+              lambda d: ["batch", "n_ctx", d.n_audio_state], _acts, r"\.mlp\.[012]$",
+              {"float32": Tolerance(atol=1e-4, rtol=1e-4)}),
     LayerSpec("block", lambda x, s, d: layers.block(x, s, d.n_audio_head), ref.block,
-              lambda d: ["batch", "n_ctx", d.n_audio_state], _attn_input, r"\.blocks\.\d+$"),
+              lambda d: ["batch", "n_ctx", d.n_audio_state], _attn_input, r"\.blocks\.\d+$",
+              {"float32": Tolerance(atol=1e-4, rtol=1e-4)}),
     LayerSpec("encoder", _enc, ref.encoder,
               lambda d: ["batch", d.n_mels, 2 * d.n_audio_ctx], _mel, r"^encoder$"),
 ]}

@@ -12,13 +12,15 @@ import whisper.model as wm
 from torch.nn import functional as F
 
 
-def _ids(encoder: wm.AudioEncoder) -> list[str]:
-    ids = ["conv1", "conv2"]
-    for i in range(len(encoder.blocks)):
-        b = f"blocks.{i}"
+def layer_ids(n_layer: int) -> list[str]:
+    """Trace ids of an n_layer encoder in execution order; the MAX trace uses the same ids."""
+    ids = ["encoder.conv1", "encoder.conv1.gelu", "encoder.conv2", "encoder.conv2.gelu",
+           "encoder.positional_embedding"]
+    for i in range(n_layer):
+        b = f"encoder.blocks.{i}"
         ids += [f"{b}.attn_ln", f"{b}.attn.query", f"{b}.attn.key", f"{b}.attn.value", f"{b}.attn",
                 f"{b}.mlp_ln", f"{b}.mlp.0", f"{b}.mlp.1", f"{b}.mlp.2", b]
-    return ids + ["ln_post"]
+    return ids + ["encoder.ln_post"]
 
 
 @torch.no_grad()
@@ -43,12 +45,14 @@ def trace_encoder(encoder: wm.AudioEncoder, mel: torch.Tensor) -> dict[str, np.n
         out["encoder.positional_embedding"] = args[0]
 
     try:
-        for name in _ids(encoder):
-            hooks.append(modules[name].register_forward_hook(record(name)))
+        for layer in layer_ids(len(encoder.blocks)):
+            name = layer.removeprefix("encoder.")
+            if name in modules:  # the rest are recorded by the hooks of conv1, conv2 and blocks.0
+                hooks.append(modules[name].register_forward_hook(record(name)))
         first = encoder.blocks[0] if len(encoder.blocks) else encoder.ln_post
         hooks.append(first.register_forward_pre_hook(blocks_input))
         encoder(mel)
     finally:
         for h in hooks:
             h.remove()
-    return {k: v.detach().cpu().numpy() for k, v in out.items()}
+    return {k: out[k].detach().cpu().numpy() for k in layer_ids(len(encoder.blocks))}
