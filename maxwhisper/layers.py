@@ -75,13 +75,10 @@ def conv_stem(mel: TensorValue, s: Scope) -> TensorValue:
     return x
 
 
-def attention(x: TensorValue, s: Scope, n_head: int) -> TensorValue:
-    """Whisper's self-attention: q/v/out carry a bias, the key has none (it would cancel in softmax)."""
-    batch, n_ctx, n_state = x.shape
+def qkv_attention(q: TensorValue, k: TensorValue, v: TensorValue, n_head: int) -> TensorValue:
+    """softmax(q k^T / sqrt(head_dim)) v over heads; (batch, time, n_state) in and out."""
+    batch, n_ctx, n_state = q.shape
     head_dim = int(n_state) // n_head
-    q = s.record(linear(x, s.sub("query")), "query")
-    k = s.record(linear(x, s.sub("key"), bias=False), "key")
-    v = s.record(linear(x, s.sub("value")), "value")
 
     def heads(t: TensorValue) -> TensorValue:  # (b, t, h*d) -> (b, h, t, d)
         return ops.permute(ops.reshape(t, [batch, n_ctx, n_head, head_dim]), [0, 2, 1, 3])
@@ -91,8 +88,15 @@ def attention(x: TensorValue, s: Scope, n_head: int) -> TensorValue:
     # MAX's compiler fuses into one attention kernel.
     scores = heads(q) @ ops.permute(heads(k), [0, 1, 3, 2])
     wv = ops.softmax(scores * (head_dim**-0.5)) @ heads(v)
-    wv = ops.reshape(ops.permute(wv, [0, 2, 1, 3]), [batch, n_ctx, n_state])
-    return s.record(linear(wv, s.sub("out")))
+    return ops.reshape(ops.permute(wv, [0, 2, 1, 3]), [batch, n_ctx, n_state])
+
+
+def attention(x: TensorValue, s: Scope, n_head: int) -> TensorValue:
+    """Whisper's self-attention: q/v/out carry a bias, the key has none (it would cancel in softmax)."""
+    q = s.record(linear(x, s.sub("query")), "query")
+    k = s.record(linear(x, s.sub("key"), bias=False), "key")
+    v = s.record(linear(x, s.sub("value")), "value")
+    return s.record(linear(qkv_attention(q, k, v, n_head), s.sub("out")))
 
 
 def mlp(x: TensorValue, s: Scope) -> TensorValue:
