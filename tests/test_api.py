@@ -1,0 +1,58 @@
+"""The public API: load_model / encode, and a clear ValueError for every bad input before MAX runs."""
+
+import numpy as np
+import pytest
+
+import maxwhisper
+from maxwhisper.model import check_mel
+from maxwhisper.weights import WeightsError
+
+
+def test_load_model_default_is_embedded_tiny_en(tiny_en_model):
+    d = tiny_en_model.dims
+    assert (d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer) == (80, 1500, 384, 6, 4)
+
+
+def test_encode_shape_dtype_and_batch(tiny_en_model, jfk_mel):
+    two = np.concatenate([jfk_mel, jfk_mel[:, :, ::-1].copy()])
+    out = tiny_en_model.encode(two)
+    assert out.shape == (2, 1500, 384) and out.dtype == np.float32
+    alone = tiny_en_model.encode(two[1:])
+    np.testing.assert_allclose(out[1:], alone, atol=1e-5, rtol=0)
+
+
+BAD_MELS = {
+    "rank 2": (np.zeros((80, 3000), np.float32), "rank 3"),
+    "empty batch": (np.zeros((0, 80, 3000), np.float32), "empty batch"),
+    "n_mels 128": (np.zeros((1, 128, 3000), np.float32), "shape"),
+    "short": (np.zeros((1, 80, 2999), np.float32), "shape"),
+    "float64": (np.zeros((1, 80, 3000), np.float64), "dtype float64"),
+    "int": (np.zeros((1, 80, 3000), np.int32), "dtype int32"),
+    "nan": (np.full((1, 80, 3000), np.nan, np.float32), "NaN"),
+    "inf": (np.full((1, 80, 3000), np.inf, np.float32), "infinite"),
+    "list": ([[0.0] * 3000] * 80, "numpy array"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MELS)
+def test_bad_mel_is_a_value_error(case, tiny_en):
+    mel, words = BAD_MELS[case]
+    with pytest.raises(ValueError, match=words):
+        check_mel(mel, tiny_en[0])
+
+
+def test_bad_mel_raises_before_any_graph(tiny_en):
+    model = maxwhisper.MaxWhisper(*tiny_en)
+    with pytest.raises(ValueError):
+        model.encode(np.zeros((1, 80, 10), np.float32))
+    assert model._compiled == {}  # nothing was compiled or run
+
+
+def test_unknown_model_name():
+    with pytest.raises(WeightsError, match="no-such-model"):
+        maxwhisper.load_model("no-such-model")
+
+
+def test_unknown_device():
+    with pytest.raises(ValueError, match="device"):
+        maxwhisper.load_model("tiny.en", device="tpu")

@@ -1,0 +1,57 @@
+"""`maxwhisper verify`: the table, the JSON, the exit codes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from maxwhisper.cli import main
+
+
+def test_verify_jfk_writes_table_and_json(speech_dir, tmp_path, capsys, tiny_en_model):
+    out = tmp_path / "v.json"
+    assert main(["verify", str(speech_dir / "jfk.flac"), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "encoder.blocks.3.attn.key" in printed and "within tolerance" in printed
+    report = json.loads(out.read_text())
+    assert report["passed"] and report["first_failure"] is None
+    assert [r["layer"] for r in report["layers"]][-2:] == ["encoder.ln_post", "encoder"]
+    assert all(r["max_abs"] < 0.02 for r in report["layers"])
+
+
+def test_verify_fails_and_names_the_layer(speech_dir, capsys, monkeypatch, tiny_en_model):
+    """A wrong activation gives exit 1 and names the first bad layer (the mutation tests inject
+    real bugs into the graph; here the trace is doctored so that no extra graph is compiled)."""
+    from maxwhisper.model import MaxWhisper
+
+    traced = MaxWhisper.encode_trace
+
+    def doctored(self, mel):
+        trace = traced(self, mel)
+        trace["encoder.blocks.1.mlp_ln"] = trace["encoder.blocks.1.mlp_ln"] + 1e-3
+        return trace
+
+    monkeypatch.setattr(MaxWhisper, "encode_trace", doctored)
+    assert main(["verify", str(speech_dir / "jfk.flac")]) == 1
+    assert "first layer over tolerance: encoder.blocks.1.mlp_ln" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, words", [
+    (["verify", "/no/such/file.flac"], "no such file"),
+    (["verify", "."], "directory"),
+    (["verify", "--model", "no-such-model"], "no-such-model"),
+])
+def test_verify_bad_input_is_one_line_exit_2(args, words):
+    p = subprocess.run([sys.executable, "-m", "maxwhisper.cli", *args], capture_output=True, text=True)
+    assert p.returncode == 2, p.stderr
+    assert words in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_verify_not_audio_is_exit_2(tmp_path):
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio")
+    p = subprocess.run([sys.executable, "-m", "maxwhisper.cli", "verify", str(bad)],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "cannot decode" in p.stderr and "Traceback" not in p.stderr
