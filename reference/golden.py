@@ -1,0 +1,141 @@
+"""Golden fixture: tiny.en's float64 reference activations on jfk.flac, in one versioned file.
+
+`python -m reference.make_fixtures` writes it (see that module for what is inside); tests load it
+with `load_fixture()` and run without torch's reference encoder or the speech folder. A fixture made
+by other code (FORMAT_VERSION), other weights or another input mel is refused by `check_fresh`,
+whose message names the reason and the command that regenerates it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Bump when the file's layout or what it holds changes (keys, positions, how activations are made).
+FORMAT_VERSION = 1
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_en_jfk.npz"
+REGENERATE = "python -m reference.make_fixtures"
+MODEL = "tiny.en"
+AUDIO = "jfk.flac"
+
+
+class StaleFixtureError(RuntimeError):
+    """The golden fixture does not match the current code, weights or input (or is unreadable)."""
+
+
+def mel_hash(mel: np.ndarray) -> str:
+    """sha256 hex of the float32 C-order bytes of a log-mel (shape and dtype are checked apart)."""
+    return hashlib.sha256(np.ascontiguousarray(mel, dtype=np.float32).tobytes()).hexdigest()
+
+
+def producer_of(layer: str, n_layer: int) -> str:
+    """The layer whose output is the input of a position-wise layer (trace ids of an n_layer encoder).
+
+    `encoder.blocks.i.mlp_ln` has none: its input (block input + attention output) is no layer's
+    output, so the fixture stores it apart, under `inputs` (see GoldenFixture.input_of).
+    """
+    if layer == "encoder.ln_post":
+        return f"encoder.blocks.{n_layer - 1}"
+    m = re.fullmatch(r"(encoder\.blocks\.(\d+))\.(attn_ln|mlp\.[012])", layer)
+    if m:
+        block, i, name = m.group(1), int(m.group(2)), m.group(3)
+        return {"attn_ln": f"encoder.blocks.{i - 1}" if i else "encoder.positional_embedding",
+                "mlp.0": f"{block}.mlp_ln", "mlp.1": f"{block}.mlp.0", "mlp.2": f"{block}.mlp.1"}[name]
+    raise KeyError(f"{layer!r} is not a position-wise layer whose input is a stored layer output")
+
+
+@dataclass(frozen=True)
+class GoldenFixture:
+    path: Path
+    version: int
+    weights_hash: str        # maxwhisper.weights.weights_hash of the whole tiny.en state dict
+    mel_hash: str            # sha256 of `mel`'s float32 bytes
+    whisper_version: str     # informational: openai-whisper and torch that made the file
+    torch_version: str
+    mel: np.ndarray          # (1, n_mels, 3000) float32: the encoder's input
+    n_samples: int           # length of the audio at 16 kHz (speech ends there, padding follows)
+    layer_ids: tuple[str, ...]          # execution order, as reference.capture.layer_ids
+    frames: dict[str, int]              # layer id -> full time length (3000 or 1500)
+    positions: dict[int, np.ndarray]    # full time length -> the stored time positions (sorted)
+    layers: dict[str, np.ndarray]       # layer id -> (1, len(positions), channels) float32
+    inputs: dict[str, np.ndarray]       # layer id -> that layer's INPUT, where it is no layer's output
+                                        # (`encoder.blocks.i.mlp_ln`), same form
+
+    def positions_of(self, layer: str) -> np.ndarray:
+        return self.positions[self.frames[layer]]
+
+    def input_of(self, layer: str) -> np.ndarray:
+        """The stored input of a position-wise layer, at the same positions as its output."""
+        if layer in self.inputs:
+            return self.inputs[layer]
+        n_layer = sum(1 for k in self.layer_ids if re.fullmatch(r"encoder\.blocks\.\d+", k))
+        return self.layers[producer_of(layer, n_layer)]
+
+
+def load_fixture(path: str | Path = FIXTURE) -> GoldenFixture:
+    """Read the fixture; a missing, unreadable or self-inconsistent file raises StaleFixtureError."""
+    path = Path(path)
+    if not path.is_file():
+        raise StaleFixtureError(f"golden fixture {path} is missing: regenerate it with `{REGENERATE}`")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ids = tuple(str(s) for s in z["layer_ids"])
+            frames = {k: int(n) for k, n in zip(ids, z["layer_frames"])}
+            fx = GoldenFixture(
+                path=path, version=int(z["meta/format_version"]),
+                weights_hash=str(z["meta/weights_hash"]), mel_hash=str(z["meta/mel_hash"]),
+                whisper_version=str(z["meta/whisper_version"]),
+                torch_version=str(z["meta/torch_version"]),
+                mel=z["mel"], n_samples=int(z["meta/n_samples"]), layer_ids=ids, frames=frames,
+                positions={int(k.split("/")[1]): z[k] for k in z.files if k.startswith("positions/")},
+                layers={k: z[f"act/{k}"] for k in ids},
+                inputs={k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("input/")})
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
+        raise StaleFixtureError(f"golden fixture {path} is unreadable or incomplete ({e}): "
+                                f"regenerate it with `{REGENERATE}`") from e
+    if mel_hash(fx.mel) != fx.mel_hash:
+        raise StaleFixtureError(f"golden fixture {path} is corrupt: its mel does not hash to its "
+                                f"recorded input hash: regenerate it with `{REGENERATE}`")
+    return fx
+
+
+def check_fresh(fixture: GoldenFixture, weights_hash: str, mel_hash: str | None = None) -> None:
+    """Raise StaleFixtureError naming every reason the fixture no longer matches (None: it does).
+
+    `weights_hash` is that of the tiny.en state dict loaded now; `mel_hash`, when given, that of the
+    log-mel of jfk.flac computed now (it needs the speech folder, so it is optional).
+    """
+    reasons = []
+    if fixture.version != FORMAT_VERSION:
+        reasons.append(f"format version {fixture.version} != current FORMAT_VERSION {FORMAT_VERSION}")
+    if fixture.weights_hash != weights_hash:
+        reasons.append(f"weights hash {fixture.weights_hash[:12]}.. != current {MODEL} weights "
+                       f"{weights_hash[:12]}..")
+    if mel_hash is not None and fixture.mel_hash != mel_hash:
+        reasons.append(f"input hash {fixture.mel_hash[:12]}.. != log-mel of {AUDIO} computed now "
+                       f"{mel_hash[:12]}..")
+    if reasons:
+        raise StaleFixtureError(f"golden fixture {fixture.path} is stale: " + "; ".join(reasons)
+                                + f". Regenerate it with `{REGENERATE}`")
+
+
+def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez_compressed's format, byte-reproducible: fixed entry timestamps, insertion order.
+
+    np.savez_compressed stamps each zip entry with the current time, so two runs differ in bytes
+    even when every array is equal; np.load reads this file exactly as it reads theirs.
+    """
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+    Path(path).write_bytes(buf.getvalue())

@@ -1,0 +1,185 @@
+"""Golden fixture (fixtures/tiny_en_jfk.npz): MAX against stored float64 reference activations.
+
+The fixture holds tiny.en's reference activations on jfk.flac at 24 time positions per layer, and the
+input mel, so these tests need neither the reference encoder nor the speech folder. A fixture made
+by other code or for other weights is refused with the command that regenerates it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from maxwhisper.parity import assert_parity
+from maxwhisper.registry import SPECS, run_max, run_reference, spec_of
+from maxwhisper.weights import weights_hash
+from reference import golden as g
+from reference.capture import layer_ids
+
+TINY_EN_LAYERS = 4
+LAYERS = layer_ids(TINY_EN_LAYERS)
+BLOCKS = [f"encoder.blocks.{i}" for i in range(TINY_EN_LAYERS)]
+LN_LAYERS = [f"{b}.{n}" for b in BLOCKS for n in ("attn_ln", "mlp_ln")] + ["encoder.ln_post"]
+# one-layer graphs: (registry record, first trace id: its stored input feeds the graph, last trace id:
+# its stored output is expected, prefix of the weights in the tiny.en state dict)
+ONE_LAYER = ([("layer_norm", ln, ln, ln) for ln in LN_LAYERS]
+             + [("mlp", f"{b}.mlp.0", f"{b}.mlp.2", f"{b}.mlp") for b in BLOCKS]
+             + [("gelu", f"{b}.mlp.1", f"{b}.mlp.1", None) for b in BLOCKS])
+
+
+def _one_layer_case(name, first, last, prefix, fixture, tiny_en):
+    """(spec, input, expected, params): `first`'s stored input through the record, vs `last`'s output."""
+    dims, state_dict = tiny_en
+    spec = SPECS[name]
+    params = {k: state_dict[f"{prefix}.{k}"] for k in spec.param_shapes(dims)} if prefix else {}
+    return spec, fixture.input_of(first), fixture.layers[last], params
+
+
+@pytest.fixture(scope="module")
+def raw_golden():
+    """The checked-in fixture as read, fresh or not."""
+    return g.load_fixture()
+
+
+@pytest.fixture(scope="module")
+def golden(raw_golden, tiny_en):
+    """The checked-in fixture, refused (every dependent test fails) unless fresh."""
+    try:
+        g.check_fresh(raw_golden, weights_hash(tiny_en[1]))
+    except g.StaleFixtureError as e:
+        pytest.fail(str(e), pytrace=False)
+    return raw_golden
+
+
+@pytest.fixture(scope="module")
+def golden_trace(golden, tiny_en_model):
+    return tiny_en_model.encode_trace(golden.mel)
+
+
+# ------------------------------------------------------------------ freshness
+def test_golden_fixture_fresh(raw_golden, tiny_en):
+    """Format version and weights hash match the current code and tiny.en weights."""
+    try:
+        g.check_fresh(raw_golden, weights_hash(tiny_en[1]))
+    except g.StaleFixtureError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+def test_golden_fixture_input_fresh(raw_golden, tiny_en, jfk_mel):
+    """The stored mel is the log-mel of jfk.flac computed now (skipped without the speech folder)."""
+    assert jfk_mel.shape == raw_golden.mel.shape and jfk_mel.dtype == raw_golden.mel.dtype
+    try:
+        g.check_fresh(raw_golden, weights_hash(tiny_en[1]), g.mel_hash(jfk_mel))
+    except g.StaleFixtureError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+def test_golden_fixture_complete(golden, tiny_en):
+    dims = tiny_en[0]
+    assert golden.layer_ids == tuple(LAYERS), f"layer ids changed: regenerate with `{g.REGENERATE}`"
+    assert golden.mel.shape == (1, dims.n_mels, 2 * dims.n_audio_ctx) and golden.mel.dtype == np.float32
+    for n, pos in golden.positions.items():
+        assert pos[0] == 0 and pos[-1] == n - 1 and np.all(np.diff(pos) > 0), n
+    for layer in LAYERS:
+        n = golden.frames[layer]
+        assert n == (2 * dims.n_audio_ctx if layer.startswith("encoder.conv1") else dims.n_audio_ctx)
+        width = 4 * dims.n_audio_state if re.search(r"\.mlp\.[01]$", layer) else dims.n_audio_state
+        assert golden.layers[layer].shape == (1, len(golden.positions[n]), width), layer
+        assert golden.layers[layer].dtype == np.float32 and np.isfinite(golden.layers[layer]).all()
+    assert sorted(golden.inputs) == [f"{b}.mlp_ln" for b in BLOCKS]
+
+
+def _doctor(fixture_path, tmp_path, **changes):
+    """A copy of the fixture file, made fresh in format version, with some entries replaced."""
+    with np.load(fixture_path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["meta/format_version"] = np.int64(g.FORMAT_VERSION)
+    arrays.update({k: np.asarray(v) for k, v in changes.items()})
+    path = tmp_path / "doctored.npz"
+    g.save_npz(path, arrays)
+    return g.load_fixture(path)
+
+
+def _doctored_mel(fixture):
+    mel = fixture.mel.copy()
+    mel[0, 0, 0] += 0.5
+    return {"mel": mel, "meta/mel_hash": g.mel_hash(mel)}
+
+
+STALE = {  # reason -> (changed entries, text the message must hold)
+    "version": (lambda fx: {"meta/format_version": np.int64(g.FORMAT_VERSION + 1)}, "format version"),
+    "weights": (lambda fx: {"meta/weights_hash": "0" * 64}, "weights hash"),
+    "input": (_doctored_mel, "input hash"),
+}
+
+# The check_fresh unit tests compare doctored copies with the hashes the fixture itself records, so
+# they test the check, whether or not the checked-in fixture is fresh (test_golden_fixture_fresh).
+
+
+@pytest.mark.parametrize("reason", list(STALE))
+def test_golden_check_fresh_refuses(reason, raw_golden, tmp_path):
+    changes, says = STALE[reason]
+    base = _doctor(raw_golden.path, tmp_path)
+    g.check_fresh(base, raw_golden.weights_hash, raw_golden.mel_hash)  # the undoctored copy passes
+    g.check_fresh(base, raw_golden.weights_hash)                       # the input is optional
+    doctored = _doctor(raw_golden.path, tmp_path, **changes(raw_golden))
+    with pytest.raises(g.StaleFixtureError) as e:
+        g.check_fresh(doctored, raw_golden.weights_hash, raw_golden.mel_hash)
+    msg = str(e.value)
+    assert says in msg and g.REGENERATE in msg and str(doctored.path) in msg, msg
+    others = [s for r, (_, s) in STALE.items() if r != reason]
+    assert not any(s in msg for s in others), f"names a reason that does not apply: {msg}"
+
+
+def test_golden_check_fresh_names_every_reason(raw_golden):
+    with pytest.raises(g.StaleFixtureError) as e:
+        g.check_fresh(replace(raw_golden, version=-1), "0" * 64, "1" * 64)
+    assert all(s in str(e.value) for _, s in STALE.values()) and g.REGENERATE in str(e.value)
+
+
+def test_golden_load_refuses_missing_and_corrupt(raw_golden, tmp_path):
+    with pytest.raises(g.StaleFixtureError, match=re.escape(g.REGENERATE)):
+        g.load_fixture(tmp_path / "absent.npz")
+    mel = raw_golden.mel.copy()
+    mel[0, 1, 2] = 7.0  # changed without updating its hash
+    with pytest.raises(g.StaleFixtureError, match="corrupt"):
+        _doctor(raw_golden.path, tmp_path, mel=mel)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(g.StaleFixtureError, match="unreadable"):
+        g.load_fixture(tmp_path / "junk.npz")
+
+
+# ------------------------------------------------------------------ MAX encoder, layer by layer
+@pytest.mark.parametrize("layer", LAYERS)
+def test_golden_trace(layer, golden, golden_trace, record_parity):
+    if layer not in golden.layers:
+        pytest.fail(f"{golden.path} holds no {layer}: regenerate it with `{g.REGENERATE}`", pytrace=False)
+    actual = golden_trace[layer][:, golden.positions_of(layer)]
+    record_parity(assert_parity(f"golden:{layer}", actual, golden.layers[layer], spec_of(layer).tol()))
+
+
+def test_golden_trace_complete(golden, golden_trace):
+    assert list(golden_trace) == LAYERS
+
+
+# ------------------------------------------------------------------ one-layer graphs alone
+@pytest.mark.parametrize("name,first,last,prefix", ONE_LAYER, ids=[f"{c[0]}-{c[2]}" for c in ONE_LAYER])
+def test_golden_one_layer(name, first, last, prefix, golden, tiny_en, record_parity):
+    """The layer's own MAX graph on the stored input (24 positions: the layers are position-wise)."""
+    spec, x, expected, params = _one_layer_case(name, first, last, prefix, golden, tiny_en)
+    out = run_max(spec, tiny_en[0], x, params)
+    record_parity(assert_parity(f"golden:{name} {last}", out, expected, spec.tol()))
+
+
+@pytest.mark.parametrize("name,first,last,prefix", ONE_LAYER, ids=[f"{c[0]}-{c[2]}" for c in ONE_LAYER])
+def test_golden_fixture_consistent(name, first, last, prefix, golden, tiny_en):
+    """The fixture itself: the float64 reference layer maps each stored input to the stored output.
+
+    A failure here is a bad fixture (wrong input entry, wrong weights), not a MAX bug.
+    """
+    spec, x, expected, params = _one_layer_case(name, first, last, prefix, golden, tiny_en)
+    assert_parity(f"golden fixture {last}", run_reference(spec, tiny_en[0], x, params), expected,
+                  spec.tol())
