@@ -1,4 +1,8 @@
-"""maxwhisper command line: `maxwhisper verify [AUDIO] [--model NAME|PATH] [--json PATH]`."""
+"""maxwhisper command line.
+
+  maxwhisper verify [AUDIO] [--model NAME|PATH] [--json PATH]
+  maxwhisper transcribe FILE... [--model NAME|PATH] [--output-format txt|json|srt|vtt|tsv|all] [--output-dir DIR]
+"""
 
 from __future__ import annotations
 
@@ -52,6 +56,33 @@ def cmd_verify(args) -> int:
     return 0 if result.passed else 1
 
 
+def cmd_transcribe(args) -> int:
+    from tqdm import tqdm
+    from whisper.utils import get_writer
+
+    from maxwhisper import load_model
+    from maxwhisper.audio import load_audio
+    from maxwhisper.transcribe import pipeline_model, transcribe
+
+    model = pipeline_model(load_model(args.model, device=args.device), encoder=args.encoder)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    write = get_writer(args.output_format, args.output_dir)
+    failed = 0
+    files = tqdm(args.files, unit="file", disable=args.no_progress or len(args.files) < 2)
+    for path in files:
+        try:
+            audio = load_audio(path)  # a bad file is reported and skipped; the others go on
+        except ValueError as e:
+            failed += 1
+            tqdm.write(f"maxwhisper: error: {e}", file=sys.stderr)
+            continue
+        # openai-whisper's own frame progress bar for long audio (verbose=False), unless turned off
+        result = transcribe(model, audio, verbose=None if args.no_progress else False)
+        write(result, path)
+        tqdm.write(f"{path}: {result['text'].strip()}")
+    return 2 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="maxwhisper", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
     v.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     v.set_defaults(func=cmd_verify)
+    t = sub.add_parser("transcribe", help="transcribe audio files: MAX encoder, openai-whisper decoding")
+    t.add_argument("files", nargs="+", metavar="FILE", help="wav, flac, mp3 or ogg; any rate, mono or stereo")
+    t.add_argument("--model", default="tiny.en", help="model name or path (default: embedded tiny.en)")
+    t.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
+    t.add_argument("--output-format", default="txt", choices=["txt", "json", "srt", "vtt", "tsv", "all"])
+    t.add_argument("--output-dir", default=".", help="where the transcripts are written")
+    t.add_argument("--encoder", default="max", choices=["max", "torch"],
+                   help="'torch' runs openai-whisper's PyTorch encoder instead, for comparison")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_transcribe)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

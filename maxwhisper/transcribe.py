@@ -1,0 +1,61 @@
+"""Transcription: openai-whisper's own decoding machinery on audio features from the MAX encoder.
+
+Nothing of the decoding loop is rewritten. `pipeline_model` returns openai-whisper's `Whisper`
+(PyTorch decoder, same weights) whose `encoder` submodule calls the MAX graph, so `whisper.transcribe`
+(temperature fallback, timestamp rules, 30 s windows with seek, condition_on_previous_text, writers)
+runs unchanged; swapping the encoder is the only difference from the PyTorch pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import whisper
+from torch import nn
+
+from maxwhisper.audio import load_audio
+from maxwhisper.model import MaxWhisper
+from maxwhisper.weights import to_torch_model
+
+# Greedy decoding without temperature fallback: deterministic, so two pipelines can be compared token by token.
+GREEDY = dict(temperature=0.0, fp16=False)
+
+
+class MaxEncoder(nn.Module):
+    """A torch module that runs `MaxWhisper.encode`: (batch, n_mels, 3000) -> (batch, 1500, n_state)."""
+
+    def __init__(self, model: MaxWhisper):
+        super().__init__()
+        self.model = model
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        features = self.model.encode(mel.detach().to("cpu", torch.float32).numpy())
+        return torch.from_numpy(features).to(mel.device)
+
+
+def pipeline_model(model: MaxWhisper, encoder: str = "max") -> whisper.model.Whisper:
+    """openai-whisper's model on `model`'s weights, its encoder on MAX ("max") or PyTorch ("torch")."""
+    if encoder not in ("max", "torch"):
+        raise ValueError(f"encoder must be 'max' or 'torch', got {encoder!r}")
+    torch_model = to_torch_model(model.dims, model.state_dict)
+    if encoder == "max":
+        torch_model.encoder = MaxEncoder(model)
+    return torch_model
+
+
+def transcribe(model: MaxWhisper | whisper.model.Whisper, audio: str | os.PathLike | np.ndarray,
+               **options) -> dict:
+    """`whisper.transcribe` with the MAX encoder; `audio` is a file or float32 16 kHz samples.
+
+    Options are openai-whisper's; the default is greedy decoding (temperature 0, no fallback).
+    A `MaxWhisper` is wrapped by `pipeline_model` on each call; pass the wrapped model to reuse it.
+    """
+    if isinstance(model, MaxWhisper):
+        model = pipeline_model(model)
+    if not isinstance(audio, np.ndarray):
+        audio = load_audio(audio)  # openai-whisper's own loader needs the ffmpeg program
+    if audio.ndim != 1 or audio.size == 0 or not np.isfinite(audio).all():
+        raise ValueError("audio must be non-empty, finite, 1-D float32 samples at 16 kHz")
+    return whisper.transcribe(model, audio.astype(np.float32), **{**GREEDY, **options})
