@@ -10,7 +10,10 @@ from hypothesis import HealthCheck, settings
 
 # "ci" is derandomized and small: the same examples on every run, so a red CI is reproducible.
 # "thorough" (pytest --thorough) draws many more, randomized, for a change to the numerics.
-_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# function_scoped_fixture: the only function-scoped fixture the properties take is record_parity,
+# which appends to a session list, so sharing it across examples is safe.
+_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                     HealthCheck.function_scoped_fixture])
 settings.register_profile("ci", max_examples=6, derandomize=True, print_blob=True, **_common)
 settings.register_profile("thorough", max_examples=100, print_blob=True, **_common)
 
@@ -18,11 +21,16 @@ settings.register_profile("thorough", max_examples=100, print_blob=True, **_comm
 def pytest_addoption(parser):
     parser.addoption("--thorough", action="store_true",
                      help="hypothesis 'thorough' profile: many randomized examples per property")
+    parser.addoption("--bench-out", metavar="DIR",
+                     help="with --benchmark-only: write bench.json and bench.png (MAX vs PyTorch) to DIR")
     parser.addoption("--parity-report", metavar="PATH",
                      help="write every recorded parity comparison (errors per layer) as JSON")
 
 
 def pytest_configure(config):
+    # A plain run executes each benchmark once, untimed, as a smoke test; --benchmark-only times them.
+    if not config.getoption("benchmark_only", False):
+        config.option.benchmark_disable = True
     settings.load_profile("thorough" if config.getoption("--thorough")
                           else os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
@@ -62,13 +70,23 @@ def jfk_mel(speech_dir):
 _PARITY: list = []
 
 
+class _Recorder:
+    def __call__(self, comparison):
+        _PARITY.append(comparison)
+
+    def __repr__(self) -> str:  # hypothesis prints the arguments of a failing example
+        return "record_parity"
+
+
 @pytest.fixture
 def record_parity():
     """Keep a test's measured errors for the session summary (`--parity-report PATH` writes JSON)."""
-    return _PARITY.append
+    return _Recorder()
 
 
 def pytest_terminal_summary(terminalreporter, config):
+    if _BENCH:
+        _bench_summary(terminalreporter, config)
     if not _PARITY:
         return
     worst = max(_PARITY, key=lambda c: c.max_abs / (c.tolerance.atol or 1))
@@ -82,3 +100,31 @@ def pytest_terminal_summary(terminalreporter, config):
         with open(path, "w") as f:
             json.dump([c.row() for c in _PARITY], f, indent=1)
         terminalreporter.write_line(f"parity: report written to {path}")
+
+
+_BENCH: list[dict] = []
+
+
+@pytest.fixture
+def bench_record(request):
+    """Keep a benchmark's median for the MAX / PyTorch ratio table printed at the end."""
+
+    def record(group, impl, benchmark, flops=None):
+        if benchmark.enabled and benchmark.stats is not None:
+            median = benchmark.stats.stats.median
+            _BENCH.append(dict(group=group, impl=impl, median_s=median, flops=flops,
+                               gflops=flops / median / 1e9 if flops else None))
+
+    return record
+
+
+def _bench_summary(terminalreporter, config):
+    from maxwhisper.bench import ratio_rows, write_report
+
+    rows = ratio_rows(_BENCH)
+    terminalreporter.write_sep("-", "MAX / PyTorch (median time ratio, same run)")
+    for r in rows:
+        terminalreporter.write_line(r["line"])
+    if config.getoption("--bench-out"):
+        for path in write_report(_BENCH, rows, config.getoption("--bench-out")):
+            terminalreporter.write_line(f"bench: wrote {path}")

@@ -99,9 +99,12 @@ SPECS: dict[str, LayerSpec] = {s.name: s for s in [
               lambda d: ["batch", "n_ctx", "channels"], _gelu_input, r"\.gelu$"),
     LayerSpec("layer_norm", lambda x, s, d: layers.layer_norm(x, s), ref.layer_norm,
               lambda d: ["batch", "n_ctx", d.n_audio_state], _ln_input, r"(_ln|ln_post)$"),
+    # rtol 1e-4: on the "extreme" regime (activations x8, scores in the hundreds, rows up to 1500)
+    # float32 rounding of the scores moves softmax weights by ~3e-5 relative: over 60 random inputs
+    # MAX's max_rel reached 6.0e-5 and torch float32's 4.6e-5 (per-input ratio p50 1.3, max 1.9).
     LayerSpec("attention", lambda x, s, d: layers.attention(x, s, d.n_audio_head), ref.attention,
               lambda d: ["batch", "n_ctx", d.n_audio_state], _attn_input,
-              r"\.attn(\.(query|key|value))?$"),
+              r"\.attn(\.(query|key|value))?$", {"float32": Tolerance(atol=1e-4, rtol=1e-4)}),
     # rtol 1e-4 for mlp and block: in tiny.en's trace on jfk.flac, mlp_ln of block 3 amplifies the
     # upstream float32 error ~10x on frame 1473 (values to 630), and the MLP and the block output
     # carry it: measured rel 5.2e-5 (abs 1.3e-2). Alone, on the same input, MAX's MLP errs 2.7e-4
@@ -129,7 +132,7 @@ def random_params(rng: np.random.Generator, shapes: Mapping[str, tuple[int, ...]
     """Weights at the scale of trained ones: matrices ~ N(0, 1/fan_in), LayerNorm gains near 1."""
     out = {}
     for name, shape in shapes.items():
-        if len(shape) >= 2 and name != "positional_embedding":
+        if len(shape) >= 2 and not name.endswith("positional_embedding"):
             w = rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))
         elif name.endswith("weight"):  # a LayerNorm gain
             w = 1.0 + 0.3 * rng.standard_normal(shape)

