@@ -19,6 +19,36 @@ class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
 
+def _reference_text(source: str) -> str | None:
+    """The reference transcript when the audio is one of ../shared/speech's files."""
+    import csv
+
+    from maxwhisper.audio import speech_dir
+
+    found = speech_dir()
+    if found is None:
+        return None
+    try:
+        rel = Path(source).resolve().relative_to(found.resolve()).as_posix()
+    except ValueError:
+        return None
+    rows = csv.DictReader(open(found / "transcripts.tsv"), delimiter="\t")
+    return next((r["text"] for r in rows if r["file"] == rel), None)
+
+
+def end_to_end(model, audio, source: str) -> dict:
+    """Both pipelines' greedy transcripts (MAX encoder, PyTorch encoder) and their WERs."""
+    from maxwhisper.transcribe import pipeline_model, transcribe
+    from maxwhisper.wer import wer
+
+    text = {enc: transcribe(pipeline_model(model, enc), audio)["text"].strip() for enc in ("max", "torch")}
+    out = dict(max=text["max"], torch=text["torch"], wer_max_vs_torch=wer(text["torch"], text["max"]))
+    reference = _reference_text(source)
+    if reference is not None:
+        out.update(reference=reference, wer_max=wer(reference, text["max"]), wer_torch=wer(reference, text["torch"]))
+    return out
+
+
 def _audio(path: str | None):
     from maxwhisper.audio import load_audio, speech_dir, synthesize
 
@@ -47,11 +77,19 @@ def cmd_verify(args) -> int:
           f"all {len(result.comparisons)} layers within tolerance")
     if bad:
         print(bad.report())
+    e2e = end_to_end(model, audio, source)
+    print(f"transcript, MAX encoder:     {e2e['max']}")
+    print(f"transcript, PyTorch encoder: {e2e['torch']}")
+    line = f"WER MAX vs PyTorch: {100 * e2e['wer_max_vs_torch']:.2f}%"
+    if "reference" in e2e:
+        line += (f"   against the reference text: MAX {100 * e2e['wer_max']:.2f}%, "
+                 f"PyTorch {100 * e2e['wer_torch']:.2f}%")
+    print(line)
     if args.json:
         Path(args.json).write_text(json.dumps({
             "model": args.model, "weights_sha256": weights_hash(model.state_dict), "audio": source,
             "device": args.device, "passed": result.passed,
-            "first_failure": bad.layer if bad else None,
+            "first_failure": bad.layer if bad else None, "transcripts": e2e,
             "layers": [c.row() for c in result.comparisons]}, indent=1) + "\n")
     return 0 if result.passed else 1
 

@@ -18,6 +18,10 @@ def test_verify_jfk_writes_table_and_json(speech_dir, tmp_path, capsys, tiny_en_
     assert report["passed"] and report["first_failure"] is None
     assert [r["layer"] for r in report["layers"]][-2:] == ["encoder.ln_post", "encoder"]
     assert all(r["max_abs"] < 0.02 for r in report["layers"])
+    e2e = report["transcripts"]
+    assert "ask not what your country can do for you" in e2e["max"]
+    assert e2e["wer_max_vs_torch"] == 0.0 and e2e["wer_max"] == 0.0
+    assert "WER MAX vs PyTorch: 0.00%" in printed
 
 
 def test_verify_fails_and_names_the_layer(speech_dir, capsys, monkeypatch, tiny_en_model):
@@ -55,3 +59,16 @@ def test_verify_not_audio_is_exit_2(tmp_path):
     p = subprocess.run([sys.executable, "-m", "maxwhisper.cli", "verify", str(bad)],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "cannot decode" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_verify_without_speech_data_uses_espeak(monkeypatch, capsys, tmp_path, tiny_en_model):
+    """On a machine without ../shared/speech the main job still runs, on synthesized speech."""
+    import maxwhisper.audio
+
+    monkeypatch.setattr(maxwhisper.audio, "speech_dir", lambda: None)
+    out = tmp_path / "v.json"
+    assert main(["verify", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["audio"].startswith("eSpeak NG") and report["passed"]
+    assert report["transcripts"]["wer_max_vs_torch"] == 0.0 and "reference" not in report["transcripts"]
+    assert "country" in report["transcripts"]["max"].lower()
