@@ -142,3 +142,39 @@ def test_bench_transcribe_librispeech(impl, tiny_en_model, speech_dir, benchmark
     if benchmark.enabled:
         print(f"\n{impl}: {seconds:.0f} s of audio, real-time factor "
               f"{benchmark.stats.stats.median / seconds:.3f}")
+
+
+_COMPILE = """
+import sys, time
+from maxwhisper.registry import SPECS, _compiled
+from maxwhisper.model import MaxWhisper
+from maxwhisper.weights import load_weights
+name = sys.argv[1]
+dims, sd = load_weights()
+t0 = time.perf_counter()
+if name == "encoder":
+    MaxWhisper(dims, sd)._encoder(trace=False)
+else:
+    _compiled(name, tuple(vars(dims).values()), "cpu")
+print(f"LOAD_S {time.perf_counter() - t0:.3f}")
+"""
+
+
+@pytest.mark.parametrize("graph", ["encoder", "block", "conv_stem", "layer_norm"])
+def test_bench_compile_cold_then_warm(graph, tmp_path, request, benchmark):
+    """Graph compile cost: a subprocess with an empty MAX cache (XDG_CACHE_HOME), then one reusing it."""
+    import subprocess
+    import sys
+
+    if not request.config.getoption("benchmark_only"):
+        pytest.skip("cold compiles (15-100 s each) run under --benchmark-only")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    times = []
+    for _ in range(2):
+        p = subprocess.run([sys.executable, "-c", _COMPILE, graph], env=env, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr[-2000:]
+        times.append(float(p.stdout.split("LOAD_S")[1]))
+    benchmark.group = "compile"
+    benchmark.extra_info.update(graph=graph, cold_s=times[0], warm_s=times[1])
+    benchmark.pedantic(lambda: None, rounds=1)
+    print(f"\ncompile {graph}: cold {times[0]:.1f} s, warm {times[1]:.1f} s")
