@@ -16,8 +16,8 @@ import torch
 from whisper.model import ModelDimensions
 
 from maxwhisper.model import MaxWhisper
-from maxwhisper.registry import SPECS, random_params, run_max, run_reference
-from reference.modules import reference_encoder
+from maxwhisper.registry import SPECS, random_params, run_max
+from reference.modules import load, reference_encoder
 
 TINY = ModelDimensions(80, 1500, 384, 6, 4, 51864, 448, 384, 6, 4)
 BASE = ModelDimensions(80, 1500, 512, 8, 6, 51865, 448, 512, 8, 6)
@@ -52,8 +52,7 @@ def test_bench_layer(layer, impl, benchmark, bench_record):
     if impl == "max":
         run = lambda: run_max(spec, TINY, x, params)
     else:
-        module = __import__("reference.modules", fromlist=["load"]).load(
-            spec.reference(TINY), params, "", torch.float32)
+        module = load(spec.reference(TINY), params, "", torch.float32)
         xt = torch.from_numpy(x)
         run = lambda: module(xt)
     with torch.no_grad():

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 from whisper.model import ModelDimensions
 
@@ -42,9 +42,6 @@ CASES = [pytest.param(name, regime, id=f"{name}-{regime}", marks=XFAIL.get((name
 # every other case takes `length`, 1..SHORT.
 LONG_ROWS = {("attention", "extreme"), ("block", "extreme")}
 MAX_FRAMES, SHORT = TINY_EN.n_audio_ctx, 48
-# `record_parity` only appends to a session list, so sharing it across examples is safe.
-SHARED_FIXTURES = settings(suppress_health_check=[*settings().suppress_health_check,
-                                                  HealthCheck.function_scoped_fixture])
 
 
 def _input(spec, rng, batch: int, length: int, regime: str, odd_frames: bool = False) -> np.ndarray:
@@ -61,7 +58,6 @@ def _input(spec, rng, batch: int, length: int, regime: str, odd_frames: bool = F
                              st.integers(1, SHORT)),
        odd_frames=st.booleans())  # conv_stem only: a mel of 2 * length + 1 frames
 @example(seed=1628, batch=3, length=38, long_length=278, odd_frames=False)  # attention-extreme's worst seen (rel 5.4e-5)
-@SHARED_FIXTURES
 def test_layer_parity(name, regime, seed, batch, length, long_length, odd_frames, record_parity):
     spec = SPECS[name]
     if (name, regime) in LONG_ROWS:
