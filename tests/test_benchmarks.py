@@ -66,7 +66,7 @@ def encoders(tiny_en):
 
 
 @pytest.mark.parametrize("impl", ["max", "torch"])
-@pytest.mark.parametrize("batch", [1, 2, 4, 8])
+@pytest.mark.parametrize("batch", [1, 2, 4, 8], ids=lambda b: f"batch{b}")
 def test_bench_encoder_tiny_en(batch, impl, encoders, benchmark, bench_record, request):
     if batch > 1 and not request.config.getoption("benchmark_only"):
         pytest.skip("batch sweep runs under --benchmark-only")
