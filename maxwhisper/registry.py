@@ -48,7 +48,7 @@ class LayerSpec:
         return self.tolerance.get(dtype, DEFAULT_TOLERANCE[dtype])
 
     def param_shapes(self, dims: ModelDimensions) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v.shape) for k, v in self.reference(dims).state_dict().items()}
+        return dict(_param_shapes(self.name, astuple(dims)))
 
 
 def _acts(rng, dims, batch, length, regime, width=None, scale=1.0):
@@ -118,6 +118,14 @@ SPECS: dict[str, LayerSpec] = {s.name: s for s in [
     LayerSpec("encoder", _enc, ref.encoder,
               lambda d: ["batch", d.n_mels, 2 * d.n_audio_ctx], _mel, r"^encoder$"),
 ]}
+
+
+@functools.cache
+def _param_shapes(name: str, dims: tuple) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    # Building the reference module (and its random init) costs far more than a small layer's
+    # run: do it once per (layer, dims), not on every run_max call.
+    module = SPECS[name].reference(ModelDimensions(*dims))
+    return tuple((k, tuple(v.shape)) for k, v in module.state_dict().items())
 
 
 def spec_of(layer_id: str) -> LayerSpec:
