@@ -84,7 +84,7 @@ def record_parity():
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    if _BENCH:
+    if _BENCH or _MEMORY:
         _bench_summary(terminalreporter, config)
     if not _PARITY:
         return
@@ -102,28 +102,46 @@ def pytest_terminal_summary(terminalreporter, config):
 
 
 _BENCH: list[dict] = []
+_MEMORY: list[dict] = []
 
 
 @pytest.fixture
 def bench_record(request):
     """Keep a benchmark's median for the MAX / PyTorch ratio table printed at the end."""
 
-    def record(group, impl, benchmark, flops=None):
+    def record(group, impl, benchmark, flops=None, cores_busy=None):
         if benchmark.enabled and benchmark.stats is not None:
             median = benchmark.stats.stats.median
-            _BENCH.append(dict(group=group, impl=impl, median_s=median, flops=flops,
+            _BENCH.append(dict(group=group, impl=impl, median_s=median, flops=flops, cores_busy=cores_busy,
                                gflops=flops / median / 1e9 if flops else None))
 
     return record
 
 
+@pytest.fixture
+def memory_record():
+    """Keep a row that is not a timing for the summary: a configuration's peak RSS (from
+    `python -m maxwhisper.bench rss`), or a graph's cold and warm compile (kind="compile")."""
+    return _MEMORY.append
+
+
 def _bench_summary(terminalreporter, config):
-    from maxwhisper.bench import ratio_rows, write_report
+    from maxwhisper.bench import memory_lines, ratio_rows, write_report
 
     rows = ratio_rows(_BENCH)
     terminalreporter.write_sep("-", "MAX / PyTorch (median time ratio, same run)")
     for r in rows:
         terminalreporter.write_line(r["line"])
+    memory = [r for r in _MEMORY if r.get("kind") != "compile"]
+    if memory:
+        terminalreporter.write_sep("-", "peak RSS per configuration (each in a fresh process)")
+        for line in memory_lines(memory):
+            terminalreporter.write_line(line)
+    compiles = [r for r in _MEMORY if r.get("kind") == "compile"]
+    if compiles:
+        terminalreporter.write_sep("-", "compile per graph (empty MAX cache, then warm)")
+        for r in compiles:
+            terminalreporter.write_line(f"{r['graph']:12s} cold {r['cold_s']:6.1f} s  warm {r['warm_s']:5.1f} s")
     if config.getoption("--bench-out"):
-        for path in write_report(_BENCH, rows, config.getoption("--bench-out")):
+        for path in write_report(_BENCH, rows, config.getoption("--bench-out"), _MEMORY):
             terminalreporter.write_line(f"bench: wrote {path}")

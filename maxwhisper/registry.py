@@ -165,6 +165,23 @@ def run_max(spec: LayerSpec, dims: ModelDimensions, x: np.ndarray,
     return _compiled(spec.name, astuple(dims), device)(x, *(params[k] for k in order))[0]
 
 
+def bound_max(spec: LayerSpec, dims: ModelDimensions, params: Mapping[str, np.ndarray],
+              device: str = "cpu") -> Compiled:
+    """The layer with `params` bound as weights, as in the encoder graph: call it with x alone.
+
+    Benchmarks time this one: `run_max` stages every weight from numpy on each call, work the
+    PyTorch module (whose weights are loaded once) does not do. Weights enter as `Weight`s, so
+    new values reuse MAX's cached compile; each call to this function is one (warm) load.
+    """
+    shapes = spec.param_shapes(dims)
+    missing = sorted(set(shapes) - set(params))
+    if missing:
+        raise ValueError(f"{spec.name}: params lack {missing}")
+    graph, _ = functional_graph(f"{spec.name}_bound", lambda x, s: spec.max_fn(x, s, dims),
+                                spec.x_shape(dims), shapes, device_ref(device), bind=True)
+    return Compiled(graph, device, {k: params[k] for k in shapes})
+
+
 @torch.no_grad()
 def run_reference(spec: LayerSpec, dims: ModelDimensions, x: np.ndarray,
                   params: Mapping[str, np.ndarray], dtype: torch.dtype = torch.float64) -> np.ndarray:

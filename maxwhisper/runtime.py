@@ -70,16 +70,23 @@ def weight_lookup(graph_weights: dict[str, Weight], shapes: Mapping[str, tuple[i
 
 def functional_graph(name: str, fn: Callable[[TensorValue, Scope], TensorValue | dict],
                      x_shape: Sequence, params: Mapping[str, tuple[int, ...]], ref: DeviceRef,
-                     dtype: DType = DType.float32) -> tuple[Graph, list[str]]:
-    """A one-layer graph: input 0 is the activation, then one input per parameter, in `params` order.
+                     dtype: DType = DType.float32, bind: bool = False) -> tuple[Graph, list[str]]:
+    """A one-layer graph whose input 0 is the activation.
 
+    Parameters are further inputs, in `params` order, so new random weights need no recompile;
+    with `bind` they are `Weight`s named by their key instead, bound once at load time from the
+    weights registry, as the encoder's are (what a benchmark of one layer should time).
     `fn` may return one value, or a dict of named values when the caller wants a trace.
     """
     types = [TensorType(dtype, list(x_shape), ref)]
-    types += [TensorType(dtype, list(shape), ref) for shape in params.values()]
+    if not bind:
+        types += [TensorType(dtype, list(shape), ref) for shape in params.values()]
     with Graph(name, input_types=types) as g:
-        values = dict(zip(params, (v.tensor for v in g.inputs[1:])))
-        out = fn(g.inputs[0].tensor, Scope(values.__getitem__))
+        if bind:
+            lookup = weight_lookup({}, params, ref, dtype)
+        else:
+            lookup = dict(zip(params, (v.tensor for v in g.inputs[1:]))).__getitem__
+        out = fn(g.inputs[0].tensor, Scope(lookup))
         names = list(out) if isinstance(out, dict) else [name]
         g.output(*(out.values() if isinstance(out, dict) else [out]))
     return g, names

