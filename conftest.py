@@ -30,6 +30,11 @@ def pytest_configure(config):
     # A plain run executes each benchmark once, untimed, as a smoke test; --benchmark-only times them.
     if not config.getoption("benchmark_only", False):
         config.option.benchmark_disable = True
+    elif not config.getoption("benchmark_warmup", False):
+        # pytest-benchmark's default is no warm-up: untimed rounds first, so no timed round pays a
+        # first call's one-time costs (lazy allocation, thread pools) on either side.
+        config.option.benchmark_warmup = True
+        config.option.benchmark_warmup_iterations = 2
     settings.load_profile("thorough" if config.getoption("--thorough")
                           else os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from maxwhisper.bench import check, ratio_rows
+from maxwhisper.bench import SIZES, check, encoder_flops, layer_flops, memory_lines, ratio_rows, rss_probe
 
 
 def _write(path, ratios):
@@ -31,3 +31,38 @@ def test_check_flags_only_a_regression_over_the_slack(tmp_path):
 def test_check_refuses_a_result_missing_a_baseline_group(tmp_path):
     with pytest.raises(ValueError, match="enc"):
         check(_write(tmp_path / "r.json", {"other": 1.0}), _write(tmp_path / "b.json", {"enc": 0.8}))
+
+
+def test_ratio_rows_report_share_of_the_peak_measured_in_the_same_run():
+    rows = ratio_rows([dict(group="peak:mm", impl="max", median_s=1.0, gflops=250.0),
+                       dict(group="peak:mm", impl="torch", median_s=1.0, gflops=300.0),
+                       dict(group="enc", impl="max", median_s=0.2, gflops=150.0, cores_busy=1.8),
+                       dict(group="enc", impl="torch", median_s=0.2, gflops=150.0, cores_busy=2.0)])
+    enc = next(r for r in rows if r["group"] == "enc")
+    assert enc["peak_gflops"] == 300.0
+    assert "50% / 50% of peak 300" in enc["line"] and "cores busy 1.80 / 2.00" in enc["line"]
+
+
+def test_flop_counts_add_up_and_skip_elementwise_layers():
+    dims = SIZES["tiny"]
+    assert layer_flops("gelu", dims) is None and layer_flops("layer_norm", dims) is None
+    assert layer_flops("block", dims) == layer_flops("attention", dims) + layer_flops("mlp", dims)
+    assert encoder_flops(dims, 4) == 4 * (layer_flops("conv_stem", dims) + 4 * layer_flops("block", dims))
+    assert encoder_flops(dims) == pytest.approx(36.94e9, rel=1e-3)  # the figure in the README
+
+
+def test_memory_lines_show_growth_over_the_baseline():
+    (line,) = memory_lines([dict(config="tiny.en:batch1", impl="max", baseline_mb=700.0, peak_mb=1000.0)])
+    assert "1000 MB" in line and "+300 MB" in line
+
+
+def test_rss_probe_refuses_an_unknown_configuration():
+    with pytest.raises(ValueError, match="huge"):
+        rss_probe("max", "huge", 1)
+
+
+def test_bound_layer_refuses_missing_weights():
+    from maxwhisper.registry import SPECS, bound_max
+
+    with pytest.raises(ValueError, match=r"params lack .*0\.weight"):
+        bound_max(SPECS["mlp"], SIZES["tiny"], {})

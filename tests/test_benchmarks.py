@@ -192,11 +192,14 @@ RSS_CONFIGS = [("tiny.en", b) for b in (1, 2, 4, 8)] + [(size, 1) for size in ("
 
 @pytest.mark.parametrize("impl", ["max", "torch"])
 @pytest.mark.parametrize("config,batch", RSS_CONFIGS, ids=[f"{c}-batch{b}" for c, b in RSS_CONFIGS])
-def test_bench_peak_rss(config, batch, impl, memory_record, request):
-    """Peak RSS of one encoder configuration, each in a fresh process so the peak is its own."""
+def test_bench_peak_rss(config, batch, impl, memory_record, request, benchmark):
+    """Peak RSS of one encoder configuration, each in a fresh process so the peak is its own.
+    (The `benchmark` fixture only keeps it in --benchmark-only runs; its time is the subprocess's.)"""
     _benchmark_only(request, "the peak-RSS sweep (one subprocess per configuration)")
-    p = subprocess.run([sys.executable, "-m", "maxwhisper.bench", "rss", impl, config, "--batch", str(batch)],
-                       capture_output=True, text=True)
+    benchmark.group = "rss-subprocess"
+    p = benchmark.pedantic(subprocess.run, rounds=1, iterations=1, args=(
+        [sys.executable, "-m", "maxwhisper.bench", "rss", impl, config, "--batch", str(batch)],),
+        kwargs=dict(capture_output=True, text=True))
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout.strip().splitlines()[-1])
     assert r["peak_mb"] >= r["baseline_mb"] > 0, r
@@ -263,14 +266,21 @@ print(f"LOAD_S {time.perf_counter() - t0:.3f}")
 
 
 @pytest.mark.parametrize("graph", ["encoder", "block", "conv_stem", "layer_norm"])
-def test_bench_compile_cold_then_warm(graph, tmp_path, request, memory_record):
-    """Graph compile cost: a subprocess with an empty MAX cache (XDG_CACHE_HOME), then one reusing it."""
+def test_bench_compile_cold_then_warm(graph, tmp_path, request, memory_record, benchmark):
+    """Graph compile cost: a subprocess with an empty MAX cache (XDG_CACHE_HOME), then one reusing it.
+    (The `benchmark` fixture only keeps it in --benchmark-only runs; the times are the subprocesses'.)"""
     _benchmark_only(request, "the cold compiles (15-100 s each)")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
-    times = []
-    for _ in range(2):
-        p = subprocess.run([sys.executable, "-c", _COMPILE, graph], env=env, capture_output=True, text=True)
-        assert p.returncode == 0, p.stderr[-2000:]
-        times.append(float(p.stdout.split("LOAD_S")[1]))
+
+    def cold_then_warm():
+        times = []
+        for _ in range(2):
+            p = subprocess.run([sys.executable, "-c", _COMPILE, graph], env=env, capture_output=True, text=True)
+            assert p.returncode == 0, p.stderr[-2000:]
+            times.append(float(p.stdout.split("LOAD_S")[1]))
+        return times
+
+    benchmark.group = "compile-subprocess"
+    times = benchmark.pedantic(cold_then_warm, rounds=1, iterations=1)
     assert times[1] < times[0], f"a warm load ({times[1]:.1f} s) should beat the cold compile ({times[0]:.1f} s)"
     memory_record(dict(kind="compile", graph=graph, cold_s=times[0], warm_s=times[1]))
