@@ -167,6 +167,16 @@ def check(result_path: str | os.PathLike, baseline_path: str | os.PathLike, slac
             for g in base if got[g] > (1 + slack) * base[g]]
 
 
+def random_encoder_weights(dims: ModelDimensions, seed: int = 0) -> dict:
+    """An encoder state dict (openai-whisper keys) of trained-scale random weights, for the size sweep."""
+    import numpy as np
+
+    from maxwhisper.registry import SPECS, random_params
+
+    return random_params(np.random.default_rng(seed), {
+        f"encoder.{k}": v for k, v in SPECS["encoder"].param_shapes(dims).items()})
+
+
 def _status_mb(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -188,11 +198,8 @@ def rss_probe(impl: str, config: str, batch: int, device: str = "cpu") -> dict:
 
         dims, sd = load_weights("tiny.en")
     elif config in SIZES:
-        from maxwhisper.registry import SPECS, random_params
-
         dims = SIZES[config]
-        sd = random_params(np.random.default_rng(0), {
-            f"encoder.{k}": v for k, v in SPECS["encoder"].param_shapes(dims).items()})
+        sd = random_encoder_weights(dims)
     else:
         raise ValueError(f"config {config!r}: expected 'tiny.en' or one of {sorted(SIZES)}")
     mel = np.random.default_rng(1).uniform(-1.5, 1.5, (batch, dims.n_mels, 2 * dims.n_audio_ctx))

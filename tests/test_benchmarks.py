@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from maxwhisper.bench import SIZES, encoder_flops, layer_flops
+from maxwhisper.bench import SIZES, encoder_flops, layer_flops, random_encoder_weights
 from maxwhisper.model import MaxWhisper
 from maxwhisper.registry import SPECS, bound_max, random_params
 from reference.modules import load, reference_encoder
@@ -175,8 +175,7 @@ def test_bench_encoder_size(size, impl, benchmark, bench_record, request):
     """Cost growth with model dims: tiny, base and small encoders (random weights), batch 1."""
     _benchmark_only(request, "the model-size sweep")
     dims = SIZES[size]
-    sd = random_params(np.random.default_rng(0), {
-        f"encoder.{k}": v for k, v in SPECS["encoder"].param_shapes(dims).items()})
+    sd = random_encoder_weights(dims)
     mel = np.random.default_rng(1).uniform(-1.5, 1.5, (1, 80, 3000)).astype(np.float32)
     if impl == "max":
         model = MaxWhisper(dims, sd)
