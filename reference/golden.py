@@ -21,6 +21,12 @@ import numpy as np
 FORMAT_VERSION = 1
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_en_jfk.npz"
 REGENERATE = "python -m reference.make_fixtures"
+# How far the stored log-mel may sit from the log-mel of jfk.flac computed now. The same code gives
+# different float32 rounding on different CPUs (FFT and resampler SIMD paths): 2.4e-5 max |diff|
+# between an AMD EPYC and an Intel Xeon with AMX. A real front-end change is far larger: soxr
+# quality "MQ" instead of "HQ" moves it by 7.4e-3, one channel instead of the mean by 0.49.
+# (A byte hash here failed CI on the first machine that was not the one that made the fixture.)
+MEL_ATOL = 5e-4
 MODEL = "tiny.en"
 AUDIO = "jfk.flac"
 
@@ -105,11 +111,12 @@ def load_fixture(path: str | Path = FIXTURE) -> GoldenFixture:
     return fx
 
 
-def check_fresh(fixture: GoldenFixture, weights_hash: str, mel_hash: str | None = None) -> None:
+def check_fresh(fixture: GoldenFixture, weights_hash: str, mel: np.ndarray | None = None) -> None:
     """Raise StaleFixtureError naming every reason the fixture no longer matches (None: it does).
 
-    `weights_hash` is that of the tiny.en state dict loaded now; `mel_hash`, when given, that of the
-    log-mel of jfk.flac computed now (it needs the speech folder, so it is optional).
+    `weights_hash` is that of the tiny.en state dict loaded now (exact: weights are data, not
+    arithmetic); `mel`, when given, the log-mel of jfk.flac computed now (it needs the speech folder,
+    so it is optional), which must match the stored one within MEL_ATOL.
     """
     reasons = []
     if fixture.version != FORMAT_VERSION:
@@ -117,9 +124,15 @@ def check_fresh(fixture: GoldenFixture, weights_hash: str, mel_hash: str | None 
     if fixture.weights_hash != weights_hash:
         reasons.append(f"weights hash {fixture.weights_hash[:12]}.. != current {MODEL} weights "
                        f"{weights_hash[:12]}..")
-    if mel_hash is not None and fixture.mel_hash != mel_hash:
-        reasons.append(f"input hash {fixture.mel_hash[:12]}.. != log-mel of {AUDIO} computed now "
-                       f"{mel_hash[:12]}..")
+    if mel is not None:
+        if mel.shape != fixture.mel.shape:
+            reasons.append(f"input mel shape {fixture.mel.shape} != log-mel of {AUDIO} computed now "
+                           f"{mel.shape}")
+        else:
+            diff = float(np.max(np.abs(mel.astype(np.float64) - fixture.mel)))
+            if not diff <= MEL_ATOL:  # NaN counts as stale
+                reasons.append(f"input mel differs from the log-mel of {AUDIO} computed now by "
+                               f"max |diff| {diff:.2e} > {MEL_ATOL:.0e}")
     if reasons:
         raise StaleFixtureError(f"golden fixture {fixture.path} is stale: " + "; ".join(reasons)
                                 + f". Regenerate it with `{REGENERATE}`")
