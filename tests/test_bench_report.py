@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from maxwhisper.bench import SIZES, check, encoder_flops, layer_flops, memory_lines, ratio_rows, rss_probe
+from maxwhisper.bench import (SIZES, check, encoder_flops, layer_flops, max_last, memory_lines, ratio_rows,
+                              rss_probe)
 
 
 def _write(path, ratios):
@@ -66,3 +67,10 @@ def test_bound_layer_refuses_missing_weights():
 
     with pytest.raises(ValueError, match=r"params lack .*0\.weight"):
         bound_max(SPECS["mlp"], SIZES["tiny"], {})
+
+
+def test_max_last_moves_every_max_timing_after_the_others_keeping_each_order():
+    items = ["peak-max", "peak-torch", "ln-max", "ln-torch", "enc-ctranslate2", "compile", "enc-max"]
+    impl = lambda i: i.split("-", 1)[1] if "-" in i else None
+    assert max_last(items, impl) == ["peak-torch", "ln-torch", "enc-ctranslate2", "compile",
+                                     "peak-max", "ln-max", "enc-max"]
