@@ -134,15 +134,3 @@ def log_mel(audio: np.ndarray, n_mels: int = 80) -> np.ndarray:
     window = torch.from_numpy(np.array(audio[: whisper.audio.N_SAMPLES], dtype=np.float32))
     mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(window), n_mels)
     return mel.numpy().astype(np.float32, copy=False)
-
-
-def speech_dir() -> Path | None:
-    """The shared speech folder (holds transcripts.tsv), or None when it is not on this machine."""
-    candidates = [Path(__file__).resolve().parent.parent / ".." / "shared" / "speech",
-                  Path.cwd() / ".." / "shared" / "speech"]
-    if os.environ.get("MAXWHISPER_SPEECH_DIR"):
-        candidates.insert(0, Path(os.environ["MAXWHISPER_SPEECH_DIR"]))
-    for c in candidates:
-        if (c / "transcripts.tsv").is_file():
-            return c.resolve()
-    return None

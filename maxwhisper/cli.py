@@ -1,4 +1,5 @@
-"""maxwhisper command line.
+"""maxwhisper command line: argument parsing and printing; the work is in the library
+(`maxwhisper.harness.verify`, `maxwhisper.transcribe`).
 
   maxwhisper verify [AUDIO] [--model NAME|PATH] [--json PATH]
   maxwhisper transcribe FILE... [--model NAME|PATH] [--output-format txt|json|srt|vtt|tsv|all] [--output-dir DIR]
@@ -11,73 +12,24 @@ import json
 import sys
 from pathlib import Path
 
-# Spoken by eSpeak NG when the shared speech data (and so jfk.flac) is absent.
-DEFAULT_SENTENCE = "And so my fellow Americans, ask not what your country can do for you."
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
-
-
-def _reference_text(source: str) -> str | None:
-    """The reference transcript when the audio is one of ../shared/speech's files."""
-    import csv
-
-    from maxwhisper.audio import speech_dir
-
-    found = speech_dir()
-    if found is None:
-        return None
-    try:
-        rel = Path(source).resolve().relative_to(found.resolve()).as_posix()
-    except ValueError:
-        return None
-    rows = csv.DictReader(open(found / "transcripts.tsv"), delimiter="\t")
-    return next((r["text"] for r in rows if r["file"] == rel), None)
-
-
-def end_to_end(model, audio, source: str) -> dict:
-    """Both pipelines' greedy transcripts (MAX encoder, PyTorch encoder) and their WERs."""
-    from maxwhisper.transcribe import pipeline_model, transcribe
-    from maxwhisper.wer import wer
-
-    text = {enc: transcribe(pipeline_model(model, enc), audio)["text"].strip() for enc in ("max", "torch")}
-    out = dict(max=text["max"], torch=text["torch"], wer_max_vs_torch=wer(text["torch"], text["max"]))
-    reference = _reference_text(source)
-    if reference is not None:
-        out.update(reference=reference, wer_max=wer(reference, text["max"]), wer_torch=wer(reference, text["torch"]))
-    return out
-
-
-def _audio(path: str | None):
-    from maxwhisper.audio import load_audio, speech_dir, synthesize
-
-    if path is not None:
-        return path, load_audio(path)
-    found = speech_dir()
-    if found is not None:
-        return str(found / "jfk.flac"), load_audio(found / "jfk.flac")
-    return f"eSpeak NG: {DEFAULT_SENTENCE!r}", synthesize(DEFAULT_SENTENCE)
-
 
 def cmd_verify(args) -> int:
     from maxwhisper import load_model
-    from maxwhisper.parity import format_table
-    from maxwhisper.verify import verify
-    from maxwhisper.weights import weights_hash
+    from maxwhisper.harness.compare import format_table
+    from maxwhisper.harness.verify import Verification, default_audio, end_to_end, report, verify_layers
 
-    source, audio = _audio(args.audio)
+    source, audio = default_audio(args.audio)
     model = load_model(args.model, device=args.device)
     print(f"model: {args.model}  audio: {source} ({len(audio) / 16000:.2f} s)  device: {args.device}",
           flush=True)
-    result = verify(model, audio)
+    result = Verification(verify_layers(model, audio))
     print(format_table(result.comparisons))
     bad = result.first_failure
     print(f"first layer over tolerance: {bad.layer}" if bad else
           f"all {len(result.comparisons)} layers within tolerance")
     if bad:
         print(bad.report())
-    e2e = end_to_end(model, audio, source)
+    e2e = result.transcripts = end_to_end(model, audio, source)
     print(f"transcript, MAX encoder:     {e2e['max']}")
     print(f"transcript, PyTorch encoder: {e2e['torch']}")
     line = f"WER MAX vs PyTorch: {100 * e2e['wer_max_vs_torch']:.2f}%"
@@ -86,11 +38,7 @@ def cmd_verify(args) -> int:
                  f"PyTorch {100 * e2e['wer_torch']:.2f}%")
     print(line)
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "model": args.model, "weights_sha256": weights_hash(model.state_dict), "audio": source,
-            "device": args.device, "passed": result.passed,
-            "first_failure": bad.layer if bad else None, "transcripts": e2e,
-            "layers": [c.row() for c in result.comparisons]}, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(report(args.model, model, source, args.device, result), indent=1) + "\n")
     return 0 if result.passed else 1
 
 

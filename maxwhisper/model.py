@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
-from max.graph import DeviceRef, Graph, TensorType
+from max.graph import DeviceRef, Graph, TensorType, TensorValue
 from max.dtype import DType
 from whisper.model import ModelDimensions
 
@@ -15,21 +15,38 @@ from maxwhisper.runtime import Compiled, device_ref, weight_lookup
 from maxwhisper.weights import load_weights
 
 
+def mel_type(dims: ModelDimensions, ref: DeviceRef) -> TensorType:
+    """(batch, n_mels, 2 * n_audio_ctx) float32: batch is symbolic, the frame count is static
+    because the positional embedding fixes it."""
+    return TensorType(DType.float32, ["batch", dims.n_mels, 2 * dims.n_audio_ctx], ref)
+
+
+def emit_encoder(mel: TensorValue, lookup: Callable[[str], TensorValue], dims: ModelDimensions,
+                 trace: dict | None = None) -> TensorValue:
+    """openai-whisper's AudioEncoder into the graph being built; `trace` receives every activation.
+
+    With `trace`, the ids recorded must be `layers.encoder_trace`'s, in its order: the harness reads
+    ids from that table, so a layer that records under another name fails here, at build time.
+    """
+    out = layers.encoder(mel, layers.Scope(lookup, "encoder.", trace), dims.n_audio_head, dims.n_audio_layer)
+    if trace is not None:
+        want = [t.id for t in layers.encoder_trace(dims.n_audio_layer)]
+        if list(trace) != want:
+            raise RuntimeError(f"the encoder recorded {list(trace)}, layers.encoder_trace says {want}")
+    return out
+
+
 def encoder_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef,
                   trace: bool = False, name: str = "whisper_encoder") -> tuple[Graph, list[str]]:
     """mel (batch, n_mels, 2 * n_audio_ctx) -> (batch, n_audio_ctx, n_audio_state).
 
     With `trace`, the graph returns every recorded activation, keyed by layer id.
-    Batch is symbolic; the frame count is static because the positional embedding fixes it.
     """
-    mel = TensorType(DType.float32, ["batch", dims.n_mels, 2 * dims.n_audio_ctx], ref)
-    with Graph(name, input_types=[mel]) as g:
+    with Graph(name, input_types=[mel_type(dims, ref)]) as g:
         rec: dict | None = {} if trace else None
-        s = layers.Scope(weight_lookup({}, shapes, ref), "encoder.", rec)
-        out = layers.encoder(g.inputs[0].tensor, s, dims.n_audio_head, dims.n_audio_layer)
-        names = list(rec) if trace else ["encoder"]
+        out = emit_encoder(g.inputs[0].tensor, weight_lookup({}, shapes, ref), dims, rec)
         g.output(*(rec.values() if trace else [out]))
-    return g, names
+    return g, list(rec) if trace else ["encoder"]
 
 
 def check_mel(mel, dims: ModelDimensions) -> np.ndarray:
@@ -57,12 +74,13 @@ class MaxWhisper:
     `state_dict` uses openai-whisper's key names; the graph's weights carry the same names.
     """
 
-    def __init__(self, dims: ModelDimensions, state_dict: Mapping[str, np.ndarray],
-                 device: str = "cpu", source: str = "<state dict>"):
-        self.dims, self.state_dict, self.device, self.source = dims, dict(state_dict), device, source
+    def __init__(self, dims: ModelDimensions, state_dict: Mapping[str, np.ndarray], device: str = "cpu"):
+        self.dims, self.state_dict, self.device = dims, dict(state_dict), device
         self._compiled: dict[bool, Compiled] = {}
 
-    def _encoder(self, trace: bool) -> Compiled:
+    def compile(self, trace: bool = False) -> Compiled:
+        """The encoder graph (with every activation as an output when `trace`), compiled or loaded
+        from MAX's cache now rather than on first use."""
         if trace not in self._compiled:
             weights = {k: v for k, v in self.state_dict.items() if k.startswith("encoder.")}
             shapes = {k: v.shape for k, v in weights.items()}
@@ -73,12 +91,12 @@ class MaxWhisper:
     def encode(self, mel: np.ndarray) -> np.ndarray:
         """(batch, n_mels, 3000) float32 log-mel -> (batch, 1500, n_audio_state) float32."""
         mel = check_mel(mel, self.dims)
-        return self._encoder(trace=False)(mel)[0]
+        return self.compile(trace=False)(mel)[0]
 
     def encode_trace(self, mel: np.ndarray) -> dict[str, np.ndarray]:
         """Every intermediate activation of the encoder, keyed by layer id (see `layers`)."""
         mel = check_mel(mel, self.dims)
-        compiled = self._encoder(trace=True)
+        compiled = self.compile(trace=True)
         return dict(zip(compiled.output_names, compiled(mel)))
 
 
@@ -86,4 +104,4 @@ def load_model(name_or_path: str | os.PathLike = "tiny.en", device: str = "cpu")
     """Load Whisper weights (embedded tiny.en by default; see `maxwhisper.weights`) onto MAX."""
     device_ref(device)  # a bad device fails here, before any weights are read
     dims, state_dict = load_weights(name_or_path)
-    return MaxWhisper(dims, state_dict, device, source=str(name_or_path))
+    return MaxWhisper(dims, state_dict, device)

@@ -43,8 +43,7 @@ class Compiled:
 
     def __init__(self, graph: Graph, device: str, weights: Mapping[str, np.ndarray] | None = None,
                  output_names: Sequence[str] = ()):
-        session, self.ref = _session(device)
-        self.device = device
+        session = _session(device)[0]
         self.output_names = list(output_names)
         self.model = session.load(graph, weights_registry=dict(weights or {}))
 
@@ -68,25 +67,27 @@ def weight_lookup(graph_weights: dict[str, Weight], shapes: Mapping[str, tuple[i
     return lookup
 
 
-def functional_graph(name: str, fn: Callable[[TensorValue, Scope], TensorValue | dict],
-                     x_shape: Sequence, params: Mapping[str, tuple[int, ...]], ref: DeviceRef,
+def functional_graph(name: str, fn: Callable[[dict[str, TensorValue], Scope], TensorValue | dict],
+                     inputs: Mapping[str, Sequence], params: Mapping[str, tuple[int, ...]], ref: DeviceRef,
                      dtype: DType = DType.float32, bind: bool = False) -> tuple[Graph, list[str]]:
-    """A one-layer graph whose input 0 is the activation.
+    """A one-layer graph: the named activations `inputs` (name -> shape; a str entry is a symbolic
+    dim, shared by name between inputs) come first, in order.
 
     Parameters are further inputs, in `params` order, so new random weights need no recompile;
     with `bind` they are `Weight`s named by their key instead, bound once at load time from the
     weights registry, as the encoder's are (what a benchmark of one layer should time).
     `fn` may return one value, or a dict of named values when the caller wants a trace.
     """
-    types = [TensorType(dtype, list(x_shape), ref)]
+    types = [TensorType(dtype, list(shape), ref) for shape in inputs.values()]
     if not bind:
         types += [TensorType(dtype, list(shape), ref) for shape in params.values()]
     with Graph(name, input_types=types) as g:
+        xs = dict(zip(inputs, (v.tensor for v in g.inputs[:len(inputs)])))
         if bind:
             lookup = weight_lookup({}, params, ref, dtype)
         else:
-            lookup = dict(zip(params, (v.tensor for v in g.inputs[1:]))).__getitem__
-        out = fn(g.inputs[0].tensor, Scope(lookup))
+            lookup = dict(zip(params, (v.tensor for v in g.inputs[len(inputs):]))).__getitem__
+        out = fn(xs, Scope(lookup))
         names = list(out) if isinstance(out, dict) else [name]
         g.output(*(out.values() if isinstance(out, dict) else [out]))
     return g, names

@@ -5,8 +5,8 @@ import pytest
 import soundfile as sf
 import soxr
 
-from maxwhisper.audio import (SAMPLE_RATE, AudioError, load_audio, log_mel, speech_dir,
-                              synthesize)
+from maxwhisper.audio import SAMPLE_RATE, AudioError, load_audio, log_mel, synthesize
+from maxwhisper.harness.speech import speech_dir
 
 SPEECH = speech_dir()
 needs_speech = pytest.mark.skipif(
@@ -212,17 +212,3 @@ def test_log_mel_casts_float64_to_float32(speech):
 def test_log_mel_rejects_bad_input(bad, needle):
     with pytest.raises(ValueError, match=needle):
         log_mel(bad)
-
-
-# --- speech_dir ---------------------------------------------------------------------------------------
-
-def test_speech_dir_prefers_env_var(tmp_path, monkeypatch):
-    (tmp_path / "transcripts.tsv").write_text("file\ttext\n")
-    monkeypatch.setenv("MAXWHISPER_SPEECH_DIR", str(tmp_path))
-    assert speech_dir() == tmp_path.resolve()
-
-
-def test_speech_dir_skips_env_var_without_transcripts(tmp_path, monkeypatch):
-    monkeypatch.setenv("MAXWHISPER_SPEECH_DIR", str(tmp_path))
-    found = speech_dir()
-    assert found is None or (found != tmp_path.resolve() and (found / "transcripts.tsv").is_file())

@@ -63,9 +63,9 @@ def test_verify_not_audio_is_exit_2(tmp_path):
 
 def test_verify_without_speech_data_uses_espeak(monkeypatch, capsys, tmp_path, tiny_en_model):
     """On a machine without ../shared/speech the main job still runs, on synthesized speech."""
-    import maxwhisper.audio
+    import maxwhisper.harness.verify
 
-    monkeypatch.setattr(maxwhisper.audio, "speech_dir", lambda: None)
+    monkeypatch.setattr(maxwhisper.harness.verify, "speech_dir", lambda: None)
     out = tmp_path / "v.json"
     assert main(["verify", "--json", str(out)]) == 0
     report = json.loads(out.read_text())

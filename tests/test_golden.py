@@ -13,29 +13,32 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from maxwhisper.parity import assert_parity
-from maxwhisper.registry import SPECS, run_max, run_reference, spec_of
+from maxwhisper.harness import golden as g
+from maxwhisper.harness.compare import assert_parity
+from maxwhisper.harness.reference.capture import layer_ids
+from maxwhisper.harness.registry import golden_cases, tolerance_of
+from maxwhisper.harness.runners import run_max, run_reference
+from maxwhisper.layers import encoder_trace
+from maxwhisper.sizes import SIZES
 from maxwhisper.weights import weights_hash
-from reference import golden as g
-from reference.capture import layer_ids
 
-TINY_EN_LAYERS = 4
-LAYERS = layer_ids(TINY_EN_LAYERS)
-BLOCKS = [f"encoder.blocks.{i}" for i in range(TINY_EN_LAYERS)]
-LN_LAYERS = [f"{b}.{n}" for b in BLOCKS for n in ("attn_ln", "mlp_ln")] + ["encoder.ln_post"]
-# one-layer graphs: (registry record, first trace id: its stored input feeds the graph, last trace id:
-# its stored output is expected, prefix of the weights in the tiny.en state dict)
-ONE_LAYER = ([("layer_norm", ln, ln, ln) for ln in LN_LAYERS]
-             + [("mlp", f"{b}.mlp.0", f"{b}.mlp.2", f"{b}.mlp") for b in BLOCKS]
-             + [("gelu", f"{b}.mlp.1", f"{b}.mlp.1", None) for b in BLOCKS])
+TINY_EN = SIZES[g.MODEL]
+LAYERS = layer_ids(TINY_EN.n_audio_layer)
+TOL = tolerance_of(TINY_EN)
+# one-layer graphs, from the registry: (record, case: `first`'s stored input feeds the graph,
+# `last`'s stored output is expected, `params` is the prefix of its weights in the tiny.en state dict)
+ONE_LAYER = golden_cases(TINY_EN)
+ONE_LAYER_IDS = [f"{spec.name}-{case.last}" for spec, case in ONE_LAYER]
+# inputs the fixture must store itself: a golden case's input that is no traced value
+UNTRACED_INPUTS = sorted({c.first for _, c in ONE_LAYER} & {t.id for t in encoder_trace(TINY_EN.n_audio_layer)
+                                                            if t.input is None})
 
 
-def _one_layer_case(name, first, last, prefix, fixture, tiny_en):
-    """(spec, input, expected, params): `first`'s stored input through the record, vs `last`'s output."""
+def _one_layer_case(spec, case, fixture, tiny_en):
+    """(input, expected, params): `case.first`'s stored input through the record, vs `case.last`'s output."""
     dims, state_dict = tiny_en
-    spec = SPECS[name]
-    params = {k: state_dict[f"{prefix}.{k}"] for k in spec.param_shapes(dims)} if prefix else {}
-    return spec, fixture.input_of(first), fixture.layers[last], params
+    params = {k: state_dict[f"{case.params}.{k}"] for k in spec.param_shapes(dims)} if case.params else {}
+    return fixture.input_of(case.first), fixture.layers[case.last], params
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +93,8 @@ def test_golden_fixture_complete(golden, tiny_en):
         width = 4 * dims.n_audio_state if re.search(r"\.mlp\.[01]$", layer) else dims.n_audio_state
         assert golden.layers[layer].shape == (1, len(golden.positions[n]), width), layer
         assert golden.layers[layer].dtype == np.float32 and np.isfinite(golden.layers[layer]).all()
-    assert sorted(golden.inputs) == [f"{b}.mlp_ln" for b in BLOCKS]
+    assert sorted(golden.inputs) == UNTRACED_INPUTS
+    assert UNTRACED_INPUTS == [f"encoder.blocks.{i}.mlp_ln" for i in range(dims.n_audio_layer)]
 
 
 def _doctor(fixture_path, tmp_path, **changes):
@@ -174,7 +178,7 @@ def test_golden_trace(layer, golden, golden_trace, record_parity):
     if layer not in golden.layers:
         pytest.fail(f"{golden.path} holds no {layer}: regenerate it with `{g.REGENERATE}`", pytrace=False)
     actual = golden_trace[layer][:, golden.positions_of(layer)]
-    record_parity(assert_parity(f"golden:{layer}", actual, golden.layers[layer], spec_of(layer).tol()))
+    record_parity(assert_parity(f"golden:{layer}", actual, golden.layers[layer], TOL(layer)))
 
 
 def test_golden_trace_complete(golden, golden_trace):
@@ -182,20 +186,20 @@ def test_golden_trace_complete(golden, golden_trace):
 
 
 # ------------------------------------------------------------------ one-layer graphs alone
-@pytest.mark.parametrize("name,first,last,prefix", ONE_LAYER, ids=[f"{c[0]}-{c[2]}" for c in ONE_LAYER])
-def test_golden_one_layer(name, first, last, prefix, golden, tiny_en, record_parity):
+@pytest.mark.parametrize("spec,case", ONE_LAYER, ids=ONE_LAYER_IDS)
+def test_golden_one_layer(spec, case, golden, tiny_en, device, record_parity):
     """The layer's own MAX graph on the stored input (24 positions: the layers are position-wise)."""
-    spec, x, expected, params = _one_layer_case(name, first, last, prefix, golden, tiny_en)
-    out = run_max(spec, tiny_en[0], x, params)
-    record_parity(assert_parity(f"golden:{name} {last}", out, expected, spec.tol()))
+    x, expected, params = _one_layer_case(spec, case, golden, tiny_en)
+    out = run_max(spec, tiny_en[0], x, params, device=device)
+    record_parity(assert_parity(f"golden:{spec.name} {case.last}", out, expected, spec.tol()))
 
 
-@pytest.mark.parametrize("name,first,last,prefix", ONE_LAYER, ids=[f"{c[0]}-{c[2]}" for c in ONE_LAYER])
-def test_golden_fixture_consistent(name, first, last, prefix, golden, tiny_en):
+@pytest.mark.parametrize("spec,case", ONE_LAYER, ids=ONE_LAYER_IDS)
+def test_golden_fixture_consistent(spec, case, golden, tiny_en):
     """The fixture itself: the float64 reference layer maps each stored input to the stored output.
 
     A failure here is a bad fixture (wrong input entry, wrong weights), not a MAX bug.
     """
-    spec, x, expected, params = _one_layer_case(name, first, last, prefix, golden, tiny_en)
-    assert_parity(f"golden fixture {last}", run_reference(spec, tiny_en[0], x, params), expected,
+    x, expected, params = _one_layer_case(spec, case, golden, tiny_en)
+    assert_parity(f"golden fixture {case.last}", run_reference(spec, tiny_en[0], x, params), expected,
                   spec.tol())

@@ -1,7 +1,7 @@
 """The suite must fail for real bugs, and name the layer where each one starts.
 
 Each bug below is one the public MAX Whisper attempt shipped or could have shipped. It is injected
-into the MAX encoder while its graph is built (by patching `maxwhisper.layers`), the trace is
+into the MAX encoder while the product's `model.emit_encoder` builds it (by patching `maxwhisper.layers`), the trace is
 compared with the float64 reference exactly as `maxwhisper verify` does, and the first layer over
 tolerance must be the layer the bug lives in.
 
@@ -16,16 +16,15 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
-import torch
 from max.dtype import DType
-from max.graph import Graph, TensorType, ops
+from max.graph import Graph, ops
 
 from maxwhisper import layers
-from maxwhisper.parity import compare_traces, first_failure
-from maxwhisper.registry import spec_of
+from maxwhisper.harness.compare import compare_traces, first_failure
+from maxwhisper.harness.reference.capture import reference_trace
+from maxwhisper.harness.registry import tolerance_of
+from maxwhisper.model import emit_encoder, mel_type
 from maxwhisper.runtime import Compiled, device_ref, weight_lookup
-from reference.capture import trace_encoder
-from reference.modules import reference_encoder
 
 
 def _patch(name: str, make: Callable[[Callable], Callable]) -> Callable[[], contextlib.AbstractContextManager]:
@@ -110,36 +109,33 @@ BUGS = {
 
 
 @pytest.fixture(scope="module")
-def mutant_traces(tiny_en, jfk_mel):
+def mutant_traces(tiny_en, jfk_mel, device):
     """{bug: (MAX trace with the bug, reference trace)} for tiny.en on jfk.flac."""
     dims, state_dict = tiny_en
     weights = {k: v for k, v in state_dict.items() if k.startswith("encoder.")}
-    ref = device_ref("cpu")
-    mel_type = TensorType(DType.float32, ["batch", dims.n_mels, 2 * dims.n_audio_ctx], ref)
+    ref = device_ref(device)
     names = []
-    with Graph("whisper_encoder_mutants", input_types=[mel_type]) as g:
+    with Graph("whisper_encoder_mutants", input_types=[mel_type(dims, ref)]) as g:
         lookup = weight_lookup({}, {k: v.shape for k, v in weights.items()}, ref)
         outputs = []
         for bug, (inject, _) in BUGS.items():
             trace: dict = {}
-            with inject():
-                layers.encoder(g.inputs[0].tensor, layers.Scope(lookup, "encoder.", trace),
-                               dims.n_audio_head, dims.n_audio_layer)
+            with inject():  # the product's own encoder builder, with one bug patched in
+                emit_encoder(g.inputs[0].tensor, lookup, dims, trace)
             names += [(bug, layer) for layer in trace]
             outputs += list(trace.values())
         g.output(*outputs)
-    results = Compiled(g, "cpu", weights)(jfk_mel)
-    expected = trace_encoder(reference_encoder(dims, state_dict), torch.from_numpy(jfk_mel).double())
+    results = Compiled(g, device, weights)(jfk_mel)
     traces: dict[str, dict] = {bug: {} for bug in BUGS}
     for (bug, layer), value in zip(names, results):
         traces[bug][layer] = value
-    return traces, expected
+    return traces, reference_trace(dims, state_dict, jfk_mel), tolerance_of(dims)
 
 
 @pytest.mark.parametrize("bug", BUGS)
 def test_mutation_is_caught_at_its_layer(bug, mutant_traces):
-    traces, expected = mutant_traces
-    comparisons = compare_traces(traces[bug], expected, lambda layer: spec_of(layer).tol())
+    traces, expected, tol = mutant_traces
+    comparisons = compare_traces(traces[bug], expected, tol)
     first = first_failure(comparisons)
     where = BUGS[bug][1]
     if where is None:
@@ -153,6 +149,6 @@ def test_mutation_is_caught_at_its_layer(bug, mutant_traces):
 def test_mutation_key_bias_is_invisible_downstream(mutant_traces):
     """Why the key trace matters: a key bias adds q.b to every score of a row, which softmax
     cancels, so the attention output (and the transcript) cannot reveal it."""
-    traces, expected = mutant_traces
+    traces, expected, _ = mutant_traces
     bugged = traces["nonzero_key_bias"]
     assert np.abs(bugged["encoder.blocks.0.attn"] - expected["encoder.blocks.0.attn"]).max() < 1e-4

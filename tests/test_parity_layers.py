@@ -3,7 +3,7 @@
 Hypothesis draws the weights (a seed), the batch and the sequence length; the layer's one-layer MAX
 graph is compiled once per session (weights are graph inputs, batch and length are symbolic), so
 each example costs only a run. Each (layer, regime) is its own test, e.g. `gelu-extreme`; the
-"extreme" regime is the layer's numerically hard case (see `maxwhisper.registry`), and for
+"extreme" regime is the layer's numerically hard case (see `maxwhisper.harness.registry`), and for
 attention and the block it includes long rows, up to the 1500 frames of a 30 s window, because a
 long softmax row is where float32 attention loses precision.
 
@@ -17,39 +17,31 @@ import numpy as np
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from whisper.model import ModelDimensions
 
-from maxwhisper.parity import assert_parity
-from maxwhisper.registry import REGIMES, SPECS, random_params, run_max, run_reference
+from maxwhisper.harness.compare import assert_parity
+from maxwhisper.harness.inputs import random_params
+from maxwhisper.harness.registry import SPECS
+from maxwhisper.harness.runners import run_max, run_reference
+from maxwhisper.sizes import SIZES
 
-TINY_EN = ModelDimensions(80, 1500, 384, 6, 4, 51864, 448, 384, 6, 4)
+TINY_EN = SIZES["tiny.en"]
 LAYERS = [name for name in SPECS if name != "encoder"]  # the encoder has its own file
-# Known float32 limits, each measured against torch float32 on the same inputs (see the reason).
-XFAIL = {
-    ("layer_norm", "extreme"): pytest.mark.xfail(strict=True, reason=(
-        "float32 rounding, not a MAX bug: on near-constant rows (variance ~1e-10..1e-4, around "
-        "eps=1e-5, offsets up to 10) the float32 mean's rounding error is multiplied by "
-        "gain/sqrt(var+eps) ~ 300. Falsifying example seed=0 batch=1 length=4: MAX max_abs 2.5e-4 "
-        "(row 2: mean -4.03, var 9.7e-7), torch float32 2.6e-5 on that input. Over 200 inputs "
-        "(2x16 rows): MAX max_abs p50 4.8e-4 / max 1.2e-3, torch float32 p50 3.9e-4 / max 8.8e-4 "
-        "(per-input ratio p50 1.2, p90 2.4); torch float32 itself fails the tolerance on 194/200 "
-        "and a float64 LayerNorm whose mean alone is rounded to float32 errs 2.1e-4 (p50), so no "
-        "float32 LayerNorm meets atol 1e-4 + rtol 5e-5 on this regime.")),
-}
-CASES = [pytest.param(name, regime, id=f"{name}-{regime}", marks=XFAIL.get((name, regime), ()))
-         for name in LAYERS for regime in REGIMES]
-# Long softmax rows: these cases take `long_length`, up to a full 30 s window (drawn often);
-# every other case takes `length`, 1..SHORT.
-LONG_ROWS = {("attention", "extreme"), ("block", "extreme")}
+# A regime where the record states a known float32 limit (measured against torch float32 on the same
+# inputs, see its reason) is a strict xfail that must fail by a parity AssertionError.
+CASES = [pytest.param(name, regime, id=f"{name}-{regime}", marks=[
+    pytest.mark.xfail(strict=True, raises=AssertionError, reason=SPECS[name].known_limits[regime])]
+    if regime in SPECS[name].known_limits else []) for name in LAYERS for regime in SPECS[name].regimes]
+# Long softmax rows: a record's `long_rows` regimes take `long_length`, up to a full 30 s window
+# (drawn often); every other case takes `length`, 1..SHORT.
 MAX_FRAMES, SHORT = TINY_EN.n_audio_ctx, 48
 
 
 def _input(spec, rng, batch: int, length: int, regime: str, odd_frames: bool = False) -> np.ndarray:
     """The layer's input; for the conv stem, `odd_frames` makes the mel 2 * length + 1 frames."""
     if spec.name == "conv_stem" and odd_frames:
-        mel = spec.make_input(rng, TINY_EN, batch, length + 1, regime)
+        mel = spec.inputs[0].make(rng, TINY_EN, batch, length + 1, regime)
         return np.ascontiguousarray(mel[..., :2 * length + 1])
-    return spec.make_input(rng, TINY_EN, batch, length, regime)
+    return spec.inputs[0].make(rng, TINY_EN, batch, length, regime)
 
 
 @pytest.mark.parametrize("name, regime", CASES)
@@ -58,14 +50,14 @@ def _input(spec, rng, batch: int, length: int, regime: str, odd_frames: bool = F
                              st.integers(1, SHORT)),
        odd_frames=st.booleans())  # conv_stem only: a mel of 2 * length + 1 frames
 @example(seed=1628, batch=3, length=38, long_length=278, odd_frames=False)  # attention-extreme's worst seen (rel 5.4e-5)
-def test_layer_parity(name, regime, seed, batch, length, long_length, odd_frames, record_parity):
+def test_layer_parity(name, regime, seed, batch, length, long_length, odd_frames, device, record_parity):
     spec = SPECS[name]
-    if (name, regime) in LONG_ROWS:
+    if regime in spec.long_rows:
         length = long_length
     rng = np.random.default_rng(seed)
     params = random_params(rng, spec.param_shapes(TINY_EN))
     x = _input(spec, rng, batch, length, regime, odd_frames)
-    actual = run_max(spec, TINY_EN, x, params)
+    actual = run_max(spec, TINY_EN, x, params, device=device)
     expected = run_reference(spec, TINY_EN, x, params)
     record_parity(assert_parity(f"{name}[{regime}]", actual, expected, spec.tol()))
 
@@ -75,15 +67,15 @@ ODD_LENGTHS = (1, 7, 23)
 
 
 @pytest.mark.parametrize("name", LAYERS)
-def test_layer_parity_batch_independent(name, record_parity):
+def test_layer_parity_batch_independent(name, device, record_parity):
     """A batch of 3 equals its items run alone (to 1e-6), at odd lengths, and matches the reference."""
     spec = SPECS[name]
     rng = np.random.default_rng(sum(map(ord, name)))
     params = random_params(rng, spec.param_shapes(TINY_EN))
     for length in ODD_LENGTHS:
-        x = spec.make_input(rng, TINY_EN, 3, length, "normal")
-        together = run_max(spec, TINY_EN, x, params)
-        alone = np.concatenate([run_max(spec, TINY_EN, x[i:i + 1], params) for i in range(3)])
+        x = spec.inputs[0].make(rng, TINY_EN, 3, length, "normal")
+        together = run_max(spec, TINY_EN, x, params, device=device)
+        alone = np.concatenate([run_max(spec, TINY_EN, x[i:i + 1], params, device=device) for i in range(3)])
         assert together.shape == alone.shape
         np.testing.assert_allclose(together, alone, rtol=1e-6, atol=1e-6,
                                    err_msg=f"{name}, length {length}: batch of 3 != items alone")
@@ -92,14 +84,14 @@ def test_layer_parity_batch_independent(name, record_parity):
 
 
 @pytest.mark.parametrize("frames", [1, 3, 15, 47])
-def test_conv_stem_parity_odd_frames(frames, record_parity):
+def test_conv_stem_parity_odd_frames(frames, device, record_parity):
     """Stride 2 over an odd mel frame count: MAX's output length is torch's (frames + 1) // 2."""
     spec = SPECS["conv_stem"]
     rng = np.random.default_rng(frames)
     params = random_params(rng, spec.param_shapes(TINY_EN))
     mel = _input(spec, rng, 2, frames // 2, "normal", odd_frames=True)
     assert mel.shape[-1] == frames
-    actual, expected = run_max(spec, TINY_EN, mel, params), run_reference(spec, TINY_EN, mel, params)
+    actual, expected = run_max(spec, TINY_EN, mel, params, device=device), run_reference(spec, TINY_EN, mel, params)
     assert expected.shape == (2, (frames + 1) // 2, TINY_EN.n_audio_state)
     assert actual.shape == expected.shape
     record_parity(assert_parity(f"conv_stem[{frames} frames]", actual, expected, spec.tol()))

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from maxwhisper.parity import assert_parity, compare
-from maxwhisper.registry import SPECS, spec_of
+from maxwhisper.harness.compare import assert_parity, compare
+from maxwhisper.harness.reference.capture import layer_ids, reference_trace
+from maxwhisper.harness.registry import ENCODER_OUTPUT, tolerance_of
+from maxwhisper.sizes import SIZES
 from maxwhisper.weights import to_torch_model
-from reference.capture import layer_ids, trace_encoder
-from reference.modules import reference_encoder
 
-TINY_EN_LAYERS = 4
-LAYERS = layer_ids(TINY_EN_LAYERS)
+TINY_EN = SIZES["tiny.en"]
+LAYERS = layer_ids(TINY_EN.n_audio_layer)
+TOL = tolerance_of(TINY_EN)
 BASELINE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_en_errors.json"
 # A layer whose error grows this much over the recorded run fails before its tolerance does.
 DRIFT_FACTOR = 10.0
@@ -27,15 +28,14 @@ DRIFT_FACTOR = 10.0
 @pytest.fixture(scope="module")
 def traces(tiny_en, tiny_en_model, jfk_mel):
     dims, state_dict = tiny_en
-    assert dims.n_audio_layer == TINY_EN_LAYERS
-    expected = trace_encoder(reference_encoder(dims, state_dict), torch.from_numpy(jfk_mel).double())
-    return tiny_en_model.encode_trace(jfk_mel), expected
+    assert dims == TINY_EN
+    return tiny_en_model.encode_trace(jfk_mel), reference_trace(dims, state_dict, jfk_mel)
 
 
 @pytest.mark.parametrize("layer", LAYERS)
 def test_tiny_en_parity(layer, traces, record_parity):
     actual, expected = traces
-    record_parity(assert_parity(layer, actual[layer], expected[layer], spec_of(layer).tol()))
+    record_parity(assert_parity(layer, actual[layer], expected[layer], TOL(layer)))
 
 
 def test_tiny_en_trace_parity_complete(traces):
@@ -46,7 +46,7 @@ def test_tiny_en_trace_parity_complete(traces):
 def test_tiny_en_encode_parity(tiny_en_model, traces, jfk_mel, record_parity):
     """The production graph (no trace outputs) computes what the traced one does."""
     out = tiny_en_model.encode(jfk_mel)
-    record_parity(assert_parity("encoder", out, traces[1]["encoder.ln_post"], SPECS["encoder"].tol()))
+    record_parity(assert_parity("encoder", out, traces[1]["encoder.ln_post"], TOL(ENCODER_OUTPUT)))
 
 
 def test_tiny_en_parity_vs_openai_whisper_float32(tiny_en, tiny_en_model, jfk_mel, record_parity):
@@ -55,7 +55,7 @@ def test_tiny_en_parity_vs_openai_whisper_float32(tiny_en, tiny_en_model, jfk_me
     with torch.no_grad():
         expected = model.encoder(torch.from_numpy(jfk_mel)).numpy()
     c = compare("encoder (vs openai-whisper float32)", tiny_en_model.encode(jfk_mel), expected,
-                SPECS["encoder"].tol())
+                TOL(ENCODER_OUTPUT))
     record_parity(c)
     assert c.passed, c.report()
 

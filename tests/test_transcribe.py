@@ -6,7 +6,6 @@ temperature 0); the only difference is the encoder. Reference texts: ../shared/s
 
 from __future__ import annotations
 
-import csv
 import subprocess
 import sys
 
@@ -16,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maxwhisper.audio import SAMPLE_RATE, load_audio, synthesize
+from maxwhisper.harness.speech import longform_groups, transcripts
+from maxwhisper.harness.wer import normalize, wer
 from maxwhisper.transcribe import pipeline_model, transcribe
-from maxwhisper.wer import normalize, wer
 
 
 def _tokens(result: dict) -> list[int]:
@@ -32,9 +32,8 @@ def pipelines(tiny_en_model):
 @pytest.fixture(scope="session")
 def corpus(speech_dir, pipelines):
     """[(row, MAX result, PyTorch result)] for jfk.flac and the 107 LibriSpeech utterances."""
-    rows = list(csv.DictReader(open(speech_dir / "transcripts.tsv"), delimiter="\t"))
     out = []
-    for row in rows:
+    for row in transcripts(speech_dir):
         audio = load_audio(speech_dir / row["file"])
         out.append((row, transcribe(pipelines[0], audio), transcribe(pipelines[1], audio)))
     return out
@@ -64,18 +63,9 @@ def test_e2e_wer_test_other_matches_pytorch(corpus):
     assert w_max < 0.20  # tiny.en: 14.78% measured here, 14.6% in the Whisper paper
 
 
-def _groups() -> dict[str, dict]:
-    from maxwhisper.audio import speech_dir
-
-    found = speech_dir()
-    if found is None:
-        return {}
-    return {g["group_id"]: g for g in csv.DictReader(open(found / "longform_groups.tsv"), delimiter="\t")}
-
-
-@pytest.mark.parametrize("group", list(_groups()) or ["speech-data-absent"])
+@pytest.mark.parametrize("group", list(longform_groups()) or ["speech-data-absent"])
 def test_e2e_longform_windows(group, speech_dir, pipelines):
-    row = _groups()[group]
+    row = longform_groups(speech_dir)[group]
     audio = np.concatenate([load_audio(speech_dir / f) for f in row["files_in_order"].split(",")])
     duration = len(audio) / SAMPLE_RATE
     m, t = (transcribe(p, audio) for p in pipelines)

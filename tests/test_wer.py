@@ -1,6 +1,6 @@
 import pytest
 
-from maxwhisper.wer import normalize, wer
+from maxwhisper.harness.wer import normalize, wer
 
 
 def test_wer_identical_is_zero():

@@ -1,17 +1,18 @@
-"""Write the golden fixture: `python -m reference.make_fixtures` (from the project root).
+"""Write the golden fixture: `python -m maxwhisper.harness.make_fixtures` (from the project root).
 
-The float64 PyTorch reference encoder (openai-whisper's modules, `reference.modules`) runs tiny.en on
-the log-mel of ../shared/speech/jfk.flac (read in place, never copied), and `reference.golden.FIXTURE`
+The float64 PyTorch reference encoder (openai-whisper's modules, `harness.reference.modules`) runs tiny.en on
+the log-mel of ../shared/speech/jfk.flac (read in place, never copied), and `harness.golden.FIXTURE`
 receives, as float32:
 
 - `mel` (1, 80, 3000): the input, so golden tests need neither the audio nor the speech folder;
-- `act/<layer id>` (1, P, channels) for every id of `reference.capture.layer_ids`, at the time
+- `act/<layer id>` (1, P, channels) for every id of `maxwhisper.layers.encoder_trace`, at the time
   positions `positions/<frames>` (P = 24 here): 20 spread evenly over 0..frames-1 (first and last
   included), the last frame whose centre lies in speech and the first beyond it (the speech/padding
   boundary), the frame where the last block's output peaks (1478: values to 631), and HARD_FRAME;
   conv1 and conv1.gelu run at the mel rate (3000 frames, positions doubled), every other layer at 1500;
-- `input/encoder.blocks.<i>.mlp_ln`: that LayerNorm's input (block input + attention output), as the
-  block computed it; every other position-wise layer's input is the previous stored layer;
+- `input/<layer id>`: the input of each layer a golden case runs alone (`registry.golden_cases`) whose
+  input is no traced value (`Traced.input` is None: each block's `mlp_ln`, fed block input + attention
+  output), as the model computed it; every other case's input is a stored layer;
 - `meta/*`: FORMAT_VERSION, the weights hash, the input (mel) hash, n_samples, and the openai-whisper
   and torch versions (informational).
 
@@ -29,11 +30,14 @@ import numpy as np
 import torch
 import whisper
 
-from maxwhisper.audio import SAMPLE_RATE, load_audio, log_mel, speech_dir
+from maxwhisper.audio import SAMPLE_RATE, load_audio, log_mel
+from maxwhisper.harness import golden
+from maxwhisper.harness.reference.capture import layer_ids, trace_encoder
+from maxwhisper.harness.reference.modules import reference_encoder
+from maxwhisper.harness.registry import golden_cases
+from maxwhisper.harness.speech import speech_dir
+from maxwhisper.layers import encoder_trace
 from maxwhisper.weights import load_weights, weights_hash
-from reference import golden
-from reference.capture import layer_ids, trace_encoder
-from reference.modules import reference_encoder
 
 N_SPREAD = 20  # evenly spread positions; with the boundary pair, the peak and HARD_FRAME: 24
 # Encoder frame where MAX float32 errs most on tiny.en/jfk.flac (1.3e-2 at block 3's MLP, see the
@@ -60,15 +64,18 @@ def build() -> dict[str, np.ndarray]:
     dims, state_dict = load_weights(golden.MODEL)
     encoder = reference_encoder(dims, state_dict)  # float64
 
-    mlp_ln_in: dict[str, torch.Tensor] = {}
+    # inputs the golden cases need that no traced value holds, captured as the model computed them
+    untraced = {t.id for t in encoder_trace(dims.n_audio_layer) if t.input is None}
+    needed = list(dict.fromkeys(c.first for _, c in golden_cases(dims) if c.first in untraced))
+    captured: dict[str, torch.Tensor] = {}
+    modules = dict(encoder.named_modules())
 
     def keep(name):
         def hook(module, args):
-            mlp_ln_in[name] = args[0]
+            captured[name] = args[0]
         return hook
 
-    hooks = [b.mlp_ln.register_forward_pre_hook(keep(f"encoder.blocks.{i}.mlp_ln"))
-             for i, b in enumerate(encoder.blocks)]
+    hooks = [modules[k.removeprefix("encoder.")].register_forward_pre_hook(keep(k)) for k in needed]
     try:
         trace = trace_encoder(encoder, torch.from_numpy(mel).double())
     finally:
@@ -76,10 +83,6 @@ def build() -> dict[str, np.ndarray]:
             h.remove()
     ids = layer_ids(dims.n_audio_layer)
     assert list(trace) == ids, "reference trace ids differ from layer_ids"
-    for i in range(dims.n_audio_layer):  # the hook saw exactly block input + attention output
-        prev = f"encoder.blocks.{i - 1}" if i else "encoder.positional_embedding"
-        key = f"encoder.blocks.{i}.mlp_ln"
-        assert np.array_equal(mlp_ln_in[key].numpy(), trace[prev] + trace[f"encoder.blocks.{i}.attn"]), key
 
     # speech/padding boundary: mel frame t is centred on sample t * HOP_LENGTH
     hop = whisper.audio.HOP_LENGTH
@@ -107,7 +110,7 @@ def build() -> dict[str, np.ndarray]:
     out.update({f"positions/{n}": p for n, p in pos.items()})
     for k in ids:
         out[f"act/{k}"] = np.ascontiguousarray(trace[k][:, pos[trace[k].shape[1]]], dtype=np.float32)
-    for k, v in mlp_ln_in.items():
+    for k, v in captured.items():
         out[f"input/{k}"] = np.ascontiguousarray(v.numpy()[:, pos[n_ctx]], dtype=np.float32)
     return out
 

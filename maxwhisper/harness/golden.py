@@ -1,6 +1,6 @@
 """Golden fixture: tiny.en's float64 reference activations on jfk.flac, in one versioned file.
 
-`python -m reference.make_fixtures` writes it (see that module for what is inside); tests load it
+`python -m maxwhisper.harness.make_fixtures` writes it (see that module for what is inside); tests load it
 with `load_fixture()` and run without torch's reference encoder or the speech folder. A fixture made
 by other code (FORMAT_VERSION), other weights or another input mel is refused by `check_fresh`,
 whose message names the reason and the command that regenerates it.
@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from maxwhisper.layers import encoder_trace
+from maxwhisper.sizes import SIZES
+
 # Bump when the file's layout or what it holds changes (keys, positions, how activations are made).
 FORMAT_VERSION = 1
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_en_jfk.npz"
-REGENERATE = "python -m reference.make_fixtures"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "tiny_en_jfk.npz"
+REGENERATE = "python -m maxwhisper.harness.make_fixtures"
 # How far the stored log-mel may sit from the log-mel of jfk.flac computed now. The same code gives
 # different float32 rounding on different CPUs (FFT and resampler SIMD paths): 2.4e-5 max |diff|
 # between an AMD EPYC and an Intel Xeon with AMX. A real front-end change is far larger: soxr
@@ -40,22 +42,6 @@ def mel_hash(mel: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(mel, dtype=np.float32).tobytes()).hexdigest()
 
 
-def producer_of(layer: str, n_layer: int) -> str:
-    """The layer whose output is the input of a position-wise layer (trace ids of an n_layer encoder).
-
-    `encoder.blocks.i.mlp_ln` has none: its input (block input + attention output) is no layer's
-    output, so the fixture stores it apart, under `inputs` (see GoldenFixture.input_of).
-    """
-    if layer == "encoder.ln_post":
-        return f"encoder.blocks.{n_layer - 1}"
-    m = re.fullmatch(r"(encoder\.blocks\.(\d+))\.(attn_ln|mlp\.[012])", layer)
-    if m:
-        block, i, name = m.group(1), int(m.group(2)), m.group(3)
-        return {"attn_ln": f"encoder.blocks.{i - 1}" if i else "encoder.positional_embedding",
-                "mlp.0": f"{block}.mlp_ln", "mlp.1": f"{block}.mlp.0", "mlp.2": f"{block}.mlp.1"}[name]
-    raise KeyError(f"{layer!r} is not a position-wise layer whose input is a stored layer output")
-
-
 @dataclass(frozen=True)
 class GoldenFixture:
     path: Path
@@ -66,12 +52,13 @@ class GoldenFixture:
     torch_version: str
     mel: np.ndarray          # (1, n_mels, 3000) float32: the encoder's input
     n_samples: int           # length of the audio at 16 kHz (speech ends there, padding follows)
-    layer_ids: tuple[str, ...]          # execution order, as reference.capture.layer_ids
+    layer_ids: tuple[str, ...]          # execution order, as maxwhisper.layers.encoder_trace
     frames: dict[str, int]              # layer id -> full time length (3000 or 1500)
     positions: dict[int, np.ndarray]    # full time length -> the stored time positions (sorted)
     layers: dict[str, np.ndarray]       # layer id -> (1, len(positions), channels) float32
     inputs: dict[str, np.ndarray]       # layer id -> that layer's INPUT, where it is no layer's output
                                         # (`encoder.blocks.i.mlp_ln`), same form
+    producers: dict[str, str | None]    # layer id -> the id whose output is its input (Traced.input)
 
     def positions_of(self, layer: str) -> np.ndarray:
         return self.positions[self.frames[layer]]
@@ -80,8 +67,9 @@ class GoldenFixture:
         """The stored input of a position-wise layer, at the same positions as its output."""
         if layer in self.inputs:
             return self.inputs[layer]
-        n_layer = sum(1 for k in self.layer_ids if re.fullmatch(r"encoder\.blocks\.\d+", k))
-        return self.layers[producer_of(layer, n_layer)]
+        if self.producers.get(layer) is None:
+            raise KeyError(f"{self.path} stores no input for {layer!r}: its input is no traced value")
+        return self.layers[self.producers[layer]]
 
 
 def load_fixture(path: str | Path = FIXTURE) -> GoldenFixture:
@@ -101,7 +89,8 @@ def load_fixture(path: str | Path = FIXTURE) -> GoldenFixture:
                 mel=z["mel"], n_samples=int(z["meta/n_samples"]), layer_ids=ids, frames=frames,
                 positions={int(k.split("/")[1]): z[k] for k in z.files if k.startswith("positions/")},
                 layers={k: z[f"act/{k}"] for k in ids},
-                inputs={k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("input/")})
+                inputs={k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("input/")},
+                producers={t.id: t.input for t in encoder_trace(SIZES[MODEL].n_audio_layer)})
     except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
         raise StaleFixtureError(f"golden fixture {path} is unreadable or incomplete ({e}): "
                                 f"regenerate it with `{REGENERATE}`") from e

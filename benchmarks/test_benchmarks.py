@@ -19,12 +19,16 @@ import numpy as np
 import pytest
 import torch
 
-from maxwhisper.bench import SIZES, encoder_flops, layer_flops, random_encoder_weights
+from maxwhisper.bench.probes import GRAPHS
+from maxwhisper.harness.inputs import random_mel, random_params, random_weights
+from maxwhisper.harness.reference.modules import load, reference_encoder
+from maxwhisper.harness.registry import SPECS, layer_flops
+from maxwhisper.harness.runners import bound_max
 from maxwhisper.model import MaxWhisper
-from maxwhisper.registry import SPECS, bound_max, random_params
-from reference.modules import load, reference_encoder
+from maxwhisper.sizes import SIZES
 
 TINY = SIZES["tiny"]
+SWEEP = ("tiny", "base", "small")  # the model-size sweep (random weights at each size's true dims)
 torch.set_num_threads(os.cpu_count() or 1)
 
 
@@ -101,7 +105,7 @@ LAYERS = [name for name in SPECS if name != "encoder"]
 def test_bench_layer(layer, impl, benchmark, bench_record):
     """Each registry layer alone on 1500 frames, weights bound once on both sides."""
     spec, rng = SPECS[layer], np.random.default_rng(0)
-    x = spec.make_input(rng, TINY, 1, TINY.n_audio_ctx, "normal")
+    x = spec.inputs[0].make(rng, TINY, 1, TINY.n_audio_ctx, "normal")
     params = random_params(rng, spec.param_shapes(TINY))
     if impl == "max":
         model = bound_max(spec, TINY, params)
@@ -128,7 +132,7 @@ def encoders(tiny_en):
 
 
 @pytest.mark.parametrize("impl", ["max", "torch", "torch-autocast", "ctranslate2"])
-@pytest.mark.parametrize("batch", [1, 2, 4, 8], ids=lambda b: f"batch{b}")
+@pytest.mark.parametrize("batch", [1, 2, 4, 8, 16], ids=lambda b: f"batch{b}")
 @pytest.mark.parametrize("device", ["cpu", "gpu"])
 def test_bench_encoder_tiny_en(device, batch, impl, encoders, benchmark, bench_record, request):
     """The tiny.en encoder, host log-mel in, host features out. Peers beside MAX and PyTorch fp32:
@@ -137,9 +141,11 @@ def test_bench_encoder_tiny_en(device, batch, impl, encoders, benchmark, bench_r
     MAX in reduced precision is a later issue (its own tolerance table first)."""
     if batch > 1:
         _benchmark_only(request, "the batch sweep")
-    mel = np.random.default_rng(batch).uniform(-1.5, 1.5, (batch, 80, 3000)).astype(np.float32)
+    if batch > 8 and device == "cpu":
+        pytest.skip("batch 16 is a GPU row (on 2 CPU cores batch 8 already takes ~1.8 s a call)")
+    mel = random_mel(np.random.default_rng(batch), TINY, batch)
     group = f"{'gpu:' if device == 'gpu' else ''}encoder:tiny.en:batch{batch}"
-    flops = encoder_flops(TINY, batch)
+    flops = layer_flops("encoder", TINY, batch)
     tdev = _device(device)
     if impl == "ctranslate2":
         ct2 = pytest.importorskip("ctranslate2", reason="ctranslate2 not installed (pip install '.[bench]')")
@@ -170,20 +176,20 @@ def test_bench_encoder_tiny_en(device, batch, impl, encoders, benchmark, bench_r
 
 
 @pytest.mark.parametrize("impl", ["max", "torch"])
-@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("size", SWEEP)
 def test_bench_encoder_size(size, impl, benchmark, bench_record, request):
     """Cost growth with model dims: tiny, base and small encoders (random weights), batch 1."""
     _benchmark_only(request, "the model-size sweep")
     dims = SIZES[size]
-    sd = random_encoder_weights(dims)
-    mel = np.random.default_rng(1).uniform(-1.5, 1.5, (1, 80, 3000)).astype(np.float32)
+    sd = random_weights(np.random.default_rng(0), dims)
+    mel = random_mel(np.random.default_rng(1), dims, 1)
     if impl == "max":
         model = MaxWhisper(dims, sd)
         run = lambda: model.encode(mel)
     else:
         enc = reference_encoder(dims, sd, torch.float32)
         run = lambda: enc(torch.from_numpy(mel)).numpy()
-    _bench(benchmark, bench_record, f"encoder:size:{size}", impl, run, flops=encoder_flops(dims))
+    _bench(benchmark, bench_record, f"encoder:size:{size}", impl, run, flops=layer_flops("encoder", dims))
 
 
 RSS_CONFIGS = [("tiny.en", b) for b in (1, 2, 4, 8)] + [(size, 1) for size in ("base", "small")]
@@ -210,13 +216,11 @@ def test_bench_transcribe_librispeech(impl, tiny_en_model, speech_dir, benchmark
     """End to end (greedy) over the 107 LibriSpeech utterances: MAX and PyTorch share openai-whisper's
     decoder, so only the encoder differs; faster-whisper (CTranslate2, same tiny.en weights, beam 1,
     temperature 0, no VAD) is the peer users would pick. A plain run does 2 utterances."""
-    import csv
-
     from maxwhisper.audio import load_audio
+    from maxwhisper.harness.speech import transcripts
     from maxwhisper.transcribe import pipeline_model, transcribe
 
-    rows = [r for r in csv.DictReader(open(speech_dir / "transcripts.tsv"), delimiter="\t")
-            if r["subset"] != "jfk"]
+    rows = [r for r in transcripts(speech_dir) if r["subset"] != "jfk"]
     if not request.config.getoption("benchmark_only"):
         rows = rows[:2]
     audio = [load_audio(speech_dir / r["file"]) for r in rows]
@@ -248,23 +252,7 @@ def test_bench_transcribe_librispeech(impl, tiny_en_model, speech_dir, benchmark
               f"{benchmark.stats.stats.median / seconds:.3f}")
 
 
-_COMPILE = """
-import sys, time
-from maxwhisper.registry import SPECS, _compiled
-from maxwhisper.model import MaxWhisper
-from maxwhisper.weights import load_weights
-name = sys.argv[1]
-dims, sd = load_weights()
-t0 = time.perf_counter()
-if name == "encoder":
-    MaxWhisper(dims, sd)._encoder(trace=False)
-else:
-    _compiled(name, tuple(vars(dims).values()), "cpu")
-print(f"LOAD_S {time.perf_counter() - t0:.3f}")
-"""
-
-
-@pytest.mark.parametrize("graph", ["encoder", "block", "conv_stem", "layer_norm"])
+@pytest.mark.parametrize("graph", GRAPHS)
 def test_bench_compile_cold_then_warm(graph, tmp_path, request, memory_record, benchmark):
     """Graph compile cost: a subprocess with an empty MAX cache (XDG_CACHE_HOME), then one reusing it.
     (The `benchmark` fixture only keeps it in --benchmark-only runs; the times are the subprocesses'.)"""
@@ -274,9 +262,10 @@ def test_bench_compile_cold_then_warm(graph, tmp_path, request, memory_record, b
     def cold_then_warm():
         times = []
         for _ in range(2):
-            p = subprocess.run([sys.executable, "-c", _COMPILE, graph], env=env, capture_output=True, text=True)
+            p = subprocess.run([sys.executable, "-m", "maxwhisper.bench", "compile", graph], env=env,
+                               capture_output=True, text=True)
             assert p.returncode == 0, p.stderr[-2000:]
-            times.append(float(p.stdout.split("LOAD_S")[1]))
+            times.append(json.loads(p.stdout.strip().splitlines()[-1])["load_s"])
         return times
 
     benchmark.group = "compile-subprocess"

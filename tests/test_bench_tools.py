@@ -4,8 +4,12 @@ import json
 
 import pytest
 
-from maxwhisper.bench import (SIZES, check, encoder_flops, layer_flops, max_last, memory_lines, ratio_rows,
-                              rss_probe)
+from maxwhisper.bench.gate import check
+from maxwhisper.bench.plugin import max_last
+from maxwhisper.bench.probes import compile_time, rss_probe
+from maxwhisper.bench.report import memory_lines, ratio_rows
+from maxwhisper.harness.registry import layer_flops
+from maxwhisper.sizes import SIZES
 
 
 def _write(path, ratios):
@@ -48,8 +52,8 @@ def test_flop_counts_add_up_and_skip_elementwise_layers():
     dims = SIZES["tiny"]
     assert layer_flops("gelu", dims) is None and layer_flops("layer_norm", dims) is None
     assert layer_flops("block", dims) == layer_flops("attention", dims) + layer_flops("mlp", dims)
-    assert encoder_flops(dims, 4) == 4 * (layer_flops("conv_stem", dims) + 4 * layer_flops("block", dims))
-    assert encoder_flops(dims) == pytest.approx(36.94e9, rel=1e-3)  # the figure in the README
+    assert layer_flops("encoder", dims, 4) == 4 * (layer_flops("conv_stem", dims) + 4 * layer_flops("block", dims))
+    assert layer_flops("encoder", dims) == pytest.approx(36.94e9, rel=1e-3)  # the figure in the README
 
 
 def test_memory_lines_show_growth_over_the_baseline():
@@ -62,8 +66,14 @@ def test_rss_probe_refuses_an_unknown_configuration():
         rss_probe("max", "huge", 1)
 
 
+def test_compile_probe_refuses_an_unknown_graph():
+    with pytest.raises(ValueError, match="decoder"):
+        compile_time("decoder")
+
+
 def test_bound_layer_refuses_missing_weights():
-    from maxwhisper.registry import SPECS, bound_max
+    from maxwhisper.harness.registry import SPECS
+    from maxwhisper.harness.runners import bound_max
 
     with pytest.raises(ValueError, match=r"params lack .*0\.weight"):
         bound_max(SPECS["mlp"], SIZES["tiny"], {})

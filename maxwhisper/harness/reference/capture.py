@@ -6,21 +6,20 @@ re-implementation here. Conv outputs are turned channels-last to match the MAX l
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 import whisper.model as wm
 from torch.nn import functional as F
 
+from maxwhisper.harness.reference.modules import reference_encoder
+from maxwhisper.layers import encoder_trace
+
 
 def layer_ids(n_layer: int) -> list[str]:
-    """Trace ids of an n_layer encoder in execution order; the MAX trace uses the same ids."""
-    ids = ["encoder.conv1", "encoder.conv1.gelu", "encoder.conv2", "encoder.conv2.gelu",
-           "encoder.positional_embedding"]
-    for i in range(n_layer):
-        b = f"encoder.blocks.{i}"
-        ids += [f"{b}.attn_ln", f"{b}.attn.query", f"{b}.attn.key", f"{b}.attn.value", f"{b}.attn",
-                f"{b}.mlp_ln", f"{b}.mlp.0", f"{b}.mlp.1", f"{b}.mlp.2", b]
-    return ids + ["encoder.ln_post"]
+    """Trace ids of an n_layer encoder in execution order (`maxwhisper.layers.encoder_trace`)."""
+    return [t.id for t in encoder_trace(n_layer)]
 
 
 @torch.no_grad()
@@ -56,3 +55,9 @@ def trace_encoder(encoder: wm.AudioEncoder, mel: torch.Tensor) -> dict[str, np.n
         for h in hooks:
             h.remove()
     return {k: out[k].detach().cpu().numpy() for k in layer_ids(len(encoder.blocks))}
+
+
+def reference_trace(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray],
+                    mel: np.ndarray) -> dict[str, np.ndarray]:
+    """openai-whisper's encoder in float64 on `mel`, every activation by layer id: the yardstick."""
+    return trace_encoder(reference_encoder(dims, state_dict), torch.from_numpy(np.asarray(mel)).double())

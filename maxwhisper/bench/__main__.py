@@ -1,0 +1,50 @@
+"""python -m maxwhisper.bench: the ratio regression gate and the fresh-process probes."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from maxwhisper.bench.gate import check
+from maxwhisper.bench.probes import GRAPHS, compile_time, rss_probe
+from maxwhisper.sizes import SIZES
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m maxwhisper.bench",
+                                description="benchmark helpers: the ratio regression gate, the peak-RSS and compile probes")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="fail when MAX / PyTorch ratios regress over a baseline")
+    c.add_argument("result", help="bench.json written by pytest --benchmark-only --bench-out DIR")
+    c.add_argument("baseline", help="the stored baseline bench.json")
+    c.add_argument("--slack", type=float, default=0.25)
+    r = sub.add_parser("rss", help="print one configuration's peak RSS as JSON (run it in a fresh process)")
+    r.add_argument("impl", choices=["max", "torch"])
+    r.add_argument("config", help="tiny.en, or a size with random weights: " + ", ".join(SIZES))
+    r.add_argument("--batch", type=int, default=1)
+    r.add_argument("--device", default="cpu")
+    k = sub.add_parser("compile", help="print one graph's build + load time in seconds as JSON "
+                       "(cold with an empty $XDG_CACHE_HOME)")
+    k.add_argument("graph", choices=GRAPHS)
+    args = p.parse_args(argv)
+    try:
+        if args.command == "rss":
+            print(json.dumps(rss_probe(args.impl, args.config, args.batch, args.device)))
+            return 0
+        if args.command == "compile":
+            print(json.dumps({"graph": args.graph, "load_s": compile_time(args.graph)}))
+            return 0
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    bad = check(args.result, args.baseline, args.slack)
+    for line in bad:
+        print(f"REGRESSION {line}")
+    print("ratio check: " + ("FAILED" if bad else "ok"))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

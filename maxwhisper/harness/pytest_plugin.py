@@ -1,0 +1,101 @@
+"""The harness's pytest plugin: options, shared fixtures and the parity report.
+
+Registered by the project's conftest. Measured comparisons are kept on a plugin object (one per run)
+and summarised at the end; `--parity-report PATH` writes them all as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+NAME = "maxwhisper-parity"
+
+
+class ParityRecorder:
+    def __init__(self):
+        self.comparisons: list = []
+
+    def __call__(self, comparison):
+        self.comparisons.append(comparison)
+
+    def __repr__(self) -> str:  # hypothesis prints the arguments of a failing example
+        return "record_parity"
+
+    def pytest_terminal_summary(self, terminalreporter, config):
+        if not self.comparisons:
+            return
+        worst = max(self.comparisons, key=lambda c: c.max_abs / (c.tolerance.atol or 1))
+        terminalreporter.write_line(
+            f"parity: {len(self.comparisons)} comparisons recorded; largest error relative to atol: "
+            f"{worst.layer} max_abs={worst.max_abs:.2e} ({worst.tolerance})")
+        path = config.getoption("--parity-report")
+        if path:
+            with open(path, "w") as f:
+                json.dump([c.row() for c in self.comparisons], f, indent=1)
+            terminalreporter.write_line(f"parity: report written to {path}")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--parity-report", metavar="PATH",
+                     help="write every recorded parity comparison (errors per layer) as JSON")
+    parser.addoption("--device", default="cpu", metavar="cpu|gpu|gpu:N",
+                     help="where the MAX graphs under test run (default cpu); tests that run MAX skip, "
+                          "saying why, where MAX sees no accelerator")
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(ParityRecorder(), NAME)
+
+
+@pytest.fixture
+def record_parity(request):
+    """Keep a test's measured errors for the session summary (`--parity-report PATH` writes JSON)."""
+    return request.config.pluginmanager.get_plugin(NAME)
+
+
+@pytest.fixture(scope="session")
+def device(request) -> str:
+    """The MAX device of this run (`--device`); the float64 reference stays on the CPU."""
+    name = request.config.getoption("--device")
+    if name != "cpu":
+        from maxwhisper.runtime import device_ref
+
+        try:
+            device_ref(name)
+        except ValueError as e:  # no accelerator, or a malformed name
+            pytest.skip(f"--device {name}: {e}")
+    return name
+
+
+@pytest.fixture(scope="session")
+def speech_dir():
+    from maxwhisper.harness.speech import speech_dir as find
+
+    path = find()
+    if path is None:
+        pytest.skip("speech data absent: ../shared/speech (or $MAXWHISPER_SPEECH_DIR) not found")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_en():
+    """(dims, state_dict) of the embedded tiny.en."""
+    from maxwhisper.weights import load_weights
+
+    return load_weights("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def tiny_en_model(tiny_en, device):
+    from maxwhisper import MaxWhisper
+
+    return MaxWhisper(*tiny_en, device=device)
+
+
+@pytest.fixture(scope="session")
+def jfk_mel(speech_dir):
+    from maxwhisper.audio import load_audio, log_mel
+
+    return log_mel(load_audio(speech_dir / "jfk.flac"))[None]

@@ -1,0 +1,1 @@
+"""PyTorch references for maxwhisper's MAX layers, built from openai-whisper's own modules (the harness's oracle)."""

@@ -1,0 +1,88 @@
+"""The two producers of every comparison: a record's MAX graph and its PyTorch reference.
+
+Runners only produce arrays; `compare` judges them (Polygraphy's split), so a new device or dtype
+is a new argument here, not new test code. Inputs are given by the record's input names, or as one
+array for a single-input record.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import astuple
+
+import numpy as np
+import torch
+from max.dtype import DType
+from whisper.model import ModelDimensions
+
+from maxwhisper.harness.reference import modules as ref
+from maxwhisper.harness.registry import SPECS, LayerSpec
+from maxwhisper.runtime import Compiled, device_ref, functional_graph
+
+# The dtypes a MAX graph of the harness is built in (the reference runs in float64 regardless).
+DTYPES = {"float32": DType.float32}
+
+
+def _dtype(dtype: str) -> DType:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: the harness builds MAX graphs in {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _arrays(spec: LayerSpec, x) -> list[np.ndarray]:
+    """The record's inputs in declaration order, from a mapping by name or one array."""
+    names = [i.name for i in spec.inputs]
+    if not isinstance(x, Mapping):
+        if len(names) != 1:
+            raise ValueError(f"{spec.name} takes inputs {names}: pass them by name")
+        x = {names[0]: x}
+    if sorted(x) != sorted(names):
+        raise ValueError(f"{spec.name} takes inputs {names}, got {sorted(x)}")
+    return [np.asarray(x[n]) for n in names]
+
+
+@functools.cache
+def _compiled(name: str, dims: tuple, dtype: str, device: str) -> Compiled:
+    spec, d = SPECS[name], ModelDimensions(*dims)
+    graph, _ = functional_graph(name, lambda x, s: spec.build(x, s, d), spec.input_shapes(d),
+                                spec.param_shapes(d), device_ref(device), _dtype(dtype))
+    return Compiled(graph, device)
+
+
+def compile_layer(spec: LayerSpec, dims: ModelDimensions, dtype: str = "float32", device: str = "cpu") -> Compiled:
+    """The record's one-layer graph (weights as inputs), compiled once per (layer, dims, dtype, device)."""
+    return _compiled(spec.name, astuple(dims), dtype, device)
+
+
+def run_max(spec: LayerSpec, dims: ModelDimensions, x, params: Mapping[str, np.ndarray],
+            dtype: str = "float32", device: str = "cpu") -> np.ndarray:
+    """Run the layer's one-layer MAX graph on `x` with `params` (new values never recompile)."""
+    order = spec.param_shapes(dims)
+    return compile_layer(spec, dims, dtype, device)(*_arrays(spec, x), *(params[k] for k in order))[0]
+
+
+def bound_max(spec: LayerSpec, dims: ModelDimensions, params: Mapping[str, np.ndarray],
+              dtype: str = "float32", device: str = "cpu") -> Compiled:
+    """The layer with `params` bound as weights, as in the encoder graph: call it with the inputs alone.
+
+    Benchmarks time this one: `run_max` stages every weight from numpy on each call, work the
+    PyTorch module (whose weights are loaded once) does not do. Weights enter as `Weight`s, so
+    new values reuse MAX's cached compile; each call to this function is one (warm) load.
+    """
+    shapes = spec.param_shapes(dims)
+    missing = sorted(set(shapes) - set(params))
+    if missing:
+        raise ValueError(f"{spec.name}: params lack {missing}")
+    graph, _ = functional_graph(f"{spec.name}_bound", lambda x, s: spec.build(x, s, dims),
+                                spec.input_shapes(dims), shapes, device_ref(device), _dtype(dtype), bind=True)
+    return Compiled(graph, device, {k: params[k] for k in shapes})
+
+
+@torch.no_grad()
+def run_reference(spec: LayerSpec, dims: ModelDimensions, x, params: Mapping[str, np.ndarray],
+                  dtype: torch.dtype = torch.float64, device: str = "cpu") -> np.ndarray:
+    """openai-whisper's module for the record, in `dtype` (float64: the yardstick)."""
+    module = ref.load(spec.reference(dims), params, "", dtype).to(device)
+    args = [torch.from_numpy(a).to(device, dtype) for a in _arrays(spec, x)]
+    return module(*args).cpu().numpy()

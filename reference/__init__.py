@@ -1,1 +1,0 @@
-"""PyTorch references for maxwhisper's MAX layers, built from openai-whisper's own modules."""

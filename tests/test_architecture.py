@@ -1,0 +1,91 @@
+"""The tree's promises: the model package stands alone, the trace table is true, one record per layer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from max.graph import Graph
+
+from maxwhisper import layers
+from maxwhisper.harness.registry import SPECS, governing
+from maxwhisper.model import emit_encoder, mel_type
+from maxwhisper.runtime import device_ref, weight_lookup
+from maxwhisper.sizes import SIZES
+from maxwhisper.weights import expected_shapes
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_MODULES = ["maxwhisper", "maxwhisper.model", "maxwhisper.layers", "maxwhisper.runtime", "maxwhisper.weights",
+                 "maxwhisper.ct2", "maxwhisper.audio", "maxwhisper.sizes", "maxwhisper.transcribe", "maxwhisper.cli"]
+DIMS = SIZES["tiny.en"]
+
+
+def test_model_package_imports_no_harness_and_no_benchmarks():
+    code = (f"import importlib, sys\nfor m in {MODEL_MODULES!r}: importlib.import_module(m)\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('maxwhisper.harness', 'maxwhisper.bench'))))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == "[]", f"the model package pulls in {p.stdout.strip()}"
+
+
+def _build_traced(record=None):
+    """Build (not compile) the traced tiny.en encoder; `record` may wrap Scope.record."""
+    ref = device_ref("cpu")
+    shapes = {k: v for k, v in expected_shapes(DIMS).items() if k.startswith("encoder.")}
+    trace: dict = {}
+    with Graph("trace_check", input_types=[mel_type(DIMS, ref)]) as g:
+        emit_encoder(g.inputs[0].tensor, weight_lookup({}, shapes, ref), DIMS, trace)
+        g.output(*trace.values())
+    return trace
+
+
+def test_trace_table_names_the_function_that_records_each_id(monkeypatch):
+    """`Traced.layer` is the maxwhisper.layers function whose `s.record` call produced the id."""
+    callers = {}
+    original = layers.Scope.record
+
+    def spy(self, x, name=""):
+        callers[(self.prefix + name).rstrip(".")] = sys._getframe(1).f_code.co_name
+        return original(self, x, name)
+
+    monkeypatch.setattr(layers.Scope, "record", spy)
+    _build_traced()
+    table = layers.encoder_trace(DIMS.n_audio_layer)
+    assert [t.id for t in table] == list(callers)
+    wrong = [(t.id, t.layer, callers[t.id]) for t in table if callers[t.id] != t.layer]
+    assert not wrong, f"(id, table says, recorded by): {wrong}"
+
+
+def test_a_layer_recording_an_unlisted_id_fails_at_build_time(monkeypatch):
+    original = layers.layer_norm
+    monkeypatch.setattr(layers, "layer_norm", lambda x, s: s.record(original(x, s), "extra"))
+    with pytest.raises(RuntimeError, match="extra"):
+        _build_traced()
+
+
+def test_every_trace_id_is_judged_by_exactly_the_record_of_its_layer():
+    table = governing(DIMS)
+    for t in layers.encoder_trace(DIMS.n_audio_layer):
+        assert table[t.id] is SPECS[t.layer], t.id
+    for name in SPECS:  # each record pairs an existing layer function with a reference
+        assert callable(getattr(layers, name)), name
+
+
+def test_no_module_over_350_lines():
+    files = [p for d in ("maxwhisper", "tests", "benchmarks", "gpu") for p in (ROOT / d).rglob("*.py")]
+    long = {str(p.relative_to(ROOT)): n for p in files if (n := len(p.read_text().splitlines())) > 350}
+    assert not long, long
+
+
+def test_device_gpu_skips_with_its_reason_where_max_sees_no_accelerator():
+    from max import driver
+
+    if driver.accelerator_count() > 0:
+        pytest.skip("this machine has an accelerator: `--device gpu` runs there instead of skipping")
+    p = subprocess.run([sys.executable, "-m", "pytest", "tests/test_parity_layers.py", "-k", "gelu-normal",
+                        "--device", "gpu", "-q", "-rs", "-p", "no:cacheprovider"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-3000:]
+    assert "1 skipped" in p.stdout and "--device gpu: device 'gpu': no MAX accelerator" in p.stdout, p.stdout[-3000:]
