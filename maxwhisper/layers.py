@@ -39,9 +39,11 @@ class Scope:
         return x
 
 
-def gelu(x: TensorValue) -> TensorValue:
+def gelu(x: TensorValue, s: Scope | None = None) -> TensorValue:
     # openai-whisper uses F.gelu / nn.GELU, the exact erf form; the tanh form is off by up to 3e-4.
-    return ops.gelu(x, approximate="none")
+    # Recorded here (when scoped): an element-wise layer is judged element by element.
+    y = ops.gelu(x, approximate="none")
+    return s.record(y) if s is not None else y
 
 
 def linear(x: TensorValue, s: Scope, bias: bool = True) -> TensorValue:
@@ -77,8 +79,8 @@ def conv1d(x: TensorValue, s: Scope, stride: int = 1) -> TensorValue:
 def conv_stem(mel: TensorValue, s: Scope) -> TensorValue:
     """(batch, n_mels, frames) log-mel -> (batch, frames // 2, n_state), before the positions."""
     x = ops.permute(mel, [0, 2, 1])
-    x = s.record(gelu(s.record(conv1d(x, s.sub("conv1")), "conv1")), "conv1.gelu")
-    x = s.record(gelu(s.record(conv1d(x, s.sub("conv2"), stride=2), "conv2")), "conv2.gelu")
+    x = gelu(s.record(conv1d(x, s.sub("conv1")), "conv1"), s.sub("conv1.gelu"))
+    x = gelu(s.record(conv1d(x, s.sub("conv2"), stride=2), "conv2"), s.sub("conv2.gelu"))
     return x
 
 
@@ -108,7 +110,7 @@ def attention(x: TensorValue, s: Scope, n_head: int) -> TensorValue:
 
 def mlp(x: TensorValue, s: Scope) -> TensorValue:
     h = s.record(linear(x, s.sub("0")), "0")
-    h = s.record(gelu(h), "1")
+    h = gelu(h, s.sub("1"))
     return s.record(linear(h, s.sub("2")), "2")
 
 
@@ -145,9 +147,9 @@ class Traced(NamedTuple):
 def encoder_trace(n_layer: int) -> list[Traced]:
     """Every id `encoder(..., trace)` records, in execution order (the graph builder checks it)."""
     e = "encoder"
-    out = [Traced(f"{e}.conv1", "conv_stem", None), Traced(f"{e}.conv1.gelu", "conv_stem", f"{e}.conv1"),
+    out = [Traced(f"{e}.conv1", "conv_stem", None), Traced(f"{e}.conv1.gelu", "gelu", f"{e}.conv1"),
            Traced(f"{e}.conv2", "conv_stem", f"{e}.conv1.gelu"),
-           Traced(f"{e}.conv2.gelu", "conv_stem", f"{e}.conv2"),
+           Traced(f"{e}.conv2.gelu", "gelu", f"{e}.conv2"),
            Traced(f"{e}.positional_embedding", "encoder", f"{e}.conv2.gelu")]
     prev = f"{e}.positional_embedding"
     for i in range(n_layer):
@@ -156,7 +158,7 @@ def encoder_trace(n_layer: int) -> list[Traced]:
                 *(Traced(f"{b}.attn.{p}", "attention", f"{b}.attn_ln") for p in ("query", "key", "value")),
                 Traced(f"{b}.attn", "attention", f"{b}.attn_ln"),
                 Traced(f"{b}.mlp_ln", "layer_norm", None),  # block input + attention output
-                Traced(f"{b}.mlp.0", "mlp", f"{b}.mlp_ln"), Traced(f"{b}.mlp.1", "mlp", f"{b}.mlp.0"),
+                Traced(f"{b}.mlp.0", "mlp", f"{b}.mlp_ln"), Traced(f"{b}.mlp.1", "gelu", f"{b}.mlp.0"),
                 Traced(f"{b}.mlp.2", "mlp", f"{b}.mlp.1"), Traced(b, "block", prev)]
         prev = b
     return out + [Traced(f"{e}.ln_post", "layer_norm", prev)]

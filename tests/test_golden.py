@@ -12,11 +12,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from maxwhisper.harness import golden as g
-from maxwhisper.harness.compare import assert_parity
-from maxwhisper.harness.reference.capture import layer_ids
-from maxwhisper.harness.registry import golden_cases, tolerance_of
+from maxwhisper.harness.compare import Check, assert_parity
+from maxwhisper.harness.reference.capture import layer_ids, reference_trace
+from maxwhisper.harness.registry import check_of, golden_cases, input_of
 from maxwhisper.harness.runners import run_max, run_reference
 from maxwhisper.layers import encoder_trace
 from maxwhisper.sizes import SIZES
@@ -24,7 +25,7 @@ from maxwhisper.weights import weights_hash
 
 TINY_EN = SIZES[g.MODEL]
 LAYERS = layer_ids(TINY_EN.n_audio_layer)
-TOL = tolerance_of(TINY_EN)
+CHECK, INPUT = check_of(TINY_EN, guard=True), input_of(TINY_EN)
 # one-layer graphs, from the registry: (record, case: `first`'s stored input feeds the graph,
 # `last`'s stored output is expected, `params` is the prefix of its weights in the tiny.en state dict)
 ONE_LAYER = golden_cases(TINY_EN)
@@ -60,6 +61,12 @@ def golden(raw_golden, tiny_en):
 @pytest.fixture(scope="module")
 def golden_trace(golden, tiny_en_model):
     return tiny_en_model.encode_trace(golden.mel)
+
+
+@pytest.fixture(scope="module")
+def torch32_trace(golden, tiny_en):
+    """The yardstick: openai-whisper's float32 encoder on the stored mel (computed: it needs only torch)."""
+    return reference_trace(*tiny_en, golden.mel, torch.float32)
 
 
 # ------------------------------------------------------------------ freshness
@@ -174,11 +181,13 @@ def test_golden_load_refuses_missing_and_corrupt(raw_golden, tmp_path):
 
 # ------------------------------------------------------------------ MAX encoder, layer by layer
 @pytest.mark.parametrize("layer", LAYERS)
-def test_golden_trace(layer, golden, golden_trace, record_parity):
+def test_golden_trace(layer, golden, golden_trace, torch32_trace, record_parity):
     if layer not in golden.layers:
         pytest.fail(f"{golden.path} holds no {layer}: regenerate it with `{g.REGENERATE}`", pytrace=False)
-    actual = golden_trace[layer][:, golden.positions_of(layer)]
-    record_parity(assert_parity(f"golden:{layer}", actual, golden.layers[layer], TOL(layer)))
+    at = golden.positions_of(layer)
+    x = golden.layers[INPUT(layer)] if INPUT(layer) else None
+    record_parity(assert_parity(f"golden:{layer}", golden_trace[layer][:, at], golden.layers[layer], CHECK(layer),
+                                torch32_trace[layer][:, at], x))
 
 
 def test_golden_trace_complete(golden, golden_trace):
@@ -191,7 +200,8 @@ def test_golden_one_layer(spec, case, golden, tiny_en, device, record_parity):
     """The layer's own MAX graph on the stored input (24 positions: the layers are position-wise)."""
     x, expected, params = _one_layer_case(spec, case, golden, tiny_en)
     out = run_max(spec, tiny_en[0], x, params, device=device)
-    record_parity(assert_parity(f"golden:{spec.name} {case.last}", out, expected, spec.tol()))
+    torch32 = run_reference(spec, tiny_en[0], x, params, dtype=torch.float32)
+    record_parity(assert_parity(f"golden:{spec.name} {case.last}", out, expected, spec.check(guard=True), torch32, x))
 
 
 @pytest.mark.parametrize("spec,case", ONE_LAYER, ids=ONE_LAYER_IDS)
@@ -202,4 +212,4 @@ def test_golden_fixture_consistent(spec, case, golden, tiny_en):
     """
     x, expected, params = _one_layer_case(spec, case, golden, tiny_en)
     assert_parity(f"golden fixture {case.last}", run_reference(spec, tiny_en[0], x, params), expected,
-                  spec.tol())
+                  Check(guard=spec.tol()))

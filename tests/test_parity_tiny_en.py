@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from maxwhisper.harness.compare import assert_parity, compare
+from maxwhisper.harness.compare import Check, assert_parity, compare
 from maxwhisper.harness.reference.capture import layer_ids, reference_trace
-from maxwhisper.harness.registry import ENCODER_OUTPUT, tolerance_of
+from maxwhisper.harness.registry import ENCODER_OUTPUT, check_of, input_of
 from maxwhisper.sizes import SIZES
 from maxwhisper.weights import to_torch_model
 
 TINY_EN = SIZES["tiny.en"]
 LAYERS = layer_ids(TINY_EN.n_audio_layer)
-TOL = tolerance_of(TINY_EN)
+CHECK, INPUT = check_of(TINY_EN, guard=True), input_of(TINY_EN)
 BASELINE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_en_errors.json"
 # A layer whose error grows this much over the recorded run fails before its tolerance does.
 DRIFT_FACTOR = 10.0
@@ -29,24 +29,27 @@ DRIFT_FACTOR = 10.0
 def traces(tiny_en, tiny_en_model, jfk_mel):
     dims, state_dict = tiny_en
     assert dims == TINY_EN
-    return tiny_en_model.encode_trace(jfk_mel), reference_trace(dims, state_dict, jfk_mel)
+    return (tiny_en_model.encode_trace(jfk_mel), reference_trace(dims, state_dict, jfk_mel),
+            reference_trace(dims, state_dict, jfk_mel, torch.float32))
 
 
 @pytest.mark.parametrize("layer", LAYERS)
 def test_tiny_en_parity(layer, traces, record_parity):
-    actual, expected = traces
-    record_parity(assert_parity(layer, actual[layer], expected[layer], TOL(layer)))
+    actual, expected, torch32 = traces
+    x = expected[INPUT(layer)] if INPUT(layer) else None
+    record_parity(assert_parity(layer, actual[layer], expected[layer], CHECK(layer), torch32[layer], x))
 
 
 def test_tiny_en_trace_parity_complete(traces):
-    actual, expected = traces
-    assert list(actual) == LAYERS and list(expected) == LAYERS
+    actual, expected, torch32 = traces
+    assert list(actual) == LAYERS and list(expected) == LAYERS and list(torch32) == LAYERS
 
 
 def test_tiny_en_encode_parity(tiny_en_model, traces, jfk_mel, record_parity):
     """The production graph (no trace outputs) computes what the traced one does."""
     out = tiny_en_model.encode(jfk_mel)
-    record_parity(assert_parity("encoder", out, traces[1]["encoder.ln_post"], TOL(ENCODER_OUTPUT)))
+    record_parity(assert_parity("encoder", out, traces[1]["encoder.ln_post"], CHECK(ENCODER_OUTPUT),
+                                traces[2]["encoder.ln_post"]))
 
 
 def test_tiny_en_parity_vs_openai_whisper_float32(tiny_en, tiny_en_model, jfk_mel, record_parity):
@@ -55,7 +58,7 @@ def test_tiny_en_parity_vs_openai_whisper_float32(tiny_en, tiny_en_model, jfk_me
     with torch.no_grad():
         expected = model.encoder(torch.from_numpy(jfk_mel)).numpy()
     c = compare("encoder (vs openai-whisper float32)", tiny_en_model.encode(jfk_mel), expected,
-                TOL(ENCODER_OUTPUT))
+                Check(guard=CHECK(ENCODER_OUTPUT).guard))
     record_parity(c)
     assert c.passed, c.report()
 
@@ -65,7 +68,7 @@ def test_tiny_en_parity_drift(traces):
     if not BASELINE.exists():
         pytest.fail(f"{BASELINE} missing: run `maxwhisper verify --json {BASELINE.relative_to(Path.cwd())}`")
     baseline = {r["layer"]: r["max_abs"] for r in json.loads(BASELINE.read_text())["layers"]}
-    actual, expected = traces
+    actual, expected, _ = traces
     drifted = []
     for layer in LAYERS:
         err = float(np.abs(actual[layer].astype(np.float64) - expected[layer]).max())

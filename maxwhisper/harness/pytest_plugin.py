@@ -26,10 +26,13 @@ class ParityRecorder:
     def pytest_terminal_summary(self, terminalreporter, config):
         if not self.comparisons:
             return
-        worst = max(self.comparisons, key=lambda c: c.max_abs / (c.tolerance.atol or 1))
-        terminalreporter.write_line(
-            f"parity: {len(self.comparisons)} comparisons recorded; largest error relative to atol: "
-            f"{worst.layer} max_abs={worst.max_abs:.2e} ({worst.tolerance})")
+        judged = [c for c in self.comparisons if c.ratios and not c.layer.startswith("mutant ")]
+        line = f"parity: {len(self.comparisons)} comparisons recorded"
+        if judged:
+            worst = max(judged, key=lambda c: max(c.verdict.needed.values()))
+            line += (f"; largest MAX/torch error ratio: {worst.layer} "
+                     + " ".join(f"{f} {r:.2f}" for f, r in worst.ratios.items()) + f" (k: {worst.check.rule})")
+        terminalreporter.write_line(line)
         path = config.getoption("--parity-report")
         if path:
             with open(path, "w") as f:

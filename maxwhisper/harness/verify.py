@@ -7,11 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from maxwhisper.audio import load_audio, log_mel, synthesize
 from maxwhisper.harness.compare import Comparison, compare, compare_traces, first_failure
 from maxwhisper.harness.reference.capture import reference_trace
-from maxwhisper.harness.registry import ENCODER_OUTPUT, tolerance_of
+from maxwhisper.harness.registry import ENCODER_OUTPUT, check_of, input_of
 from maxwhisper.harness.speech import reference_text, speech_dir
 from maxwhisper.model import MaxWhisper
 
@@ -50,9 +51,11 @@ def verify_layers(model: MaxWhisper, audio: np.ndarray) -> list[Comparison]:
     """
     mel = log_mel(audio, model.dims.n_mels)[None]
     expected = reference_trace(model.dims, model.state_dict, mel)
-    tol = tolerance_of(model.dims)
-    rows = compare_traces(model.encode_trace(mel), expected, tol)
-    rows.append(compare(ENCODER_OUTPUT, model.encode(mel), expected["encoder.ln_post"], tol(ENCODER_OUTPUT)))
+    torch32 = reference_trace(model.dims, model.state_dict, mel, torch.float32)
+    check = check_of(model.dims, guard=True)
+    rows = compare_traces(model.encode_trace(mel), expected, check, torch32, input_of(model.dims))
+    rows.append(compare(ENCODER_OUTPUT, model.encode(mel), expected["encoder.ln_post"], check(ENCODER_OUTPUT),
+                        torch32["encoder.ln_post"]))
     return rows
 
 

@@ -57,7 +57,8 @@ def trace_encoder(encoder: wm.AudioEncoder, mel: torch.Tensor) -> dict[str, np.n
     return {k: out[k].detach().cpu().numpy() for k in layer_ids(len(encoder.blocks))}
 
 
-def reference_trace(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray],
-                    mel: np.ndarray) -> dict[str, np.ndarray]:
-    """openai-whisper's encoder in float64 on `mel`, every activation by layer id: the yardstick."""
-    return trace_encoder(reference_encoder(dims, state_dict), torch.from_numpy(np.asarray(mel)).double())
+def reference_trace(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray], mel: np.ndarray,
+                    dtype: torch.dtype = torch.float64) -> dict[str, np.ndarray]:
+    """openai-whisper's encoder on `mel`, every activation by layer id: in float64 the reference,
+    in MAX's dtype the yardstick (PyTorch's own error, which the derived rule measures MAX by)."""
+    return trace_encoder(reference_encoder(dims, state_dict, dtype), torch.from_numpy(np.asarray(mel)).to(dtype))

@@ -1,0 +1,152 @@
+"""The mutation catalog: bugs injected into the MAX encoder while `model.emit_encoder` builds it
+(by patching `maxwhisper.layers`), each with the layer id where the harness must first catch it.
+
+The first eight are gross bugs the public MAX Whisper attempt shipped or could have shipped. The
+rest are near-threshold: their effect is only a few to a few hundred times float32 noise, the bugs
+a precision regression or a plausible typo makes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from max.dtype import DType
+from max.graph import ops
+
+from maxwhisper import layers
+
+_ORIGINAL_QKV = layers.qkv_attention
+
+
+def _patch(name: str, make: Callable[[Callable], Callable]) -> Callable[[], contextlib.AbstractContextManager]:
+    """A bug that replaces `layers.<name>` with `make(original)` while a graph is being built."""
+
+    @contextlib.contextmanager
+    def inject() -> Iterator[None]:
+        original = getattr(layers, name)
+        setattr(layers, name, make(original))
+        try:
+            yield
+        finally:
+            setattr(layers, name, original)
+
+    return inject
+
+
+def _gelu_variant(approximate: str | None = "tanh", only: str | None = None, relu: bool = False):
+    """gelu replaced everywhere, or only in the scope `only` (e.g. one block's MLP)."""
+    def make(gelu):
+        def buggy(x, s=None):
+            if only is not None and (s is None or s.prefix != only):
+                return gelu(x, s)
+            y = ops.relu(x) if relu else ops.gelu(x, approximate=approximate)
+            return s.record(y) if s is not None else y
+        return buggy
+    return make
+
+
+def _scaled_twice(q, k, v, n_head):
+    # head_dim**-0.5 on q AND on k (Whisper puts head_dim**-0.25 on each)
+    head_dim = int(q.shape[2]) // n_head
+    return _ORIGINAL_QKV(q * head_dim**-0.5, k * head_dim**-0.5, v, n_head)
+
+
+def _scale_off_1pct(q, k, v, n_head):
+    return _ORIGINAL_QKV(q * 1.01, k, v, n_head)
+
+
+def _softmax_wrong_axis(q, k, v, n_head):
+    # normalizes over the queries (axis -2) instead of the keys
+    batch, n_ctx, n_state = q.shape
+    d = int(n_state) // n_head
+
+    def heads(t):
+        return ops.permute(ops.reshape(t, [batch, n_ctx, n_head, d]), [0, 2, 1, 3])
+
+    scores = heads(q) @ ops.permute(heads(k), [0, 1, 3, 2])
+    # as a transposed softmax: MAX 26.7's softmax with axis=-2 fails to compile on the CPU
+    flip = lambda t: ops.permute(t, [0, 1, 3, 2])  # noqa: E731
+    wv = flip(ops.softmax(flip(scores * (d**-0.5)))) @ heads(v)
+    return ops.reshape(ops.permute(wv, [0, 2, 1, 3]), [batch, n_ctx, n_state])
+
+
+def _linear_where(prefix: str, change: Callable):
+    def make(linear):
+        def buggy(x, s, bias=True):
+            return change(linear, x, s, bias) if s.prefix == prefix else linear(x, s, bias)
+        return buggy
+    return make
+
+
+def _key_bias(linear, x, s, bias):
+    y = linear(x, s, bias)
+    return y + ops.constant(0.1, DType.float32, y.device)  # a bias the key must not have
+
+
+def _bf16_operands(linear, x, s, bias):
+    # a float32 model with one matmul whose operands were rounded to bfloat16 (a dtype slip)
+    round16 = lambda t: ops.cast(ops.cast(t, DType.bfloat16), DType.float32)  # noqa: E731
+    y = round16(x) @ ops.transpose(round16(s("weight")), 0, 1)
+    return y + s("bias") if bias else y
+
+
+def _conv2_stride1_wrong_offset(conv1d):
+    def buggy(x, s, stride=1):
+        if stride == 1:
+            return conv1d(x, s, stride)
+        return conv1d(x, s, 1)[:, 1::2, :]  # stride 2 keeps frames 0, 2, 4, ...; this keeps 1, 3, 5, ...
+    return buggy
+
+
+def _scope_patch(change: Callable[[str, object], object]):
+    """A bug in how parameters are read: `change(name, value)` for every parameter lookup."""
+    @contextlib.contextmanager
+    def inject() -> Iterator[None]:
+        original = layers.Scope.__call__
+        layers.Scope.__call__ = lambda self, name: change(self.prefix + name, original(self, name))
+        try:
+            yield
+        finally:
+            layers.Scope.__call__ = original
+    return inject
+
+
+def _pos_shift(name, value):  # frame t gets position t + 1
+    if name == "encoder.positional_embedding":
+        return ops.concat([value[1:, :], value[:1, :]], axis=0)
+    return value
+
+
+def _transposed(weight: str):
+    return lambda name, value: ops.transpose(value, 0, 1) if name == weight else value
+
+
+def _no_ln_post(layer_norm):
+    def buggy(x, s):
+        return s.record(x) if s.prefix == "encoder.ln_post." else layer_norm(x, s)
+    return buggy
+
+
+B = "encoder.blocks"
+# bug -> (how it is injected, the layer id where it must be caught first)
+BUGS = {
+    "clean": (contextlib.nullcontext, None),
+    "gelu_tanh": (_patch("gelu", _gelu_variant("tanh")), "encoder.conv1.gelu"),
+    "relu_for_gelu": (_patch("gelu", _gelu_variant(relu=True)), "encoder.conv1.gelu"),
+    "no_ln_post": (_patch("layer_norm", _no_ln_post), "encoder.ln_post"),
+    "layer_norm_eps_1e-3": (_patch("LN_EPS", lambda eps: 1e-3), f"{B}.0.attn_ln"),
+    "attn_scale_on_q_and_k": (_patch("qkv_attention", lambda f: _scaled_twice), f"{B}.0.attn"),
+    "nonzero_key_bias": (_patch("linear", _linear_where(f"{B}.0.attn.key.", _key_bias)), f"{B}.0.attn.key"),
+    "conv2_stride1_wrong_offset": (_patch("conv1d", _conv2_stride1_wrong_offset), "encoder.conv2"),
+    "positional_embedding_shift": (_scope_patch(_pos_shift), "encoder.positional_embedding"),
+    # near-threshold
+    "layer_norm_eps_1e-6": (_patch("LN_EPS", lambda eps: 1e-6), f"{B}.0.attn_ln"),
+    "gelu_tanh_block0_mlp": (_patch("gelu", _gelu_variant("tanh", f"{B}.0.mlp.1.")), f"{B}.0.mlp.1"),
+    "gelu_tanh_block3_mlp": (_patch("gelu", _gelu_variant("tanh", f"{B}.3.mlp.1.")), f"{B}.3.mlp.1"),
+    "bf16_operands_block1_mlp0": (_patch("linear", _linear_where(f"{B}.1.mlp.0.", _bf16_operands)), f"{B}.1.mlp.0"),
+    "attn_scale_off_1pct": (_patch("qkv_attention", lambda f: _scale_off_1pct), f"{B}.0.attn"),
+    "softmax_wrong_axis": (_patch("qkv_attention", lambda f: _softmax_wrong_axis), f"{B}.0.attn"),
+    "transposed_query_weight_block2": (_scope_patch(_transposed(f"{B}.2.attn.query.weight")), f"{B}.2.attn.query"),
+}
+NEAR_THRESHOLD = list(BUGS)[9:]
