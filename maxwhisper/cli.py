@@ -1,7 +1,8 @@
 """maxwhisper command line: argument parsing and printing; the work is in the library
 (`maxwhisper.harness.verify`, `maxwhisper.transcribe`).
 
-  maxwhisper verify [AUDIO] [--model NAME|PATH] [--json PATH]
+  maxwhisper verify [AUDIO] [--model NAME|PATH] [--json PATH] [--save-trace PATH]
+  maxwhisper diff [BASELINE] [--factor F]
   maxwhisper transcribe FILE... [--model NAME|PATH] [--output-format txt|json|srt|vtt|tsv|all] [--output-dir DIR]
 """
 
@@ -39,7 +40,28 @@ def cmd_verify(args) -> int:
     print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(report(args.model, model, source, args.device, result), indent=1) + "\n")
+    if args.save_trace:
+        from maxwhisper.harness.diff import save
+
+        save(model, args.save_trace, args.model)
+        print(f"error trace (golden mel and seeded random mels) written to {args.save_trace}")
     return 0 if result.passed else 1
+
+
+def cmd_diff(args) -> int:
+    from maxwhisper import load_model
+    from maxwhisper.harness import diff
+
+    baseline = diff.load(args.baseline)
+    if baseline["model"] != args.model:
+        raise ValueError(f"{args.baseline} was written for model {baseline['model']!r}, not {args.model!r}")
+    model = load_model(args.model, device=args.device)
+    rows = diff.compare(baseline, diff.measure(model), args.factor)
+    print(diff.format_rows(rows))
+    bad = next((r for r in rows if r.regressed), None)
+    print(f"first layer whose error grew more than {args.factor:g}x: {bad.input} {bad.layer}" if bad else
+          f"no layer's error grew more than {args.factor:g}x over {args.baseline} ({len(rows)} rows)")
+    return 1 if bad else 0
 
 
 def cmd_transcribe(args) -> int:
@@ -78,7 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--model", default="tiny.en", help="model name or path (default: embedded tiny.en)")
     v.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
     v.add_argument("--json", metavar="PATH", help="also write the table as JSON")
+    v.add_argument("--save-trace", metavar="PATH",
+                   help="also write every layer's error figures (golden and seeded random mels): a diff baseline")
     v.set_defaults(func=cmd_verify)
+    d = sub.add_parser("diff", help="the encoder-change gate: this tree's errors per layer against a saved baseline")
+    d.add_argument("baseline", nargs="?", default=None, help="written by verify --save-trace "
+                   "(default: fixtures/encoder_errors_baseline.json)")
+    d.add_argument("--factor", type=float, default=None, help="regression: error grown more than this (default 2)")
+    d.add_argument("--model", default="tiny.en", help="model name or path (default: embedded tiny.en)")
+    d.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
+    d.set_defaults(func=cmd_diff)
     t = sub.add_parser("transcribe", help="transcribe audio files: MAX encoder, openai-whisper decoding")
     t.add_argument("files", nargs="+", metavar="FILE", help="wav, flac, mp3 or ogg; any rate, mono or stereo")
     t.add_argument("--model", default="tiny.en", help="model name or path (default: embedded tiny.en)")
@@ -90,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_transcribe)
     args = parser.parse_args(argv)
+    if args.command == "diff":  # defaults that live with the gate, not with the parser
+        from maxwhisper.harness.diff import BASELINE, FACTOR
+
+        args.baseline = args.baseline or str(BASELINE)
+        args.factor = FACTOR if args.factor is None else args.factor
     try:
         return args.func(args)
     except (ValueError, OSError) as e:  # AudioError and WeightsError are ValueErrors

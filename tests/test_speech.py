@@ -39,3 +39,16 @@ def test_tables_are_empty_without_the_speech_data(monkeypatch):
     monkeypatch.setattr(speech, "speech_dir", lambda: None)
     assert speech.transcripts() == [] and speech.longform_groups() == {}
     assert speech.reference_text("jfk.flac") is None
+
+
+def test_a_missing_input_skips_here_and_fails_under_ci(monkeypatch):
+    import pytest
+
+    from maxwhisper.harness.pytest_plugin import require
+
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="speech data absent"):
+        require("speech data absent")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true and a required input is missing: speech data absent"):
+        require("speech data absent")

