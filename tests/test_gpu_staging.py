@@ -209,16 +209,21 @@ echo "fake $*"
 """
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="bash script")
-def test_run_sh_records_every_step_and_keeps_out_under_8_files(tmp_path):
+def _run_sh_with_fake_python(tmp_path, **env):
+    """gpu/run.sh with FAKE_PYTHON as its python: (the finished process, its $OUT)."""
     fake = tmp_path / "python3"
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), MW_PYTHON=str(fake), MW_STAGE=str(tmp_path / "stage"),
-               MW_SITE=str(tmp_path / "site"), MW_BUDGET_S="60", MW_CAP_PARITY="1")
+               MW_SITE=str(tmp_path / "site"), **env)
     script = Path(__file__).resolve().parent.parent / "gpu" / "run.sh"
-    p = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60), out
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="bash script")
+def test_run_sh_records_every_step_and_keeps_out_under_8_files(tmp_path):
+    p, out = _run_sh_with_fake_python(tmp_path, MW_BUDGET_S="60", MW_CAP_PARITY="1")
     assert p.returncode == 0, p.stdout + p.stderr
     summary = json.loads((out / "summary.json").read_text())
     rcs = {s["step"]: s["rc"] for s in summary["steps"]}
@@ -230,13 +235,6 @@ def test_run_sh_records_every_step_and_keeps_out_under_8_files(tmp_path):
 
 
 def test_run_sh_skips_steps_once_the_budget_is_spent(tmp_path):
-    fake = tmp_path / "python3"
-    fake.write_text(FAKE_PYTHON)
-    fake.chmod(0o755)
-    out = tmp_path / "out"
-    env = dict(os.environ, OUT=str(out), MW_PYTHON=str(fake), MW_STAGE=str(tmp_path / "stage"),
-               MW_SITE=str(tmp_path / "site"), MW_BUDGET_S="5")
-    script = Path(__file__).resolve().parent.parent / "gpu" / "run.sh"
-    subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    _, out = _run_sh_with_fake_python(tmp_path, MW_BUDGET_S="5")
     summary = json.loads((out / "summary.json").read_text())
     assert [s.get("skipped") for s in summary["steps"]] == [True] * 5
