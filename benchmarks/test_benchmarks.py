@@ -105,14 +105,15 @@ LAYERS = [name for name in SPECS if name != "encoder"]
 def test_bench_layer(layer, impl, benchmark, bench_record):
     """Each registry layer alone on 1500 frames, weights bound once on both sides."""
     spec, rng = SPECS[layer], np.random.default_rng(0)
-    x = spec.inputs[0].make(rng, TINY, 1, TINY.n_audio_ctx, "normal")
+    x = spec.draw(rng, TINY, 1, TINY.n_audio_ctx, "normal")
     params = random_params(rng, spec.param_shapes(TINY))
     if impl == "max":
         model = bound_max(spec, TINY, params)
-        run = lambda: model(x)[0]
+        run = lambda: model(*x.values())[0]
     else:
         module = load(spec.reference(TINY), params, "", torch.float32)
-        run = lambda: module(torch.from_numpy(x)).numpy()
+        args = [torch.from_numpy(v) for v in x.values()]
+        run = lambda: module(*args).numpy()
     _bench(benchmark, bench_record, f"layer:{layer}", impl, run, flops=layer_flops(layer, TINY))
 
 

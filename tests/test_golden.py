@@ -18,7 +18,7 @@ from maxwhisper.harness import golden as g
 from maxwhisper.harness.compare import Check, assert_parity
 from maxwhisper.harness.reference.capture import layer_ids, reference_trace
 from maxwhisper.harness.registry import check_of, golden_cases, input_of
-from maxwhisper.harness.runners import run_max, run_reference
+from maxwhisper.harness.runners import run_max, run_reference, torch_device
 from maxwhisper.layers import encoder_trace
 from maxwhisper.sizes import SIZES
 from maxwhisper.weights import weights_hash
@@ -64,9 +64,9 @@ def golden_trace(golden, tiny_en_model):
 
 
 @pytest.fixture(scope="module")
-def torch32_trace(golden, tiny_en):
+def torch32_trace(golden, tiny_en, device):
     """The yardstick: openai-whisper's float32 encoder on the stored mel (computed: it needs only torch)."""
-    return reference_trace(*tiny_en, golden.mel, torch.float32)
+    return reference_trace(*tiny_en, golden.mel, torch.float32, torch_device(device))
 
 
 # ------------------------------------------------------------------ freshness
@@ -200,7 +200,7 @@ def test_golden_one_layer(spec, case, golden, tiny_en, device, record_parity):
     """The layer's own MAX graph on the stored input (24 positions: the layers are position-wise)."""
     x, expected, params = _one_layer_case(spec, case, golden, tiny_en)
     out = run_max(spec, tiny_en[0], x, params, device=device)
-    torch32 = run_reference(spec, tiny_en[0], x, params, dtype=torch.float32)
+    torch32 = run_reference(spec, tiny_en[0], x, params, dtype=torch.float32, device=torch_device(device))
     record_parity(assert_parity(f"golden:{spec.name} {case.last}", out, expected, spec.check(guard=True), torch32, x))
 
 

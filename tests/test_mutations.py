@@ -20,6 +20,7 @@ from maxwhisper.harness import golden as g
 from maxwhisper.harness.compare import Check, compare_traces, first_failure
 from maxwhisper.harness.reference.capture import reference_trace
 from maxwhisper.harness.registry import check_of, input_of
+from maxwhisper.harness.runners import torch_device
 from maxwhisper.model import emit_encoder, mel_type
 from maxwhisper.runtime import Compiled, device_ref, weight_lookup
 from mutants import BUGS, NEAR_THRESHOLD
@@ -52,12 +53,13 @@ def mutant_traces(tiny_en, device):
     traces: dict[str, dict] = {bug: {} for bug in BUGS}
     for (bug, layer), value in zip(names, results):
         traces[bug][layer] = value
-    return (traces, reference_trace(dims, state_dict, mel), reference_trace(dims, state_dict, mel, torch.float32),
-            dims)
+    return (traces, reference_trace(dims, state_dict, mel),
+            reference_trace(dims, state_dict, mel, torch.float32, torch_device(device)), dims)
 
 
-def _judge(traces, expected, torch32, dims, bug, check_of=check_of):
-    return compare_traces(traces[bug], expected, check_of(dims, guard=True), torch32, input_of(dims))
+def _judge(traces, expected, torch32, dims, bug, check_of=check_of, until_first_failure=True):
+    return compare_traces(traces[bug], expected, check_of(dims, guard=True), torch32, input_of(dims),
+                          until_first_failure)
 
 
 @pytest.mark.parametrize("bug", BUGS)
@@ -88,7 +90,7 @@ def test_mutation_near_threshold_needs_the_derived_rule(bug, mutant_traces):
     mutants the guard misses is a change to the documented margins."""
     traces, expected, torch32, dims = mutant_traces
     where = BUGS[bug][1]
-    guard = next(c for c in _judge(traces, expected, None, dims, bug, lambda d, guard: _guard_only(d))
+    guard = next(c for c in _judge(traces, expected, None, dims, bug, lambda d, guard: _guard_only(d), False)
                  if c.layer == where)
     assert guard.passed == (bug in GUARD_MISSES), f"{bug}: the absolute guard alone {'passes' if guard.passed else 'fails'} it"
 

@@ -21,6 +21,7 @@ from maxwhisper.harness.compare import assert_parity
 from maxwhisper.harness.inputs import random_mel, random_weights
 from maxwhisper.harness.reference.modules import reference_encoder
 from maxwhisper.harness.registry import SPECS
+from maxwhisper.harness.runners import torch_device
 from maxwhisper.sizes import SIZES
 
 ENCODER = SPECS["encoder"]
@@ -38,14 +39,16 @@ EXAMPLES = max(3, settings().max_examples // 10)  # ci: 3; thorough: 10
 
 
 @torch.no_grad()
-def reference(dims: ModelDimensions, state_dict, mel: np.ndarray, dtype=torch.float64) -> np.ndarray:
-    return reference_encoder(dims, state_dict, dtype)(torch.from_numpy(mel).to(dtype)).numpy()
+def reference(dims: ModelDimensions, state_dict, mel: np.ndarray, dtype=torch.float64, device="cpu") -> np.ndarray:
+    enc = reference_encoder(dims, state_dict, dtype).to(device)
+    return enc(torch.from_numpy(mel).to(device, dtype)).cpu().numpy()
 
 
-def _judge(label, dims, state_dict, mel, actual, record_parity):
-    """The derived rule: MAX's error within k times openai-whisper float32's, both against float64."""
+def _judge(label, dims, state_dict, mel, actual, record_parity, device):
+    """The derived rule: MAX's error within k times openai-whisper float32's (on the same kind of
+    device), both against float64."""
     record_parity(assert_parity(label, actual, reference(dims, state_dict, mel), ENCODER.check(),
-                                reference(dims, state_dict, mel, torch.float32)))
+                                reference(dims, state_dict, mel, torch.float32, torch_device(device))))
 
 
 @pytest.mark.parametrize("dims", SIZES)
@@ -61,7 +64,7 @@ def test_encoder_parity(dims, seed, batch, device, record_parity):
     mel = random_mel(rng, dims, batch)
     actual = MaxWhisper(dims, state_dict, device).encode(mel)
     name = f"encoder[{dims.n_audio_state}w {dims.n_audio_layer}L]"
-    _judge(name, dims, state_dict, mel, actual, record_parity)
+    _judge(name, dims, state_dict, mel, actual, record_parity, device)
 
 
 def test_encoder_parity_batch_independent(device, record_parity):
@@ -75,8 +78,8 @@ def test_encoder_parity_batch_independent(device, record_parity):
     alone = np.concatenate([model.encode(mel[i:i + 1]) for i in range(3)])
     if device == "cpu":
         np.testing.assert_array_equal(together, alone, err_msg="batch of 3 != its items encoded alone")
-    _judge("encoder[items alone]", TINY, state_dict, mel, alone, record_parity)
-    _judge("encoder[batch of 3]", TINY, state_dict, mel, together, record_parity)
+    _judge("encoder[items alone]", TINY, state_dict, mel, alone, record_parity, device)
+    _judge("encoder[batch of 3]", TINY, state_dict, mel, together, record_parity, device)
 
 
 def test_encoder_parity_128_mels(device, record_parity):
@@ -87,4 +90,4 @@ def test_encoder_parity_128_mels(device, record_parity):
     assert mel.shape == (2, 128, 3000)
     actual = MaxWhisper(MELS_128, state_dict, device).encode(mel)
     assert actual.shape == (2, 1500, 64)
-    _judge("encoder[128 mels, 64w 1L]", MELS_128, state_dict, mel, actual, record_parity)
+    _judge("encoder[128 mels, 64w 1L]", MELS_128, state_dict, mel, actual, record_parity, device)

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from maxwhisper.harness.compare import assert_parity
 from maxwhisper.harness.inputs import random_params
 from maxwhisper.harness.registry import SPECS
-from maxwhisper.harness.runners import run_max, run_reference
+from maxwhisper.harness.runners import run_max, run_reference, torch_device
 from maxwhisper.sizes import SIZES
 
 TINY_EN = SIZES["tiny.en"]
@@ -34,19 +34,21 @@ CASES = [pytest.param(name, regime, id=f"{name}-{regime}") for name in LAYERS fo
 MAX_FRAMES, SHORT = TINY_EN.n_audio_ctx, 48
 
 
-def _judge(label, spec, x, params, actual, record_parity):
-    """MAX's `actual` against float64, in units of PyTorch float32's error on the same input."""
+def _judge(label, spec, x, params, actual, record_parity, device="cpu"):
+    """MAX's `actual` against float64, in units of PyTorch float32's error on the same inputs (on the
+    same kind of device); an element-wise record is scaled by its (single) input."""
     expected = run_reference(spec, TINY_EN, x, params)
-    torch32 = run_reference(spec, TINY_EN, x, params, dtype=torch.float32)
-    record_parity(assert_parity(label, actual, expected, spec.check(), torch32, x))
+    torch32 = run_reference(spec, TINY_EN, x, params, dtype=torch.float32, device=torch_device(device))
+    first = next(iter(x.values())) if len(x) == 1 else None
+    record_parity(assert_parity(label, actual, expected, spec.check(), torch32, first))
 
 
-def _input(spec, rng, batch: int, length: int, regime: str, odd_frames: bool = False) -> np.ndarray:
-    """The layer's input; for the conv stem, `odd_frames` makes the mel 2 * length + 1 frames."""
+def _input(spec, rng, batch: int, length: int, regime: str, odd_frames: bool = False) -> dict:
+    """The layer's inputs by name; for the conv stem, `odd_frames` makes the mel 2 * length + 1 frames."""
     if spec.name == "conv_stem" and odd_frames:
-        mel = spec.inputs[0].make(rng, TINY_EN, batch, length + 1, regime)
-        return np.ascontiguousarray(mel[..., :2 * length + 1])
-    return spec.inputs[0].make(rng, TINY_EN, batch, length, regime)
+        mel = spec.draw(rng, TINY_EN, batch, length + 1, regime)["mel"]
+        return {"mel": np.ascontiguousarray(mel[..., :2 * length + 1])}
+    return spec.draw(rng, TINY_EN, batch, length, regime)
 
 
 @pytest.mark.parametrize("name, regime", CASES)
@@ -62,7 +64,8 @@ def test_layer_parity(name, regime, seed, batch, length, long_length, odd_frames
     rng = np.random.default_rng(seed)
     params = random_params(rng, spec.param_shapes(TINY_EN))
     x = _input(spec, rng, batch, length, regime, odd_frames)
-    _judge(f"{name}[{regime}]", spec, x, params, run_max(spec, TINY_EN, x, params, device=device), record_parity)
+    _judge(f"{name}[{regime}]", spec, x, params, run_max(spec, TINY_EN, x, params, device=device), record_parity,
+           device)
 
 
 # Odd lengths, 1 among them: every symbolic dim is exercised away from powers of two.
@@ -76,13 +79,14 @@ def test_layer_parity_batch_independent(name, device, record_parity):
     rng = np.random.default_rng(sum(map(ord, name)))
     params = random_params(rng, spec.param_shapes(TINY_EN))
     for length in ODD_LENGTHS:
-        x = spec.inputs[0].make(rng, TINY_EN, 3, length, "normal")
+        x = spec.draw(rng, TINY_EN, 3, length, "normal")
         together = run_max(spec, TINY_EN, x, params, device=device)
-        alone = np.concatenate([run_max(spec, TINY_EN, x[i:i + 1], params, device=device) for i in range(3)])
+        alone = np.concatenate([run_max(spec, TINY_EN, {k: v[i:i + 1] for k, v in x.items()}, params, device=device)
+                                for i in range(3)])
         assert together.shape == alone.shape
         np.testing.assert_allclose(together, alone, rtol=1e-6, atol=1e-6,
                                    err_msg=f"{name}, length {length}: batch of 3 != items alone")
-        _judge(f"{name}[length {length}]", spec, x, params, together, record_parity)
+        _judge(f"{name}[length {length}]", spec, x, params, together, record_parity, device)
 
 
 @pytest.mark.parametrize("frames", [1, 3, 15, 47])
@@ -92,7 +96,7 @@ def test_conv_stem_parity_odd_frames(frames, device, record_parity):
     rng = np.random.default_rng(frames)
     params = random_params(rng, spec.param_shapes(TINY_EN))
     mel = _input(spec, rng, 2, frames // 2, "normal", odd_frames=True)
-    assert mel.shape[-1] == frames
+    assert mel["mel"].shape[-1] == frames
     actual = run_max(spec, TINY_EN, mel, params, device=device)
     assert actual.shape == (2, (frames + 1) // 2, TINY_EN.n_audio_state)
-    _judge(f"conv_stem[{frames} frames]", spec, mel, params, actual, record_parity)
+    _judge(f"conv_stem[{frames} frames]", spec, mel, params, actual, record_parity, device)

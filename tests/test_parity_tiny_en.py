@@ -14,6 +14,7 @@ import torch
 from maxwhisper.harness.compare import Check, assert_parity, compare
 from maxwhisper.harness.reference.capture import layer_ids, reference_trace
 from maxwhisper.harness.registry import ENCODER_OUTPUT, check_of, input_of
+from maxwhisper.harness.runners import torch_device
 from maxwhisper.sizes import SIZES
 from maxwhisper.weights import to_torch_model
 
@@ -26,11 +27,11 @@ DRIFT_FACTOR = 10.0
 
 
 @pytest.fixture(scope="module")
-def traces(tiny_en, tiny_en_model, jfk_mel):
+def traces(tiny_en, tiny_en_model, jfk_mel, device):
     dims, state_dict = tiny_en
     assert dims == TINY_EN
     return (tiny_en_model.encode_trace(jfk_mel), reference_trace(dims, state_dict, jfk_mel),
-            reference_trace(dims, state_dict, jfk_mel, torch.float32))
+            reference_trace(dims, state_dict, jfk_mel, torch.float32, torch_device(device)))
 
 
 @pytest.mark.parametrize("layer", LAYERS)

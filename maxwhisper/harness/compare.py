@@ -129,7 +129,9 @@ def compare(layer: str, actual: np.ndarray, expected: np.ndarray, check: Check,
         failed_by += [f"{f} ratio {verdict.ratios[f]:.1f} > k" for f in verdict.failed]
         rank = scaled_error(a, e, check.rule.scale, x)
     worst = np.unravel_index(int(np.argmax(rank)), diff.shape)
-    order = np.argsort(rank, axis=None)[::-1][:n_pairs]
+    flat = rank.ravel()
+    top = np.argpartition(flat, -min(n_pairs, flat.size))[-n_pairs:]  # no full sort of a 2M-element tensor
+    order = top[np.argsort(flat[top])[::-1]]
     pairs = [(tuple(int(i) for i in np.unravel_index(j, diff.shape)), float(e.flat[j]), float(a.flat[j]))
              for j in order]
     denom = np.linalg.norm(a) * np.linalg.norm(e)
@@ -149,9 +151,11 @@ def assert_parity(layer: str, actual: np.ndarray, expected: np.ndarray, check: C
 
 def compare_traces(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray],
                    check_of: Callable[[str], Check], yardstick: Mapping[str, np.ndarray] | None = None,
-                   input_of: Callable[[str], str | None] = lambda layer: None) -> list[Comparison]:
+                   input_of: Callable[[str], str | None] = lambda layer: None,
+                   until_first_failure: bool = False) -> list[Comparison]:
     """Compare two traces layer by layer, in `actual`'s (execution) order; `yardstick` is PyTorch's
-    trace in the same dtype, `input_of` names the trace id holding a layer's input.
+    trace in the same dtype, `input_of` names the trace id holding a layer's input. With
+    `until_first_failure`, the list ends at the first failing layer (all a localization needs).
 
     A layer id on one side only is a failure: a trace that silently loses a layer proves nothing.
     """
@@ -165,6 +169,8 @@ def compare_traces(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.n
         src = input_of(layer)
         out.append(compare(layer, actual[layer], expected[layer], check_of(layer),
                            None if yardstick is None else yardstick[layer], expected[src] if src else None))
+        if until_first_failure and not out[-1].passed:
+            break
     return out
 
 

@@ -22,6 +22,7 @@ from maxwhisper.harness.inputs import random_mel
 from maxwhisper.harness.judge import errors
 from maxwhisper.harness.reference.capture import reference_trace
 from maxwhisper.harness.registry import governing, input_of
+from maxwhisper.harness.runners import torch_device
 from maxwhisper.model import MaxWhisper
 
 BASELINE = Path(__file__).resolve().parents[2] / "fixtures" / "encoder_errors_baseline.json"
@@ -42,7 +43,7 @@ def measure(model: MaxWhisper) -> dict:
     for name, mel in mels.items():
         actual = model.encode_trace(mel)
         ref = reference_trace(model.dims, model.state_dict, mel)
-        torch32 = reference_trace(model.dims, model.state_dict, mel, torch.float32)
+        torch32 = reference_trace(model.dims, model.state_dict, mel, torch.float32, torch_device(model.device))
         out[name] = {}
         for layer, value in actual.items():
             rule, src = rules[layer].rule, inputs(layer)

@@ -92,6 +92,10 @@ class LayerSpec:
     def input_shapes(self, dims: ModelDimensions) -> dict[str, list]:
         return {i.name: i.shape(dims) for i in self.inputs}
 
+    def draw(self, rng, dims: ModelDimensions, batch: int, length: int, regime: str) -> dict:
+        """One value of every named input, drawn in declaration order."""
+        return {i.name: i.make(rng, dims, batch, length, regime) for i in self.inputs}
+
 
 # --- FLOPs (multiply-adds x 2) at batch 1 over `t` encoder frames; GELU and LayerNorm have none that
 # matter (their cost is memory traffic).

@@ -79,6 +79,17 @@ def bound_max(spec: LayerSpec, dims: ModelDimensions, params: Mapping[str, np.nd
     return Compiled(graph, device, {k: params[k] for k in shapes})
 
 
+def torch_device(device: str) -> str:
+    """PyTorch's device for the yardstick of a MAX run on `device`: the same kind of device, since
+    PyTorch's own error there is what MAX there is judged by."""
+    if device == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: the PyTorch yardstick needs CUDA, and torch {torch.__version__} "
+                         "has none")
+    return "cuda:" + (device.partition(":")[2] or "0")
+
+
 @torch.no_grad()
 def run_reference(spec: LayerSpec, dims: ModelDimensions, x, params: Mapping[str, np.ndarray],
                   dtype: torch.dtype = torch.float64, device: str = "cpu") -> np.ndarray:

@@ -13,6 +13,7 @@ from maxwhisper.audio import load_audio, log_mel, synthesize
 from maxwhisper.harness.compare import Comparison, compare, compare_traces, first_failure
 from maxwhisper.harness.reference.capture import reference_trace
 from maxwhisper.harness.registry import ENCODER_OUTPUT, check_of, input_of
+from maxwhisper.harness.runners import torch_device
 from maxwhisper.harness.speech import reference_text, speech_dir
 from maxwhisper.model import MaxWhisper
 
@@ -51,7 +52,7 @@ def verify_layers(model: MaxWhisper, audio: np.ndarray) -> list[Comparison]:
     """
     mel = log_mel(audio, model.dims.n_mels)[None]
     expected = reference_trace(model.dims, model.state_dict, mel)
-    torch32 = reference_trace(model.dims, model.state_dict, mel, torch.float32)
+    torch32 = reference_trace(model.dims, model.state_dict, mel, torch.float32, torch_device(model.device))
     check = check_of(model.dims, guard=True)
     rows = compare_traces(model.encode_trace(mel), expected, check, torch32, input_of(model.dims))
     rows.append(compare(ENCODER_OUTPUT, model.encode(mel), expected["encoder.ln_post"], check(ENCODER_OUTPUT),

@@ -58,7 +58,9 @@ def trace_encoder(encoder: wm.AudioEncoder, mel: torch.Tensor) -> dict[str, np.n
 
 
 def reference_trace(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray], mel: np.ndarray,
-                    dtype: torch.dtype = torch.float64) -> dict[str, np.ndarray]:
+                    dtype: torch.dtype = torch.float64, device: str = "cpu") -> dict[str, np.ndarray]:
     """openai-whisper's encoder on `mel`, every activation by layer id: in float64 the reference,
-    in MAX's dtype the yardstick (PyTorch's own error, which the derived rule measures MAX by)."""
-    return trace_encoder(reference_encoder(dims, state_dict, dtype), torch.from_numpy(np.asarray(mel)).to(dtype))
+    in MAX's dtype (and on MAX's kind of device) the yardstick, PyTorch's own error, which the
+    derived rule measures MAX by."""
+    encoder = reference_encoder(dims, state_dict, dtype).to(device)
+    return trace_encoder(encoder, torch.from_numpy(np.asarray(mel)).to(device, dtype))
