@@ -1,7 +1,7 @@
 """maxwhisper command line: argument parsing and printing; the work is in the library
 (`maxwhisper.harness.verify`, `maxwhisper.transcribe`).
 
-  maxwhisper verify [AUDIO] [--model NAME|PATH] [--json PATH] [--save-trace PATH]
+  maxwhisper verify [AUDIO] [--model NAME|PATH] [--json PATH] [--plot PATH] [--save-trace PATH]
   maxwhisper diff [BASELINE] [--factor F]
   maxwhisper transcribe FILE... [--model NAME|PATH] [--output-format txt|json|srt|vtt|tsv|all] [--output-dir DIR]
 """
@@ -30,6 +30,11 @@ def cmd_verify(args) -> int:
           f"all {len(result.comparisons)} layers within tolerance")
     if bad:
         print(bad.report())
+    if args.plot:  # before the transcripts: the slow part
+        from maxwhisper.harness.plot import plot_errors
+
+        plot_errors({"float32": result.comparisons}, args.plot, f"{args.model} on {source}: MAX vs float64")
+        print(f"error plot written to {args.plot}")
     e2e = result.transcripts = end_to_end(model, audio, source)
     print(f"transcript, MAX encoder:     {e2e['max']}")
     print(f"transcript, PyTorch encoder: {e2e['torch']}")
@@ -100,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--model", default="tiny.en", help="model name or path (default: embedded tiny.en)")
     v.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
     v.add_argument("--json", metavar="PATH", help="also write the table as JSON")
+    v.add_argument("--plot", metavar="PATH", help="also draw every layer's error, MAX's and PyTorch's, as a PNG")
     v.add_argument("--save-trace", metavar="PATH",
                    help="also write every layer's error figures (golden and seeded random mels): a diff baseline")
     v.set_defaults(func=cmd_verify)

@@ -10,9 +10,10 @@ from maxwhisper.cli import main
 
 
 def test_verify_jfk_writes_table_and_json(speech_dir, tmp_path, capsys, tiny_en_model):
-    out = tmp_path / "v.json"
-    assert main(["verify", str(speech_dir / "jfk.flac"), "--json", str(out)]) == 0
+    out, png = tmp_path / "v.json", tmp_path / "errors.png"
+    assert main(["verify", str(speech_dir / "jfk.flac"), "--json", str(out), "--plot", str(png)]) == 0
     printed = capsys.readouterr().out
+    assert png.read_bytes()[:4] == b"\x89PNG" and f"error plot written to {png}" in printed
     assert "encoder.blocks.3.attn.key" in printed and "within tolerance" in printed
     report = json.loads(out.read_text())
     assert report["passed"] and report["first_failure"] is None

@@ -66,3 +66,13 @@ def test_compare_applies_the_absolute_guard_too():
     assert not c.passed and c.failed_by == ["absolute guard (atol=1e-04 rtol=0e+00)"]
     both = compare("layer", _with_error(1e-6), REF, Check(RULE, Tolerance(1e-4, 0)), _with_error(1e-6))
     assert both.passed and both.guard_passed
+
+
+def test_plot_draws_every_layer_and_marks_the_first_failure(tmp_path):
+    from maxwhisper.harness.plot import plot_errors
+
+    rows = [compare(f"layer{i}", _with_error(e), REF, Check(RULE), _with_error(1e-6))
+            for i, e in enumerate([1e-6, 2e-6, 50e-6, 1e-6])]
+    assert [c.passed for c in rows] == [True, True, False, True]
+    path = plot_errors({"float32": rows}, tmp_path / "errors.png", "synthetic")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
