@@ -213,3 +213,10 @@ def test_golden_fixture_consistent(spec, case, golden, tiny_en):
     x, expected, params = _one_layer_case(spec, case, golden, tiny_en)
     assert_parity(f"golden fixture {case.last}", run_reference(spec, tiny_en[0], x, params), expected,
                   Check(guard=spec.tol()))
+
+
+def test_repo_files_resolve_beside_the_source_or_under_the_working_directory(tmp_path, monkeypatch):
+    """An installed (non-editable) package, run from the repository root, still finds the fixtures."""
+    assert g.repo_file("fixtures/tiny_en_jfk.npz") == g.FIXTURE and g.FIXTURE.is_file()
+    monkeypatch.chdir(tmp_path)
+    assert g.repo_file("fixtures/absent.json") == tmp_path / "fixtures" / "absent.json"

@@ -25,7 +25,7 @@ from maxwhisper.harness.registry import governing, input_of
 from maxwhisper.harness.runners import torch_device
 from maxwhisper.model import MaxWhisper
 
-BASELINE = Path(__file__).resolve().parents[2] / "fixtures" / "encoder_errors_baseline.json"
+BASELINE = golden.repo_file("fixtures/encoder_errors_baseline.json")
 FORMAT = 1
 RANDOM_SEEDS = (0, 1)
 # A layer regresses when its error (rms or max) grows past this factor. On one machine MAX's figures

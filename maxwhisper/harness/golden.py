@@ -21,7 +21,14 @@ from maxwhisper.sizes import SIZES
 
 # Bump when the file's layout or what it holds changes (keys, positions, how activations are made).
 FORMAT_VERSION = 1
-FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "tiny_en_jfk.npz"
+def repo_file(rel: str) -> Path:
+    """A file checked into the repository: beside this source tree (a checkout, an editable install),
+    else under the current directory (an installed package, e.g. tox's, run from the repo root)."""
+    here = Path(__file__).resolve().parents[2] / rel
+    return here if here.exists() else Path.cwd() / rel
+
+
+FIXTURE = repo_file("fixtures/tiny_en_jfk.npz")
 REGENERATE = "python -m maxwhisper.harness.make_fixtures"
 # How far the stored log-mel may sit from the log-mel of jfk.flac computed now. The same code gives
 # different float32 rounding on different CPUs (FFT and resampler SIMD paths): 2.4e-5 max |diff|
