@@ -125,9 +125,9 @@ def compare(layer: str, actual: np.ndarray, expected: np.ndarray, check: Check,
         if not guard_ok:
             failed_by.append(f"absolute guard ({check.guard})")
     if check.rule is not None:
-        verdict = judge(a, yardstick, e, check.rule, check.dtype, x)
+        rank = scaled_error(a, e, check.rule.scale, x)  # computed once: the rule's figures use it too
+        verdict = judge(a, yardstick, e, check.rule, check.dtype, x, scaled=rank)
         failed_by += [f"{f} ratio {verdict.ratios[f]:.1f} > k" for f in verdict.failed]
-        rank = scaled_error(a, e, check.rule.scale, x)
     worst = np.unravel_index(int(np.argmax(rank)), diff.shape)
     flat = rank.ravel()
     top = np.argpartition(flat, -min(n_pairs, flat.size))[-n_pairs:]  # no full sort of a 2M-element tensor

@@ -79,14 +79,16 @@ def scaled_error(actual: np.ndarray, reference: np.ndarray, scale: str, x: np.nd
     return out
 
 
-def errors(actual: np.ndarray, reference: np.ndarray, rule: Rule, x: np.ndarray | None = None) -> Errors:
+def errors(actual: np.ndarray, reference: np.ndarray, rule: Rule, x: np.ndarray | None = None,
+           scaled: np.ndarray | None = None) -> Errors:
+    """The figures of `actual`; `scaled` is its `scaled_error`, when the caller already has it."""
     a, r = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
     if a.size == 0:
         return Errors(0.0, 0.0, 0.0, ())
     rms_ref = float(np.sqrt(np.mean(r * r)))
     rms_err = float(np.sqrt(np.mean((a - r) ** 2)))
     norm = rms_err / rms_ref if rms_ref > 0 else (0.0 if rms_err == 0 else float("inf"))
-    e = scaled_error(a, r, rule.scale, x)
+    e = scaled_error(a, r, rule.scale, x) if scaled is None else scaled
     worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(e)), e.shape))
     return Errors(norm, float(np.quantile(e, rule.quantile)), float(e.max()), worst)
 
@@ -103,13 +105,13 @@ class Verdict:
 
 
 def judge(actual: np.ndarray, yardstick: np.ndarray, reference: np.ndarray, rule: Rule,
-          dtype: str = "float32", x: np.ndarray | None = None) -> Verdict:
+          dtype: str = "float32", x: np.ndarray | None = None, scaled: np.ndarray | None = None) -> Verdict:
     """Judge `actual` (MAX) by `yardstick` (PyTorch, same dtype), both against `reference` (float64);
-    `x` is the layer's input, for an element-scaled rule."""
+    `x` is the layer's input, for an element-scaled rule; `scaled`, `actual`'s scaled error if known."""
     if dtype not in EPS:
         raise ValueError(f"dtype {dtype!r}: expected one of {sorted(EPS)}")
     floor = rule.floor_eps * EPS[dtype]
-    m, t = errors(actual, reference, rule, x), errors(yardstick, reference, rule, x)
+    m, t = errors(actual, reference, rule, x, scaled), errors(yardstick, reference, rule, x)
     ks = {"norm": rule.k_norm, "quantile": rule.k_quantile, "max": rule.k_max}
     bounds = {f: ks[f] * getattr(t, f) + floor for f in ks}
     ratios = {f: (getattr(m, f) / getattr(t, f)) if getattr(t, f) > 0 else

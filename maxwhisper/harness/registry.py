@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from typing import NamedTuple
 
 from torch import nn
@@ -45,7 +45,7 @@ DEFAULT_TOLERANCE = {"float32": Tolerance(atol=1e-4, rtol=5e-5)}
 # So k = 8 (rms), 8 (q99), 32 (max). The near-threshold mutants sit far above (tests/mutants.py):
 # LayerNorm eps 1e-6 at 40x (rms), tanh-GELU in block 3 at 103x (q99), bf16 operands at ~1000x.
 RULE = Rule(k_norm=8, k_quantile=8, k_max=32)
-ELEMENT_RULE = Rule(k_norm=8, k_quantile=8, k_max=32, scale="element")
+ELEMENT_RULE = replace(RULE, scale="element")
 
 # Input regimes: "normal" looks like real activations; "extreme" is the layer's numerically hard case.
 REGIMES = ("normal", "extreme")

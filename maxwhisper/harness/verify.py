@@ -73,14 +73,6 @@ def end_to_end(model: MaxWhisper, audio: np.ndarray, source: str) -> dict:
     return out
 
 
-def verify(model: MaxWhisper, audio: np.ndarray, source: str = "<samples>", transcripts: bool = True) -> Verification:
-    """Layer-by-layer comparison, then (unless `transcripts` is False) both pipelines' transcripts."""
-    result = Verification(verify_layers(model, audio))
-    if transcripts:
-        result.transcripts = end_to_end(model, audio, source)
-    return result
-
-
 def report(model_name: str, model: MaxWhisper, source: str, device: str, result: Verification) -> dict:
     """What `maxwhisper verify --json` writes (and `fixtures/tiny_en_errors.json` holds)."""
     from maxwhisper.weights import weights_hash
