@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+from max.dtype import DType
 from max.graph import TensorValue, ops
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which openai-whisper keeps
@@ -84,19 +85,22 @@ def conv_stem(mel: TensorValue, s: Scope) -> TensorValue:
     return x
 
 
-def qkv_attention(q: TensorValue, k: TensorValue, v: TensorValue, n_head: int) -> TensorValue:
-    """softmax(q k^T / sqrt(head_dim)) v over heads; (batch, time, n_state) in and out."""
+def qkv_attention(q: TensorValue, k: TensorValue, v: TensorValue, n_head: int,
+                  mask: TensorValue | None = None) -> TensorValue:
+    """softmax(q k^T / sqrt(head_dim) + mask) v over heads; q (batch, time, n_state), k and v
+    (batch, keys, n_state), out like q. `mask` (time, keys) is added to the scores (0 or -inf)."""
     batch, n_ctx, n_state = q.shape
     head_dim = int(n_state) // n_head
 
     def heads(t: TensorValue) -> TensorValue:  # (b, t, h*d) -> (b, h, t, d)
-        return ops.permute(ops.reshape(t, [batch, n_ctx, n_head, head_dim]), [0, 2, 1, 3])
+        return ops.permute(ops.reshape(t, [batch, t.shape[1], n_head, head_dim]), [0, 2, 1, 3])
 
     # Whisper scales q and k by head_dim**-0.25 each; one head_dim**-0.5 on the scores is the
     # same product, and `softmax(scores * scale) @ v` in this operand order is the pattern
     # MAX's compiler fuses into one attention kernel.
     scores = heads(q) @ ops.permute(heads(k), [0, 1, 3, 2])
-    wv = ops.softmax(scores * (head_dim**-0.5)) @ heads(v)
+    scores = scores * (head_dim**-0.5)
+    wv = ops.softmax(scores if mask is None else scores + mask) @ heads(v)
     return ops.reshape(ops.permute(wv, [0, 2, 1, 3]), [batch, n_ctx, n_state])
 
 
@@ -127,6 +131,84 @@ def encoder(mel: TensorValue, s: Scope, n_head: int, n_layer: int) -> TensorValu
     for i in range(n_layer):
         x = block(x, s.sub(f"blocks.{i}"), n_head)
     return layer_norm(x, s.sub("ln_post"))
+
+
+# --- the text decoder ------------------------------------------------------------------------
+# One step of openai-whisper's TextDecoder with its KV cache: `tokens` (batch, n_tok) follow
+# `n_cache` tokens whose self-attention keys and values are cached, (batch, n_cache, n_state) per
+# block. n_cache = 0 is the prompt step, n_tok = 1 every later one; both dims are symbolic, so one
+# compiled graph serves every step, position and batch size.
+
+
+def causal_mask(n_cache, n_tok, ref) -> TensorValue:
+    """(n_tok, n_cache + n_tok): 0 where query i (at position n_cache + i) may see key j, else -inf."""
+    start = ops.reshape(ops.shape_to_tensor([n_cache]), [])
+    stop = ops.reshape(ops.shape_to_tensor([n_cache + n_tok]), [])
+    q_pos = ops.range(start, stop, 1, out_dim=n_tok, dtype=DType.int64, device=ref)
+    k_pos = ops.range(0, stop, 1, out_dim=n_cache + n_tok, dtype=DType.int64, device=ref)
+    future = ops.unsqueeze(k_pos, 0) > ops.unsqueeze(q_pos, 1)
+    return ops.where(future, ops.constant(float("-inf"), DType.float32, ref),
+                     ops.constant(0.0, DType.float32, ref))
+
+
+def token_embedding(tokens: TensorValue, n_cache, s: Scope) -> TensorValue:
+    """Token embedding plus the positional embedding at positions n_cache ... n_cache + n_tok - 1."""
+    n_tok = tokens.shape[1]
+    start = ops.reshape(ops.shape_to_tensor([n_cache]), [])
+    stop = ops.reshape(ops.shape_to_tensor([n_cache + n_tok]), [])
+    pos = ops.slice_tensor(s("positional_embedding"), [(slice(start, stop), n_tok), slice(None)])
+    x = ops.gather(s("token_embedding.weight"), tokens, axis=0)
+    return s.record(x + pos, "positional_embedding")
+
+
+def cached_attention(x: TensorValue, cache: tuple[TensorValue, TensorValue], s: Scope, n_head: int,
+                     mask: TensorValue) -> tuple[TensorValue, tuple[TensorValue, TensorValue]]:
+    """Causal self-attention over the cached keys/values plus this step's; returns the output and
+    the grown cache (what openai-whisper's kv_cache hooks concatenate)."""
+    q = s.record(linear(x, s.sub("query")), "query")
+    k = ops.concat([cache[0], s.record(linear(x, s.sub("key"), bias=False), "key")], axis=1)
+    v = ops.concat([cache[1], s.record(linear(x, s.sub("value")), "value")], axis=1)
+    return s.record(linear(qkv_attention(q, k, v, n_head, mask), s.sub("out"))), (k, v)
+
+
+def cross_kv(xa: TensorValue, s: Scope) -> tuple[TensorValue, TensorValue]:
+    """Cross-attention keys (no bias, as in Whisper) and values of the audio features, computed
+    once per 30 s window and reused by every token step."""
+    return linear(xa, s.sub("key"), bias=False), linear(xa, s.sub("value"))
+
+
+def cross_attention(x: TensorValue, kv: tuple[TensorValue, TensorValue], s: Scope, n_head: int) -> TensorValue:
+    q = s.record(linear(x, s.sub("query")), "query")
+    return s.record(linear(qkv_attention(q, kv[0], kv[1], n_head), s.sub("out")))
+
+
+def decoder_block(x: TensorValue, cache: tuple[TensorValue, TensorValue], cross: tuple[TensorValue, TensorValue],
+                  s: Scope, n_head: int, mask: TensorValue) -> tuple[TensorValue, tuple[TensorValue, TensorValue]]:
+    """ResidualAttentionBlock(cross_attention=True) with its self-attention cache."""
+    a, cache = cached_attention(layer_norm(x, s.sub("attn_ln")), cache, s.sub("attn"), n_head, mask)
+    x = x + a
+    x = x + cross_attention(layer_norm(x, s.sub("cross_attn_ln")), cross, s.sub("cross_attn"), n_head)
+    x = x + mlp(layer_norm(x, s.sub("mlp_ln")), s.sub("mlp"))
+    return s.record(x), cache
+
+
+def logits(x: TensorValue, s: Scope) -> TensorValue:
+    """Final LayerNorm, then logits through the tied token embedding: x @ E^T."""
+    x = layer_norm(x, s.sub("ln"))
+    return s.record(x @ ops.transpose(s("token_embedding.weight"), 0, 1), "logits")
+
+
+def decoder(tokens: TensorValue, caches: list, crosses: list, s: Scope, n_head: int,
+            ref) -> tuple[TensorValue, list]:
+    """openai-whisper's TextDecoder.forward with a kv_cache; `s` is scoped at "decoder."."""
+    n_cache = caches[0][0].shape[1]
+    mask = causal_mask(n_cache, tokens.shape[1], ref)
+    x = token_embedding(tokens, n_cache, s)
+    grown = []
+    for i, (cache, cross) in enumerate(zip(caches, crosses)):
+        x, cache = decoder_block(x, cache, cross, s.sub(f"blocks.{i}"), n_head, mask)
+        grown.append(cache)
+    return logits(x, s), grown
 
 
 class Traced(NamedTuple):
@@ -162,3 +244,23 @@ def encoder_trace(n_layer: int) -> list[Traced]:
                 Traced(f"{b}.mlp.2", "mlp", f"{b}.mlp.1"), Traced(b, "block", prev)]
         prev = b
     return out + [Traced(f"{e}.ln_post", "layer_norm", prev)]
+
+
+def decoder_trace(n_layer: int) -> list[Traced]:
+    """Every id `decoder(..., trace)` records, in execution order."""
+    d = "decoder"
+    out = [Traced(f"{d}.positional_embedding", "token_embedding", None)]
+    prev = f"{d}.positional_embedding"
+    for i in range(n_layer):
+        b = f"{d}.blocks.{i}"
+        out += [Traced(f"{b}.attn_ln", "layer_norm", prev),
+                *(Traced(f"{b}.attn.{p}", "cached_attention", f"{b}.attn_ln") for p in ("query", "key", "value")),
+                Traced(f"{b}.attn", "cached_attention", f"{b}.attn_ln"),
+                Traced(f"{b}.cross_attn_ln", "layer_norm", None),
+                Traced(f"{b}.cross_attn.query", "cross_attention", f"{b}.cross_attn_ln"),
+                Traced(f"{b}.cross_attn", "cross_attention", f"{b}.cross_attn_ln"),
+                Traced(f"{b}.mlp_ln", "layer_norm", None),
+                Traced(f"{b}.mlp.0", "mlp", f"{b}.mlp_ln"), Traced(f"{b}.mlp.1", "gelu", f"{b}.mlp.0"),
+                Traced(f"{b}.mlp.2", "mlp", f"{b}.mlp.1"), Traced(b, "decoder_block", prev)]
+        prev = b
+    return out + [Traced(f"{d}.ln", "layer_norm", prev), Traced(f"{d}.logits", "logits", f"{d}.ln")]

@@ -1,7 +1,9 @@
-"""The MAX Whisper model: weights from `maxwhisper.weights`, the encoder as one MAX graph."""
+"""The MAX Whisper model: weights from `maxwhisper.weights`, the encoder as one MAX graph, the decoder
+as two (`maxwhisper.decoder`)."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 
@@ -11,6 +13,7 @@ from max.dtype import DType
 from whisper.model import ModelDimensions
 
 from maxwhisper import layers
+from maxwhisper.decoder import MaxDecoder
 from maxwhisper.runtime import Compiled, device_ref, weight_lookup
 from maxwhisper.weights import load_weights
 
@@ -77,6 +80,7 @@ class MaxWhisper:
     def __init__(self, dims: ModelDimensions, state_dict: Mapping[str, np.ndarray], device: str = "cpu"):
         self.dims, self.state_dict, self.device = dims, dict(state_dict), device
         self._compiled: dict[bool, Compiled] = {}
+        self._pipeline = None
 
     def compile(self, trace: bool = False) -> Compiled:
         """The encoder graph (with every activation as an output when `trace`), compiled or loaded
@@ -87,6 +91,20 @@ class MaxWhisper:
             graph, names = encoder_graph(self.dims, shapes, device_ref(self.device), trace)
             self._compiled[trace] = Compiled(graph, self.device, weights, names)
         return self._compiled[trace]
+
+    @functools.cached_property
+    def decoder(self) -> MaxDecoder:
+        """The text decoder's MAX graphs (compiled on first use), on this model's device."""
+        return MaxDecoder(self.dims, self.state_dict, self.device)
+
+    def transcribe(self, audio, **options) -> dict:
+        """openai-whisper's `transcribe` result dict for a file or 16 kHz float32 samples, encoder and
+        decoder on MAX (see `maxwhisper.transcribe`); options are openai-whisper's."""
+        from maxwhisper.transcribe import pipeline_model, transcribe  # it imports this module
+
+        if self._pipeline is None:
+            self._pipeline = pipeline_model(self)
+        return transcribe(self._pipeline, audio, **options)
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
         """(batch, n_mels, 3000) float32 log-mel -> (batch, 1500, n_audio_state) float32."""

@@ -48,9 +48,15 @@ class Compiled:
         self.model = session.load(graph, weights_registry=dict(weights or {}))
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
-        dev = self.model.input_devices[0]
-        buffers = [driver.Buffer.from_numpy(np.ascontiguousarray(a)).to(dev) for a in arrays]
+        buffers = [self.to_device(a) for a in arrays]
         return [o.to(driver.CPU()).to_numpy() for o in self.model.execute(*buffers)]
+
+    def to_device(self, array: np.ndarray) -> driver.Buffer:
+        return driver.Buffer.from_numpy(np.ascontiguousarray(array)).to(self.model.input_devices[0])
+
+    def execute(self, *buffers: driver.Buffer) -> list[driver.Buffer]:
+        """Run on device buffers and keep the outputs there (a decoder step feeds the next one)."""
+        return self.model.execute(*buffers)
 
 
 def weight_lookup(graph_weights: dict[str, Weight], shapes: Mapping[str, tuple[int, ...]],

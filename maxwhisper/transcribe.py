@@ -1,9 +1,10 @@
-"""Transcription: openai-whisper's own decoding machinery on audio features from the MAX encoder.
+"""Transcription: openai-whisper's own decoding machinery on the MAX encoder and decoder.
 
-Nothing of the decoding loop is rewritten. `pipeline_model` returns openai-whisper's `Whisper`
-(PyTorch decoder, same weights) whose `encoder` submodule calls the MAX graph, so `whisper.transcribe`
-(temperature fallback, timestamp rules, 30 s windows with seek, condition_on_previous_text, writers)
-runs unchanged; swapping the encoder is the only difference from the PyTorch pipeline.
+Nothing of the decoding loop is rewritten. `pipeline_model` returns openai-whisper's `Whisper` (same
+weights) whose `encoder` submodule calls the MAX encoder graph and whose `decode` asks the MAX
+decoder for logits (`maxwhisper.inference`), so `whisper.transcribe` (temperature fallback, timestamp
+rules, 30 s windows with seek, condition_on_previous_text, writers) runs unchanged. Either part can be
+PyTorch's instead, for comparison.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import whisper
 from torch import nn
 
 from maxwhisper.audio import load_audio
+from maxwhisper.inference import use_max_decoder
 from maxwhisper.model import MaxWhisper
 from maxwhisper.weights import to_torch_model
 
@@ -35,13 +37,17 @@ class MaxEncoder(nn.Module):
         return torch.from_numpy(features).to(mel.device)
 
 
-def pipeline_model(model: MaxWhisper, encoder: str = "max") -> whisper.model.Whisper:
-    """openai-whisper's model on `model`'s weights, its encoder on MAX ("max") or PyTorch ("torch")."""
-    if encoder not in ("max", "torch"):
-        raise ValueError(f"encoder must be 'max' or 'torch', got {encoder!r}")
+def pipeline_model(model: MaxWhisper, encoder: str = "max", decoder: str = "max") -> whisper.model.Whisper:
+    """openai-whisper's model on `model`'s weights, its encoder and its decoder each on MAX ("max")
+    or PyTorch ("torch"): ("max", "max") is the MAX pipeline, ("torch", "torch") openai-whisper's."""
+    for part, value in (("encoder", encoder), ("decoder", decoder)):
+        if value not in ("max", "torch"):
+            raise ValueError(f"{part} must be 'max' or 'torch', got {value!r}")
     torch_model = to_torch_model(model.dims, model.state_dict)
     if encoder == "max":
         torch_model.encoder = MaxEncoder(model)
+    if decoder == "max":
+        torch_model = use_max_decoder(torch_model, model.decoder)
     return torch_model
 
 
