@@ -1,0 +1,144 @@
+"""Many files at once: openai-whisper's `transcribe` runs unchanged for each file, and the `decode`
+calls of all files are served together, one batched decode per round.
+
+Each file's `whisper.transcribe` runs in its own worker thread. Its `model.decode(segment, options)`
+calls land in a `DecodeBatcher`; once every running transcription is waiting on one, the batcher
+groups the waiting calls whose options are equal (openai-whisper's `decode` takes a batch of mels
+with one set of options: first windows all have the same options; later windows of long files carry
+their own prompt) and decodes each group as one batch of up to `batch_size` mels, so the encoder runs
+on a batch and every decoder step reads the weights once for the whole batch. Windowing with seek,
+temperature fallback, timestamp rules and prompts stay openai-whisper's, per file.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import whisper
+from whisper.decoding import DecodingOptions, DecodingResult
+
+
+@dataclass
+class _Call:
+    mel: torch.Tensor
+    options: DecodingOptions
+    result: DecodingResult | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+class DecodeBatcher:
+    """Collects `decode` calls from the running transcriptions and serves them in batches."""
+
+    def __init__(self, model: whisper.model.Whisper, batch_size: int):
+        self.model, self.batch_size = model, batch_size
+        self.decode_batch = type(model).decode  # the model's own decode (MAX or PyTorch inference)
+        self.cond = threading.Condition()
+        self.running = 0
+        self.waiting: list[_Call] = []
+        self.rounds: list[list[int]] = []  # batch sizes decoded per round (for reports and tests)
+
+    def decode(self, mel: torch.Tensor, options: DecodingOptions = DecodingOptions(), **kwargs) -> DecodingResult:
+        if kwargs:
+            options = replace(options, **kwargs)
+        if mel.ndim != 2:  # transcribe decodes one window at a time
+            raise ValueError(f"batched transcription serves single (n_mels, frames) windows, got {tuple(mel.shape)}")
+        call = _Call(mel, options)
+        with self.cond:
+            self.waiting.append(call)
+            self._serve_if_all_wait()
+            while not call.done:
+                self.cond.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def enter(self) -> None:
+        with self.cond:
+            self.running += 1
+
+    def leave(self) -> None:
+        with self.cond:
+            self.running -= 1
+            self._serve_if_all_wait()
+
+    def _serve_if_all_wait(self) -> None:
+        if not self.waiting or len(self.waiting) < self.running:
+            return
+        calls, self.waiting = self.waiting, []
+        groups: list[list[_Call]] = []
+        for call in calls:  # equal options decode together (DecodingOptions compares by value)
+            group = next((g for g in groups if g[0].options == call.options), None)
+            groups.append([call]) if group is None else group.append(call)
+        sizes = []
+        for group in groups:
+            for i in range(0, len(group), self.batch_size):
+                chunk = group[i:i + self.batch_size]
+                sizes.append(len(chunk))
+                try:
+                    results = self.decode_batch(self.model, torch.stack([c.mel for c in chunk]), chunk[0].options)
+                    for c, r in zip(chunk, results):
+                        c.result = r
+                except BaseException as e:  # every caller of the batch gets the error
+                    for c in chunk:
+                        c.error = e
+                for c in chunk:
+                    c.done = True
+        self.rounds.append(sizes)
+        self.cond.notify_all()
+
+
+def transcribe_many(model: whisper.model.Whisper, audios: Sequence[np.ndarray], batch_size: int = 8,
+                    **options) -> list[dict]:
+    """`maxwhisper.transcribe.transcribe` of every audio, their decodes batched `batch_size` at a time.
+
+    Returns one openai-whisper result dict per audio, in order; each equals that file's own
+    sequential transcription (the tests check it token for token).
+    """
+    from maxwhisper.transcribe import transcribe
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    for i, a in enumerate(audios):  # every input is checked before any work starts
+        if not isinstance(a, np.ndarray) or a.ndim != 1 or a.size == 0 or not np.isfinite(a).all():
+            raise ValueError(f"audio {i} must be non-empty, finite, 1-D float32 samples at 16 kHz")
+    batcher = DecodeBatcher(model, batch_size)
+    results: list[dict | None] = [None] * len(audios)
+    errors: list[BaseException] = []
+    queue = list(range(len(audios)))[::-1]
+    lock = threading.Lock()
+
+    def work() -> None:
+        try:
+            while True:
+                with lock:
+                    if not queue or errors:
+                        return
+                    i = queue.pop()
+                try:
+                    results[i] = transcribe(model, audios[i], **options)
+                except BaseException as e:
+                    with lock:
+                        errors.append(e)
+        finally:
+            batcher.leave()
+
+    model.decode = batcher.decode  # an instance attribute: whisper.transcribe calls model.decode
+    try:
+        workers = [threading.Thread(target=work, daemon=True) for _ in range(min(batch_size, len(audios)))]
+        for w in workers:
+            batcher.enter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        del model.decode
+    if errors:
+        raise errors[0]
+    model.batch_rounds = batcher.rounds
+    return results
