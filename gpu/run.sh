@@ -4,11 +4,12 @@
 #
 # Steps, each under its own timeout and all inside MW_BUDGET_S seconds; a failing step does not
 # stop the next. Results land in $OUT as they come, so a run cut short still returns what it had
-# (the device tool returns at most 8 files): run.log, summary.json, env.json, parity-gpu.xml,
-# verify-gpu.json, bench-gpu/bench.json, bench-gpu/bench.png.
+# (the device tool returns at most 8 files): run.log, summary.json, env.json, verify-gpu.json,
+# probe16.json, parity-gpu.xml, bench-gpu/bench.json, bench-gpu/bench.png (the 8th folds into extra.tgz).
 #   stage   rejoin the parts, check sha256 against the manifest, pip-install into /tmp/mw-site
 #   env     imports, torch CUDA, MAX accelerator count, a 4x4 MAX matmul on CPU and GPU
 #   verify  maxwhisper verify --device gpu (eSpeak NG speech: ../shared/speech does not travel)
+#   probe16 gpu/probe16.py: bfloat16/float16 matmul, layer_norm, softmax, gelu, cast in MAX vs torch
 #   parity  pytest -k parity --device gpu
 #   bench   benchmarks, encoder_tiny_en, --device gpu
 # Verify runs first and bench last: if the budget runs out, the timing is what goes missing.
@@ -20,11 +21,11 @@ OUT=${OUT:-/tmp/mw-out}
 STAGE=${MW_STAGE:-/tmp/mw-stage}
 SITE=${MW_SITE:-/tmp/mw-site}
 PY=${MW_PYTHON:-python3}
-BUDGET_S=${MW_BUDGET_S:-390}
+BUDGET_S=${MW_BUDGET_S:-450}
 # Per-step caps (seconds). MAX compiles cold on a fresh machine (a 4x4 CPU matmul took ~100 s
 # cold, 3 s warm, on the 2-core CPU machine), and every later step reuses ~/.cache/modular.
 CAP_STAGE=${MW_CAP_STAGE:-120} CAP_ENV=${MW_CAP_ENV:-60} CAP_PARITY=${MW_CAP_PARITY:-120}
-CAP_VERIFY=${MW_CAP_VERIFY:-150} CAP_BENCH=${MW_CAP_BENCH:-90}
+CAP_VERIFY=${MW_CAP_VERIFY:-150} CAP_BENCH=${MW_CAP_BENCH:-90} CAP_PROBE16=${MW_CAP_PROBE16:-60}
 # >>> dtypes for the parity step: looped as `--dtype $d` only once `pytest --help` lists --dtype.
 DTYPES="float32"
 # <<<
@@ -74,6 +75,10 @@ step env "$CAP_ENV" "$PY" gpu/env_check.py --need gpu --json "$OUT/env.json"
 # both transcripts; parity then compiles one graph per record and per encoder size (cold: tens of
 # seconds each), so a cut-short parity step still leaves verify's table.
 step verify "$CAP_VERIFY" "$PY" -m maxwhisper.cli verify --device gpu --json "$OUT/verify-gpu.json"
+
+# 16-bit floats: one MAX graph per dtype; the JSON is rewritten per dtype, so a cut keeps the first.
+step probe16 "$CAP_PROBE16" "$PY" gpu/probe16.py --device gpu --json "$OUT/probe16.json" \
+  --deadline-s $(( CAP_PROBE16 * 2 / 3 ))
 
 HELP=$(timeout 60 "$PY" -m pytest -p no:cacheprovider --help 2>/dev/null)
 grep -qE '^ +--device[ =,]' <<<"$HELP" || echo "WARNING: pytest lists no --device option: GPU steps will fail on it"
