@@ -7,12 +7,13 @@ float16, and how far is it from a float64 reference, next to PyTorch in the same
 Each dtype is one MAX graph (one compile: a cold MAX compile costs seconds to a minute per graph)
 holding every op, each with float32 inputs and output and the op itself in the dtype between two
 casts; should it fail to compile, each op is compiled alone to name the one that fails. The casts
-keep 16-bit buffers off the host (numpy has no bfloat16). The inputs are rounded to the dtype
-first (by torch), so MAX, PyTorch and the float64 reference all see the same values; the `cast`
-row instead feeds unrounded float32 and measures the rounding. PyTorch runs the same op in the same dtype on the same kind of device (cuda for --device gpu).
-Reported per row: compiled (or the error's text), max and RMS absolute error of MAX and of
-PyTorch against the float64 reference, and MAX/PyTorch ratios. The JSON is rewritten after every
-dtype, so a run cut short by its timeout keeps what it had; --deadline-s stops starting new ones.
+keep 16-bit buffers off the host (numpy has no bfloat16). The inputs are rounded to the dtype first
+(by torch), so MAX, PyTorch and the float64 reference all see the same values; the `cast` row
+instead feeds unrounded float32 and measures the rounding. PyTorch runs the same op in the same
+dtype on the same kind of device (cuda for --device gpu). Reported per row: compiled (or the error's
+text), max and RMS absolute error of MAX and of PyTorch against the float64 reference, and
+MAX/PyTorch ratios. The JSON is rewritten after every dtype, so a run cut short by its timeout keeps
+what it had; --deadline-s stops starting new ones.
 """
 
 from __future__ import annotations
