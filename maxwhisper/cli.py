@@ -4,6 +4,7 @@
   maxwhisper verify [AUDIO] [--model NAME|PATH] [--json PATH] [--plot PATH] [--save-trace PATH]
   maxwhisper diff [BASELINE] [--factor F]
   maxwhisper transcribe FILE... [--model NAME|PATH] [--output-format txt|json|srt|vtt|tsv|all] [--output-dir DIR]
+                                [--batch-size N] [--encoder max|torch] [--decoder max|torch]
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def cmd_verify(args) -> int:
         plot_errors({"float32": result.comparisons}, args.plot, f"{args.model} on {source}: MAX vs float64")
         print(f"error plot written to {args.plot}")
     e2e = result.transcripts = end_to_end(model, audio, source)
-    print(f"transcript, MAX encoder:     {e2e['max']}")
-    print(f"transcript, PyTorch encoder: {e2e['torch']}")
+    print(f"transcript, MAX:     {e2e['max']}")
+    print(f"transcript, PyTorch: {e2e['torch']}")
     line = f"WER MAX vs PyTorch: {100 * e2e['wer_max_vs_torch']:.2f}%"
     if "reference" in e2e:
         line += (f"   against the reference text: MAX {100 * e2e['wer_max']:.2f}%, "
@@ -75,24 +76,29 @@ def cmd_transcribe(args) -> int:
 
     from maxwhisper import load_model
     from maxwhisper.audio import load_audio
-    from maxwhisper.transcribe import pipeline_model, transcribe
+    from maxwhisper.batch import transcribe_many
+    from maxwhisper.transcribe import pipeline_model
 
-    model = pipeline_model(load_model(args.model, device=args.device), encoder=args.encoder)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    model = pipeline_model(load_model(args.model, device=args.device), args.encoder, args.decoder)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     write = get_writer(args.output_format, args.output_dir)
-    failed = 0
-    files = tqdm(args.files, unit="file", disable=args.no_progress or len(args.files) < 2)
-    for path in files:
+    failed, paths, audios = 0, [], []
+    for path in args.files:
         try:
-            audio = load_audio(path)  # a bad file is reported and skipped; the others go on
+            audios.append(load_audio(path))  # a bad file is reported and skipped; the others go on
+            paths.append(path)
         except ValueError as e:
             failed += 1
-            tqdm.write(f"maxwhisper: error: {e}", file=sys.stderr)
-            continue
-        # openai-whisper's own frame progress bar for long audio (verbose=False), unless turned off
-        result = transcribe(model, audio, verbose=None if args.no_progress else False)
-        write(result, path)
-        tqdm.write(f"{path}: {result['text'].strip()}")
+            print(f"maxwhisper: error: {e}", file=sys.stderr)
+    # files in chunks of the batch size, so transcripts are written as their chunk finishes
+    chunks = range(0, len(audios), args.batch_size)
+    for i in tqdm(chunks, unit="batch", disable=args.no_progress or len(chunks) < 2):
+        results = transcribe_many(model, audios[i:i + args.batch_size], args.batch_size)
+        for path, result in zip(paths[i:i + args.batch_size], results):
+            write(result, path)
+            tqdm.write(f"{path}: {result['text'].strip()}")
     return 2 if failed else 0
 
 
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--model", default="tiny.en", help="model name or path (default: embedded tiny.en)")
     d.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
     d.set_defaults(func=cmd_diff)
-    t = sub.add_parser("transcribe", help="transcribe audio files: MAX encoder, openai-whisper decoding")
+    t = sub.add_parser("transcribe", help="transcribe audio files: MAX encoder and decoder, openai-whisper decoding")
     t.add_argument("files", nargs="+", metavar="FILE", help="wav, flac, mp3 or ogg; any rate, mono or stereo")
     t.add_argument("--model", default="tiny.en", help="model name or path (default: embedded tiny.en)")
     t.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
@@ -124,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--output-dir", default=".", help="where the transcripts are written")
     t.add_argument("--encoder", default="max", choices=["max", "torch"],
                    help="'torch' runs openai-whisper's PyTorch encoder instead, for comparison")
+    t.add_argument("--decoder", default="max", choices=["max", "torch"],
+                   help="'torch' runs openai-whisper's PyTorch decoder instead, for comparison")
+    t.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="transcribe N files at once (their 30 s windows decoded as one batch; default 1)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_transcribe)
     args = parser.parse_args(argv)

@@ -75,7 +75,8 @@ def weight_lookup(graph_weights: dict[str, Weight], shapes: Mapping[str, tuple[i
 
 def functional_graph(name: str, fn: Callable[[dict[str, TensorValue], Scope], TensorValue | dict],
                      inputs: Mapping[str, Sequence], params: Mapping[str, tuple[int, ...]], ref: DeviceRef,
-                     dtype: DType = DType.float32, bind: bool = False) -> tuple[Graph, list[str]]:
+                     dtype: DType = DType.float32, bind: bool = False,
+                     input_dtypes: Mapping[str, DType] | None = None) -> tuple[Graph, list[str]]:
     """A one-layer graph: the named activations `inputs` (name -> shape; a str entry is a symbolic
     dim, shared by name between inputs) come first, in order.
 
@@ -83,8 +84,9 @@ def functional_graph(name: str, fn: Callable[[dict[str, TensorValue], Scope], Te
     with `bind` they are `Weight`s named by their key instead, bound once at load time from the
     weights registry, as the encoder's are (what a benchmark of one layer should time).
     `fn` may return one value, or a dict of named values when the caller wants a trace.
+    `input_dtypes` overrides `dtype` for named inputs (token ids are int64 in every precision).
     """
-    types = [TensorType(dtype, list(shape), ref) for shape in inputs.values()]
+    types = [TensorType((input_dtypes or {}).get(n, dtype), list(shape), ref) for n, shape in inputs.items()]
     if not bind:
         types += [TensorType(dtype, list(shape), ref) for shape in params.values()]
     with Graph(name, input_types=types) as g:

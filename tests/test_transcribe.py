@@ -1,7 +1,8 @@
-"""End to end: the MAX-encoder pipeline against openai-whisper's PyTorch pipeline on real speech.
+"""End to end: the MAX pipeline (encoder and decoder on MAX) against openai-whisper's PyTorch pipeline.
 
 Both pipelines are openai-whisper's `transcribe` with the same weights and options (greedy,
-temperature 0); the only difference is the encoder. Reference texts: ../shared/speech/transcripts.tsv.
+temperature 0 unless a test says otherwise); the only difference is who computes the encoder's
+features and the decoder's logits. Reference texts: ../shared/speech/transcripts.tsv.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maxwhisper.audio import SAMPLE_RATE, load_audio, synthesize
 from maxwhisper.harness.speech import longform_groups, transcripts
 from maxwhisper.harness.wer import normalize, wer
+from maxwhisper.batch import transcribe_many
 from maxwhisper.transcribe import pipeline_model, transcribe
 
 
@@ -26,7 +29,7 @@ def _tokens(result: dict) -> list[int]:
 
 @pytest.fixture(scope="session")
 def pipelines(tiny_en_model):
-    return pipeline_model(tiny_en_model, "max"), pipeline_model(tiny_en_model, "torch")
+    return pipeline_model(tiny_en_model, "max", "max"), pipeline_model(tiny_en_model, "torch", "torch")
 
 
 @pytest.fixture(scope="session")
@@ -115,9 +118,50 @@ def test_cli_transcribe_batch_with_one_bad_file(speech_dir, tmp_path):
     bad.write_bytes((speech_dir / "jfk.flac").read_bytes()[:5000])  # a truncated FLAC
     out = tmp_path / "out"
     p = subprocess.run([sys.executable, "-m", "maxwhisper.cli", "transcribe", str(bad),
-                        str(speech_dir / "jfk.flac"), "--output-format", "json", "--output-dir", str(out),
-                        "--no-progress"], capture_output=True, text=True)
+                        str(speech_dir / "jfk.flac"), str(speech_dir / "jfk.flac"), "--output-format", "json",
+                        "--output-dir", str(out), "--no-progress", "--batch-size", "2"], capture_output=True, text=True)
     assert p.returncode == 2
     assert "broken.flac" in p.stderr and "Traceback" not in p.stderr
     assert "ask not what your country can do for you" in (out / "jfk.json").read_text()
     assert not (out / "broken.json").exists()
+
+
+def test_e2e_beam_search_and_fallback_equal_pytorch(speech_dir, pipelines):
+    """beam_size 5 (the cache is rearranged between steps) and best_of 3 with a temperature schedule
+    (sampling draws from torch's generator: seeded alike, equal logits give equal draws), on jfk.flac and
+    the first 3 LibriSpeech utterances."""
+    rows = transcripts(speech_dir)[:4]
+    for options in (dict(beam_size=5), dict(temperature=(0.0, 0.4), best_of=3, logprob_threshold=0.0)):
+        for row in rows:
+            audio = load_audio(speech_dir / row["file"])
+            got = []
+            for p in pipelines:
+                torch.manual_seed(0)
+                got.append(transcribe(p, audio, **options))
+            m, t = got
+            assert _tokens(m) == _tokens(t), f"{row['file']} {options}: MAX {m['text']!r} vs PyTorch {t['text']!r}"
+            if "best_of" in options:  # logprob_threshold 0 forces the fallback to temperature 0.4
+                assert {s["temperature"] for s in m["segments"]} == {0.4}
+
+
+def test_e2e_batched_equals_sequential_and_pytorch(speech_dir, corpus, pipelines):
+    """12 files (jfk.flac, 11 utterances) through `transcribe_many` at batch sizes 1, 5 and 12, in
+    reverse order too: each file's tokens equal its sequential MAX transcription and PyTorch's."""
+    rows = transcripts(speech_dir)[:12]
+    audios = [load_audio(speech_dir / r["file"]) for r in rows]
+    sequential = [m for _, m, _ in corpus[:12]]
+    torch_results = [t for _, _, t in corpus[:12]]
+    for batch_size, order in ((5, 1), (12, -1), (1, 1)):
+        results = transcribe_many(pipelines[0], audios[::order], batch_size)[::order]
+        for row, got, seq, ref in zip(rows, results, sequential, torch_results):
+            assert _tokens(got) == _tokens(seq) == _tokens(ref), f"{row['file']} at batch {batch_size}"
+            assert [(s["start"], s["end"]) for s in got["segments"]] == [(s["start"], s["end"]) for s in ref["segments"]]
+    assert max(max(r) for r in pipelines[0].batch_rounds) == 1  # the last run: batch size 1
+
+
+def test_transcribe_many_bad_input_before_any_work(pipelines):
+    good = np.zeros(16000, np.float32)
+    with pytest.raises(ValueError, match="audio 1 must be non-empty"):
+        transcribe_many(pipelines[0], [good, np.zeros(0, np.float32)])
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        transcribe_many(pipelines[0], [good], batch_size=0)

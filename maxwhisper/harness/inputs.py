@@ -80,3 +80,25 @@ def ln_input(rng, dims, batch, length, regime) -> np.ndarray:
 def attn_input(rng, dims, batch, length, regime) -> np.ndarray:
     # "extreme": large activations make the scores peak, so softmax rows are nearly one-hot
     return acts(rng, dims, batch, length, regime, scale=1.0 if regime == "normal" else 8.0)
+
+
+# --- the decoder: one step of `n_tok` tokens after `n_cache` cached ones --------------------------
+
+def tokens(rng, dims, batch, length, regime) -> np.ndarray:
+    """Token ids (batch, length) int64; "extreme" takes the vocabulary's ends (ids 0.. and the
+    timestamp tokens at the top), where an off-by-one in the embedding's rows would show."""
+    if regime == "normal":
+        return rng.integers(0, dims.n_vocab, (batch, length), dtype=np.int64)
+    ends = np.concatenate([np.arange(8), np.arange(dims.n_vocab - 8, dims.n_vocab)])
+    return rng.choice(ends, (batch, length)).astype(np.int64)
+
+
+def features(rng, dims, batch, length, regime) -> np.ndarray:
+    """Audio features (batch, n_audio_ctx, n_audio_state): the encoder's output is LayerNormed."""
+    return acts(rng, dims, batch, dims.n_audio_ctx, regime, scale=1.0 if regime == "normal" else 8.0)
+
+
+def step_lengths(rng, length: int) -> tuple[int, int]:
+    """(n_cache, n_tok) for a step openai-whisper takes: the prompt (`length` tokens, empty cache)
+    or one token after `length` cached ones, half the time each."""
+    return (0, length) if rng.random() < 0.5 else (length, 1)

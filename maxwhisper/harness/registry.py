@@ -54,7 +54,8 @@ REGIMES = ("normal", "extreme")
 class Input(NamedTuple):
     name: str
     shape: Callable[[ModelDimensions], list]  # str entries are symbolic (one graph, all sizes)
-    make: Callable                            # (rng, dims, batch, length, regime) -> float32 array
+    make: Callable                            # (rng, dims, batch, length, regime) -> array
+    dtype: str = "float32"                    # "int64" for token ids; float inputs take the run's dtype
 
 
 class GoldenCase(NamedTuple):
@@ -76,6 +77,9 @@ class LayerSpec:
     long_rows: tuple[str, ...] = ()      # regimes drawn up to a full window (long softmax rows)
     flops: Callable[[ModelDimensions, int], float] | None = None   # (dims, frames), batch 1
     golden: Callable[[list[Traced]], list[GoldenCase]] = lambda trace: []
+    # Draws every input at once where their lengths are tied (a decoder step: n_cache and n_tok);
+    # None: each Input's `make` at the drawn length.
+    sample: Callable | None = None
 
     def tol(self, dtype: str = "float32") -> Tolerance:
         if dtype not in DEFAULT_TOLERANCE:
@@ -94,7 +98,12 @@ class LayerSpec:
 
     def draw(self, rng, dims: ModelDimensions, batch: int, length: int, regime: str) -> dict:
         """One value of every named input, drawn in declaration order."""
+        if self.sample is not None:
+            return self.sample(rng, dims, batch, length, regime)
         return {i.name: i.make(rng, dims, batch, length, regime) for i in self.inputs}
+
+    def input_dtypes(self) -> dict[str, str]:
+        return {i.name: i.dtype for i in self.inputs}
 
 
 # --- FLOPs (multiply-adds x 2) at batch 1 over `t` encoder frames; GELU and LayerNorm have none that
@@ -168,14 +177,72 @@ SPECS: dict[str, LayerSpec] = {s.name: s for s in [
               flops=_encoder_flops),
 ]}
 
+# --- the text decoder: each record is one step of `n_tok` tokens after `n_cache` cached ones, drawn as
+# openai-whisper takes them (the prompt from an empty cache, or one token after a cache), because its
+# SDPA attention, the reference, is only causal for those.
+def _text(make: Callable, name: str = "x", length: str = "n_tok", dtype: str = "float32") -> Input:
+    shape = (lambda d: ["batch", length]) if dtype == "int64" else (lambda d: ["batch", length, d.n_text_state])
+    return Input(name, shape, make, dtype)
+
+
+_CACHE = (_text(inputs.attn_input, "cache_key", "n_cache"), _text(inputs.attn_input, "cache_value", "n_cache"))
+_XA = Input("xa", lambda d: ["batch", d.n_audio_ctx, d.n_audio_state], inputs.features)
+
+
+def _step(inputs_: tuple[Input, ...]) -> Callable:
+    """Draws a step: the first input at n_tok, the ones declared at n_cache at the cache length."""
+    def sample(rng, dims, batch, length, regime):
+        n_cache, n_tok = inputs.step_lengths(rng, length)
+        sizes = {"n_tok": n_tok, "n_cache": n_cache}
+        return {i.name: i.make(rng, dims, batch, sizes.get(i.shape(dims)[1], 0), regime) for i in inputs_}
+    return sample
+
+
+def _mask(x: dict, key: str = "cache_key"):
+    return layers.causal_mask(x[key].shape[1], x["x"].shape[1], x["x"].device)
+
+
+def _record(name: str, build: Callable, inputs_: tuple[Input, ...], **kw) -> LayerSpec:
+    return LayerSpec(name, build, getattr(ref, name), inputs_, sample=_step(inputs_), **kw)
+
+
+_TOKENS = (_text(inputs.tokens, "tokens", dtype="int64"), _text(inputs.acts, "cache", "n_cache"))
+_CACHED = (_text(inputs.attn_input), *_CACHE)
+_CROSS = (_text(inputs.attn_input), _XA)
+_BLOCK = (_text(inputs.attn_input), *_CACHE, _XA)
+
+
+def _cross(x: dict, s, d: ModelDimensions):
+    return layers.cross_attention(x["x"], layers.cross_kv(x["xa"], s), s, d.n_text_head)
+
+
+def _block(x: dict, s, d: ModelDimensions):
+    cross = layers.cross_kv(x["xa"], s.sub("cross_attn"))
+    cache = (x["cache_key"], x["cache_value"])
+    return layers.decoder_block(x["x"], cache, cross, s, d.n_text_head, _mask(x))[0]
+
+
+SPECS.update({s.name: s for s in [
+    _record("token_embedding", lambda x, s, d: layers.token_embedding(x["tokens"], x["cache"].shape[1], s), _TOKENS),
+    _record("cached_attention", lambda x, s, d: layers.cached_attention(
+        x["x"], (x["cache_key"], x["cache_value"]), s, d.n_text_head, _mask(x))[0], _CACHED),
+    _record("cross_attention", _cross, _CROSS),
+    _record("decoder_block", _block, _BLOCK),
+    LayerSpec("logits", lambda x, s, d: layers.logits(x["x"], s), ref.logits, (_text(inputs.acts),)),
+]})
+
 # The production graph's output (no trace): `verify`'s last row, judged as the encoder.
 ENCODER_OUTPUT = "encoder"
 
 
 def governing(dims: ModelDimensions) -> dict[str, LayerSpec]:
-    """Trace id -> the record that judges it, for an encoder of `dims`, in execution order."""
-    table = {t.id: SPECS[t.layer] for t in layers.encoder_trace(dims.n_audio_layer)}
+    """Trace id -> the record that judges it, for a model of `dims`, in execution order."""
+    table = {t.id: SPECS[t.layer] for t in _trace(dims)}
     return {**table, ENCODER_OUTPUT: SPECS["encoder"]}
+
+
+def _trace(dims: ModelDimensions) -> list[Traced]:
+    return layers.encoder_trace(dims.n_audio_layer) + layers.decoder_trace(dims.n_text_layer)
 
 
 def check_of(dims: ModelDimensions, dtype: str = "float32", guard: bool = False) -> Callable[[str], Check]:
@@ -192,7 +259,7 @@ def check_of(dims: ModelDimensions, dtype: str = "float32", guard: bool = False)
 
 def input_of(dims: ModelDimensions) -> Callable[[str], str | None]:
     """Trace id -> the trace id holding its input, for records judged element by element."""
-    inputs = {t.id: t.input for t in layers.encoder_trace(dims.n_audio_layer) if SPECS[t.layer].rule.scale == "element"}
+    inputs = {t.id: t.input for t in _trace(dims) if SPECS[t.layer].rule.scale == "element"}
     return inputs.get
 
 

@@ -42,11 +42,16 @@ def _arrays(spec: LayerSpec, x) -> list[np.ndarray]:
     return [np.asarray(x[n]) for n in names]
 
 
+def _input_dtypes(spec: LayerSpec) -> dict[str, DType]:
+    return {n: DType.int64 for n, t in spec.input_dtypes().items() if t == "int64"}
+
+
 @functools.cache
 def _compiled(name: str, dims: tuple, dtype: str, device: str) -> Compiled:
     spec, d = SPECS[name], ModelDimensions(*dims)
     graph, _ = functional_graph(name, lambda x, s: spec.build(x, s, d), spec.input_shapes(d),
-                                spec.param_shapes(d), device_ref(device), _dtype(dtype))
+                                spec.param_shapes(d), device_ref(device), _dtype(dtype),
+                                input_dtypes=_input_dtypes(spec))
     return Compiled(graph, device)
 
 
@@ -75,7 +80,8 @@ def bound_max(spec: LayerSpec, dims: ModelDimensions, params: Mapping[str, np.nd
     if missing:
         raise ValueError(f"{spec.name}: params lack {missing}")
     graph, _ = functional_graph(f"{spec.name}_bound", lambda x, s: spec.build(x, s, dims),
-                                spec.input_shapes(dims), shapes, device_ref(device), _dtype(dtype), bind=True)
+                                spec.input_shapes(dims), shapes, device_ref(device), _dtype(dtype), bind=True,
+                                input_dtypes=_input_dtypes(spec))
     return Compiled(graph, device, {k: params[k] for k in shapes})
 
 
@@ -95,5 +101,5 @@ def run_reference(spec: LayerSpec, dims: ModelDimensions, x, params: Mapping[str
                   dtype: torch.dtype = torch.float64, device: str = "cpu") -> np.ndarray:
     """openai-whisper's module for the record, in `dtype` (float64: the yardstick)."""
     module = ref.load(spec.reference(dims), params, "", dtype).to(device)
-    args = [torch.from_numpy(a).to(device, dtype) for a in _arrays(spec, x)]
+    args = [torch.from_numpy(a).to(device, dtype if a.dtype.kind == "f" else None) for a in _arrays(spec, x)]
     return module(*args).cpu().numpy()

@@ -61,11 +61,11 @@ def verify_layers(model: MaxWhisper, audio: np.ndarray) -> list[Comparison]:
 
 
 def end_to_end(model: MaxWhisper, audio: np.ndarray, source: str) -> dict:
-    """Both pipelines' greedy transcripts (MAX encoder, PyTorch encoder) and their WERs."""
+    """Both pipelines' greedy transcripts (MAX encoder and decoder; openai-whisper's PyTorch) and their WERs."""
     from maxwhisper.harness.wer import wer
     from maxwhisper.transcribe import pipeline_model, transcribe
 
-    text = {enc: transcribe(pipeline_model(model, enc), audio)["text"].strip() for enc in ("max", "torch")}
+    text = {impl: transcribe(pipeline_model(model, impl, impl), audio)["text"].strip() for impl in ("max", "torch")}
     out = dict(max=text["max"], torch=text["torch"], wer_max_vs_torch=wer(text["torch"], text["max"]))
     reference = reference_text(source)
     if reference is not None:

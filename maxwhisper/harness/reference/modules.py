@@ -83,6 +83,102 @@ def encoder(dims: wm.ModelDimensions) -> nn.Module:
                                    dims.n_audio_head, dims.n_audio_layer))
 
 
+# --- the text decoder: openai-whisper's modules run one step with its own kv_cache mechanism ---
+
+def kv_cache_hooks(attn: wm.MultiHeadAttention, cache_k: torch.Tensor, cache_v: torch.Tensor):
+    """`Whisper.install_kv_cache_hooks` for one self-attention, its cache pre-filled with `cache_k`,
+    `cache_v` (batch, n_cache, n_state): the hooks append this step's key and value projections."""
+    cache = {attn.key: cache_k, attn.value: cache_v} if cache_k.shape[1] else {}
+
+    def save_to_cache(module, _, output):
+        cache[module] = output if module not in cache else torch.cat([cache[module], output], dim=1)
+        return cache[module]
+
+    return cache, [attn.key.register_forward_hook(save_to_cache), attn.value.register_forward_hook(save_to_cache)]
+
+
+# TextDecoder passes its (n_ctx, n_ctx) mask to every block; with SDPA it only switches on is_causal
+# for a step of more than one token, which openai-whisper only takes from an empty cache.
+_CAUSAL = torch.empty(0)
+
+
+class TokenEmbedding(nn.Module):
+    """TextDecoder.forward's first line: token embedding plus positions at the cache's length."""
+
+    def __init__(self, n_vocab: int, n_ctx: int, n_state: int):
+        super().__init__()
+        self.token_embedding = nn.Embedding(n_vocab, n_state)
+        self.positional_embedding = nn.Parameter(torch.empty(n_ctx, n_state))
+
+    def forward(self, tokens: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+        offset = cache.shape[1]
+        return self.token_embedding(tokens) + self.positional_embedding[offset:offset + tokens.shape[-1]]
+
+
+class CachedSelfAttention(wm.MultiHeadAttention):
+    """The decoder's causal self-attention, one step after `cache_k`/`cache_v`."""
+
+    def forward(self, x, cache_k, cache_v):
+        cache, hooks = kv_cache_hooks(self, cache_k, cache_v)
+        try:
+            return super().forward(x, mask=_CAUSAL, kv_cache=cache)[0]
+        finally:
+            for h in hooks:
+                h.remove()
+
+
+class CrossAttention(wm.MultiHeadAttention):
+    """Cross-attention of the tokens over the audio features (keys and values from `xa`)."""
+
+    def forward(self, x, xa):
+        return super().forward(x, xa)[0]
+
+
+class CachedBlock(wm.ResidualAttentionBlock):
+    """ResidualAttentionBlock(cross_attention=True), one step after its self-attention cache."""
+
+    def forward(self, x, cache_k, cache_v, xa):
+        cache, hooks = kv_cache_hooks(self.attn, cache_k, cache_v)
+        try:
+            return super().forward(x, xa, mask=_CAUSAL, kv_cache=cache)
+        finally:
+            for h in hooks:
+                h.remove()
+
+
+class Logits(nn.Module):
+    """TextDecoder.forward's last lines: final LayerNorm, logits through the tied token embedding."""
+
+    def __init__(self, n_vocab: int, n_state: int):
+        super().__init__()
+        self.token_embedding = nn.Embedding(n_vocab, n_state)
+        self.ln = wm.LayerNorm(n_state)
+
+    def forward(self, x):
+        x = self.ln(x)
+        return x @ torch.transpose(self.token_embedding.weight.to(x.dtype), 0, 1)
+
+
+def token_embedding(dims: wm.ModelDimensions) -> nn.Module:
+    return TokenEmbedding(dims.n_vocab, dims.n_text_ctx, dims.n_text_state)
+
+
+def cached_attention(dims: wm.ModelDimensions) -> nn.Module:
+    return CachedSelfAttention(dims.n_text_state, dims.n_text_head)
+
+
+def cross_attention(dims: wm.ModelDimensions) -> nn.Module:
+    return CrossAttention(dims.n_text_state, dims.n_text_head)
+
+
+def decoder_block(dims: wm.ModelDimensions) -> nn.Module:
+    return precise(CachedBlock(dims.n_text_state, dims.n_text_head, cross_attention=True))
+
+
+def logits(dims: wm.ModelDimensions) -> nn.Module:
+    return precise(Logits(dims.n_vocab, dims.n_text_state))
+
+
 def load(module: nn.Module, state_dict: Mapping[str, np.ndarray], prefix: str = "",
          dtype: torch.dtype = torch.float64) -> nn.Module:
     """Load `prefix`-scoped numpy weights strictly (a missing or extra key raises) and cast."""
