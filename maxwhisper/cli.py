@@ -18,19 +18,25 @@ from pathlib import Path
 def cmd_verify(args) -> int:
     from maxwhisper import load_model
     from maxwhisper.harness.compare import format_table
-    from maxwhisper.harness.verify import Verification, default_audio, end_to_end, report, verify_layers
+    from maxwhisper.harness.speech import reference_text
+    from maxwhisper.harness.verify import DEFAULT_SENTENCE, Verification, default_audio, end_to_end, report, verify_model
 
     source, audio = default_audio(args.audio)
     model = load_model(args.model, device=args.device)
     print(f"model: {args.model}  audio: {source} ({len(audio) / 16000:.2f} s)  device: {args.device}",
           flush=True)
-    result = Verification(verify_layers(model, audio))
+    rows, decoder = verify_model(model, audio, reference_text(source) or DEFAULT_SENTENCE)
+    result = Verification(rows, decoder=decoder)
     print(format_table(result.comparisons))
     bad = result.first_failure
     print(f"first layer over tolerance: {bad.layer}" if bad else
           f"all {len(result.comparisons)} layers within tolerance")
     if bad:
         print(bad.report())
+    d = result.decoder
+    print(f"decoder teacher-forced on {d['text']!r}: top-1 token equal to the reference's at "
+          f"{d['top1_equal']}/{d['steps']} steps" + (f"; differs beyond a tie at {d['top1_failures']}"
+                                                     if d["top1_failures"] else ""))
     if args.plot:  # before the transcripts: the slow part
         from maxwhisper.harness.plot import plot_errors
 
@@ -105,7 +111,7 @@ def cmd_transcribe(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="maxwhisper", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("verify", help="compare the MAX encoder with the PyTorch reference, layer by layer")
+    v = sub.add_parser("verify", help="compare the MAX encoder and decoder with the PyTorch reference, layer by layer")
     v.add_argument("audio", nargs="?", help="audio file (default: ../shared/speech/jfk.flac, "
                    "else a sentence spoken offline by eSpeak NG)")
     v.add_argument("--model", default="tiny.en", help="model name or path (default: embedded tiny.en)")

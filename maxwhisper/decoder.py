@@ -47,22 +47,31 @@ def step_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref
         out, grown = layers.decoder(xs[0], pairs(xs[1:1 + 2 * n]), pairs(xs[1 + 2 * n:]), scope,
                                     dims.n_text_head, ref)
         if trace:
-            want = [t.id for t in layers.decoder_trace(n)]
+            want = [t.id for t in layers.decoder_trace(n) if not is_cross(t.id)]
             if list(rec) != want:
                 raise RuntimeError(f"the decoder recorded {list(rec)}, layers.decoder_trace says {want}")
         g.output(out, *(t for kv in grown for t in kv), *(rec.values() if trace else []))
     return g, ["logits", *_kv_names(n, "attn"), *(rec if trace else [])]
 
 
+def is_cross(trace_id: str) -> bool:
+    """A cross-attention key or value: computed by the `cross` graph, not by a step."""
+    return trace_id.endswith((".cross_attn.key", ".cross_attn.value"))
+
+
 def cross_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef) -> tuple[Graph, list[str]]:
-    """Audio features -> (cross k, cross v) of every block."""
+    """Audio features -> (cross k, cross v) of every block, named by their trace ids."""
     t = TensorType(DType.float32, ["batch", dims.n_audio_ctx, dims.n_audio_state], ref)
     with Graph("whisper_decoder_cross_kv", input_types=[t]) as g:
+        rec: dict = {}
         lookup = weight_lookup({}, shapes, ref)
-        kv = [layers.cross_kv(g.inputs[0].tensor, layers.Scope(lookup, f"decoder.blocks.{i}.cross_attn."))
-              for i in range(dims.n_text_layer)]
-        g.output(*(t for pair in kv for t in pair))
-    return g, _kv_names(dims.n_text_layer, "cross_attn")
+        for i in range(dims.n_text_layer):
+            layers.cross_kv(g.inputs[0].tensor, layers.Scope(lookup, f"decoder.blocks.{i}.cross_attn.", rec))
+        want = [t.id for t in layers.decoder_trace(dims.n_text_layer) if is_cross(t.id)]
+        if list(rec) != want:
+            raise RuntimeError(f"cross_kv recorded {list(rec)}, layers.decoder_trace says {want}")
+        g.output(*rec.values())
+    return g, list(rec)
 
 
 def check_tokens(tokens, dims: ModelDimensions, n_cache: int = 0) -> np.ndarray:
@@ -120,14 +129,23 @@ class MaxDecoder:
             kv = [cross.to_device(np.repeat(b.to(driver.CPU()).to_numpy(), group, axis=0)) for b in kv]
         return DecoderState(self, kv, len(features) * group)
 
-    def trace(self, tokens, features: np.ndarray) -> dict[str, np.ndarray]:
-        """Every activation of one step over `tokens` from an empty cache (teacher forcing)."""
-        state = self.start(features)
+    def trace(self, tokens, features: np.ndarray, prompt: int = 1) -> dict[str, np.ndarray]:
+        """Every activation (`layers.decoder_trace`) of teacher-forced decoding of `tokens` (batch, T):
+        the first `prompt` tokens in one step from an empty cache, then one token per step, as
+        openai-whisper decodes; each id's steps joined along the token axis, (batch, T, ...)."""
         tokens = check_tokens(tokens, self.dims)
+        if not 1 <= prompt <= tokens.shape[1]:
+            raise ValueError(f"prompt must be 1..{tokens.shape[1]} tokens, got {prompt}")
+        state = self.start(features)
+        out = {n: [b.to(driver.CPU()).to_numpy()] for n, b in zip(self.compile("cross").output_names, state.cross)}
         compiled = self.compile("trace")
-        outs = compiled.execute(compiled.to_device(tokens), *state.cache, *state.cross)
         skip = 1 + 2 * self.dims.n_text_layer  # logits and the grown caches come first
-        return {n: o.to(driver.CPU()).to_numpy() for n, o in zip(compiled.output_names[skip:], outs[skip:])}
+        for lo, hi in [(0, prompt), *((i, i + 1) for i in range(prompt, tokens.shape[1]))]:
+            outs = compiled.execute(compiled.to_device(tokens[:, lo:hi]), *state.cache, *state.cross)
+            state.cache = outs[1:skip]
+            for n, o in zip(compiled.output_names[skip:], outs[skip:]):
+                out.setdefault(n, []).append(o.to(driver.CPU()).to_numpy())
+        return {n: np.concatenate(v, axis=1) for n, v in out.items()}
 
 
 class DecoderState:

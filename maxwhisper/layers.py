@@ -183,7 +183,7 @@ def cached_attention(x: TensorValue, cache: tuple[TensorValue, TensorValue], s: 
 def cross_kv(xa: TensorValue, s: Scope) -> tuple[TensorValue, TensorValue]:
     """Cross-attention keys (no bias, as in Whisper) and values of the audio features, computed
     once per 30 s window and reused by every token step."""
-    return linear(xa, s.sub("key"), bias=False), linear(xa, s.sub("value"))
+    return s.record(linear(xa, s.sub("key"), bias=False), "key"), s.record(linear(xa, s.sub("value")), "value")
 
 
 def cross_attention(x: TensorValue, kv: tuple[TensorValue, TensorValue], s: Scope, n_head: int) -> TensorValue:
@@ -256,9 +256,12 @@ def encoder_trace(n_layer: int) -> list[Traced]:
 
 
 def decoder_trace(n_layer: int) -> list[Traced]:
-    """Every id `decoder(..., trace)` records, in execution order."""
+    """Every id the decoder records: each block's cross-attention keys and values (`cross_kv`, once
+    per window), then what `decoder(..., trace)` records in a step, in execution order."""
     d = "decoder"
-    out = [Traced(f"{d}.positional_embedding", "token_embedding", None)]
+    out = [Traced(f"{d}.blocks.{i}.cross_attn.{p}", "cross_attention", None)
+           for i in range(n_layer) for p in ("key", "value")]
+    out += [Traced(f"{d}.positional_embedding", "token_embedding", None)]
     prev = f"{d}.positional_embedding"
     for i in range(n_layer):
         b = f"{d}.blocks.{i}"

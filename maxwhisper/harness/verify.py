@@ -1,5 +1,5 @@
-"""`maxwhisper verify`'s work: the MAX encoder against the float64 reference layer by layer, and both
-pipelines' transcripts. The CLI only parses arguments and prints what this returns.
+"""`maxwhisper verify`'s work: the MAX encoder and decoder against the float64 reference layer by
+layer, and both pipelines' transcripts. The CLI only parses arguments and prints what this returns.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 
 from maxwhisper.audio import load_audio, log_mel, synthesize
 from maxwhisper.harness.compare import Comparison, compare, compare_traces, first_failure
-from maxwhisper.harness.reference.capture import reference_trace
+from maxwhisper.harness.reference.capture import reference_decoder_trace, reference_trace
 from maxwhisper.harness.registry import ENCODER_OUTPUT, check_of, input_of
 from maxwhisper.harness.runners import torch_device
 from maxwhisper.harness.speech import reference_text, speech_dir
@@ -21,10 +21,17 @@ from maxwhisper.model import MaxWhisper
 DEFAULT_SENTENCE = "And so my fellow Americans, ask not what your country can do for you."
 
 
+# A position where MAX's top-1 token differs from the reference's is a failure unless the reference's
+# own top two logits lie within this of each other (a tie float32 rounding may break either way:
+# logits err ~5e-5 against float64 on jfk.flac, MAX and PyTorch float32 alike).
+TOP1_TIE = 1e-3
+
+
 @dataclass
 class Verification:
     comparisons: list[Comparison]
     transcripts: dict = field(default_factory=dict)
+    decoder: dict = field(default_factory=dict)  # teacher-forced text and top-1 agreement
 
     @property
     def first_failure(self) -> Comparison | None:
@@ -32,7 +39,7 @@ class Verification:
 
     @property
     def passed(self) -> bool:
-        return self.first_failure is None
+        return self.first_failure is None and not self.decoder.get("top1_failures")
 
 
 def default_audio(path: str | None = None) -> tuple[str, np.ndarray]:
@@ -50,14 +57,43 @@ def verify_layers(model: MaxWhisper, audio: np.ndarray) -> list[Comparison]:
 
     The last row, `encoder`, is the production graph (no trace outputs), which users actually run.
     """
+    return verify_model(model, audio)[0]
+
+
+def teacher_tokens(model: MaxWhisper, text: str) -> np.ndarray:
+    """(1, T): the start-of-transcript sequence (no timestamps), `text`'s tokens, end of text."""
+    from whisper.tokenizer import get_tokenizer
+
+    tok = get_tokenizer(model.dims.n_vocab >= 51865, num_languages=model.dims.n_vocab - 51765 - 1)
+    return np.array([[*tok.sot_sequence_including_notimestamps, *tok.encode(" " + text.strip()), tok.eot]])
+
+
+def verify_model(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE) -> tuple[list[Comparison], dict]:
+    """Encoder rows (as `verify_layers`), then decoder rows: the MAX decoder teacher-forced on `text`
+    (the prompt in one step, then one token per step, through the KV cache) over the float64
+    reference encoder's features, against openai-whisper's decoder on the same features; plus every
+    step's top-1 token compared."""
     mel = log_mel(audio, model.dims.n_mels)[None]
     expected = reference_trace(model.dims, model.state_dict, mel)
-    torch32 = reference_trace(model.dims, model.state_dict, mel, torch.float32, torch_device(model.device))
+    device = torch_device(model.device)
+    torch32 = reference_trace(model.dims, model.state_dict, mel, torch.float32, device)
     check = check_of(model.dims, guard=True)
     rows = compare_traces(model.encode_trace(mel), expected, check, torch32, input_of(model.dims))
     rows.append(compare(ENCODER_OUTPUT, model.encode(mel), expected["encoder.ln_post"], check(ENCODER_OUTPUT),
                         torch32["encoder.ln_post"]))
-    return rows
+    features, tokens = expected["encoder.ln_post"], teacher_tokens(model, text)
+    prompt = 2  # sot, notimestamps: openai-whisper's first step takes its initial tokens at once
+    actual = model.decoder.trace(tokens, features.astype(np.float32), prompt)
+    ref = reference_decoder_trace(model.dims, model.state_dict, tokens, features)
+    ref32 = reference_decoder_trace(model.dims, model.state_dict, tokens, features.astype(np.float32),
+                                    torch.float32, device)
+    rows += compare_traces(actual, ref, check, ref32, input_of(model.dims))
+    logits = ref["decoder.logits"][0]
+    top2 = np.sort(logits, axis=-1)[:, -2:]
+    differ = np.flatnonzero(actual["decoder.logits"][0].argmax(-1) != logits.argmax(-1))
+    failures = [int(i) for i in differ if top2[i, 1] - top2[i, 0] > TOP1_TIE]
+    return rows, dict(text=text, steps=int(tokens.shape[1]), top1_equal=int(tokens.shape[1] - len(differ)),
+                      top1_failures=failures)
 
 
 def end_to_end(model: MaxWhisper, audio: np.ndarray, source: str) -> dict:
@@ -80,4 +116,5 @@ def report(model_name: str, model: MaxWhisper, source: str, device: str, result:
     bad = result.first_failure
     return {"model": model_name, "weights_sha256": weights_hash(model.state_dict), "audio": source,
             "device": device, "passed": result.passed, "first_failure": bad.layer if bad else None,
-            "transcripts": result.transcripts, "layers": [c.row() for c in result.comparisons]}
+            "transcripts": result.transcripts, "decoder": result.decoder,
+            "layers": [c.row() for c in result.comparisons]}

@@ -1,4 +1,5 @@
-"""Every intermediate activation of openai-whisper's AudioEncoder, keyed by maxwhisper's layer ids.
+"""Every intermediate activation of openai-whisper's AudioEncoder and TextDecoder, keyed by
+maxwhisper's layer ids.
 
 Forward hooks record what the model itself computed, so a reference failure cannot be masked by a
 re-implementation here. Conv outputs are turned channels-last to match the MAX layout.
@@ -13,8 +14,8 @@ import torch
 import whisper.model as wm
 from torch.nn import functional as F
 
-from maxwhisper.harness.reference.modules import reference_encoder
-from maxwhisper.layers import encoder_trace
+from maxwhisper.harness.reference.modules import reference_decoder, reference_encoder
+from maxwhisper.layers import decoder_trace, encoder_trace
 
 
 def layer_ids(n_layer: int) -> list[str]:
@@ -64,3 +65,39 @@ def reference_trace(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarra
     derived rule measures MAX by."""
     encoder = reference_encoder(dims, state_dict, dtype).to(device)
     return trace_encoder(encoder, torch.from_numpy(np.asarray(mel)).to(device, dtype))
+
+
+@torch.no_grad()
+def trace_decoder(decoder: wm.TextDecoder, tokens: torch.Tensor, xa: torch.Tensor) -> dict[str, np.ndarray]:
+    """Run `decoder` once over all of `tokens` (teacher forcing, no cache) and return
+    {layer id: activation (batch, tokens or audio frames, channels)} (`layers.decoder_trace`)."""
+    out: dict[str, torch.Tensor] = {}
+    modules = dict(decoder.named_modules())
+    ids = [t.id for t in decoder_trace(len(decoder.blocks))]
+
+    def record(layer):
+        def hook(module, args, result):
+            out[layer] = result[0] if isinstance(result, tuple) else result
+        return hook
+
+    def blocks_input(module, args):
+        out["decoder.positional_embedding"] = args[0]
+
+    hooks = [modules[i.removeprefix("decoder.")].register_forward_hook(record(i)) for i in ids
+             if i.removeprefix("decoder.") in modules]
+    hooks.append(decoder.blocks[0].register_forward_pre_hook(blocks_input))
+    try:
+        out["decoder.logits"] = decoder(tokens, xa)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: out[k].detach().cpu().numpy() for k in ids}
+
+
+def reference_decoder_trace(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray], tokens: np.ndarray,
+                            features: np.ndarray, dtype: torch.dtype = torch.float64,
+                            device: str = "cpu") -> dict[str, np.ndarray]:
+    """openai-whisper's decoder, teacher-forced on `tokens` over `features`, every activation by id."""
+    decoder = reference_decoder(dims, state_dict, dtype).to(device)
+    return trace_decoder(decoder, torch.from_numpy(np.asarray(tokens, np.int64)).to(device),
+                         torch.from_numpy(np.asarray(features)).to(device, dtype))

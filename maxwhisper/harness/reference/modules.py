@@ -191,3 +191,10 @@ def load(module: nn.Module, state_dict: Mapping[str, np.ndarray], prefix: str = 
 def reference_encoder(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray],
                       dtype: torch.dtype = torch.float64) -> wm.AudioEncoder:
     return load(encoder(dims), state_dict, "encoder.", dtype)
+
+
+def reference_decoder(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray],
+                      dtype: torch.dtype = torch.float64) -> wm.TextDecoder:
+    decoder = precise(wm.TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head,
+                                     dims.n_text_layer))
+    return load(decoder, state_dict, "decoder.", dtype)
