@@ -1,5 +1,6 @@
-"""The mutation catalog: bugs injected into the MAX encoder while `model.emit_encoder` builds it
-(by patching `maxwhisper.layers`), each with the layer id where the harness must first catch it.
+"""The mutation catalog: bugs injected into the MAX encoder while `model.emit_encoder` builds it, and
+into the decoder while its graphs are built (by patching `maxwhisper.layers`), each with the layer id
+where the harness must first catch it.
 
 The first eight are gross bugs the public MAX Whisper attempt shipped or could have shipped. The
 rest are near-threshold: their effect is only a few to a few hundred times float32 noise, the bugs
@@ -150,3 +151,70 @@ BUGS = {
     "transposed_query_weight_block2": (_scope_patch(_transposed(f"{B}.2.attn.query.weight")), f"{B}.2.attn.query"),
 }
 NEAR_THRESHOLD = list(BUGS)[9:]
+
+
+# --- the decoder: bugs injected while `maxwhisper.decoder` builds its graphs --------------------------
+
+def _mask_off_by_one(causal_mask):
+    def buggy(n_cache, n_tok, ref):  # query i also sees key i + 1
+        start = ops.reshape(ops.shape_to_tensor([n_cache]), [])
+        stop = ops.reshape(ops.shape_to_tensor([n_cache + n_tok]), [])
+        q = ops.range(start, stop, 1, out_dim=n_tok, dtype=DType.int64, device=ref)
+        k = ops.range(0, stop, 1, out_dim=n_cache + n_tok, dtype=DType.int64, device=ref)
+        future = ops.unsqueeze(k, 0) > ops.unsqueeze(q, 1) + 1
+        return ops.where(future, ops.constant(float("-inf"), DType.float32, ref), ops.constant(0.0, DType.float32, ref))
+    return buggy
+
+
+def _no_mask(causal_mask):
+    return lambda n_cache, n_tok, ref: ops.constant(0.0, DType.float32, ref)  # every token sees every token
+
+
+def _cache_not_appended(cached_attention):
+    def buggy(x, cache, s, n_head, mask):  # each step attends to its own tokens only; the cache still grows
+        q = s.record(layers.linear(x, s.sub("query")), "query")
+        k = s.record(layers.linear(x, s.sub("key"), bias=False), "key")
+        v = s.record(layers.linear(x, s.sub("value")), "value")
+        own = layers.causal_mask(0, x.shape[1], x.device)
+        out = s.record(layers.linear(layers.qkv_attention(q, k, v, n_head, own), s.sub("out")))
+        return out, (ops.concat([cache[0], k], axis=1), ops.concat([cache[1], v], axis=1))
+    return buggy
+
+
+def _positions_not_offset(token_embedding):
+    return lambda tokens, n_cache, s: token_embedding(tokens, 0, s)
+
+
+def _cross_key_bias(linear):
+    def buggy(x, s, bias=True):
+        y = linear(x, s, bias)
+        return y + ops.constant(0.1, DType.float32, y.device) if s.prefix.endswith("cross_attn.key.") else y
+    return buggy
+
+
+def _untied_logits(logits):
+    def buggy(x, s):  # the embedding reshaped, not transposed, into (n_state, n_vocab)
+        x = layers.layer_norm(x, s.sub("ln"))
+        e = s("token_embedding.weight")
+        return s.record(x @ ops.reshape(e, [e.shape[1], e.shape[0]]), "logits")
+    return buggy
+
+
+def _no_final_ln(logits):
+    def buggy(x, s):
+        x = s.sub("ln").record(x)
+        return s.record(x @ ops.transpose(s("token_embedding.weight"), 0, 1), "logits")
+    return buggy
+
+
+D = "decoder.blocks"
+DECODER_BUGS = {
+    "clean": (contextlib.nullcontext, None),
+    "causal_mask_off_by_one": (_patch("causal_mask", _mask_off_by_one), f"{D}.0.attn"),
+    "no_causal_mask": (_patch("causal_mask", _no_mask), f"{D}.0.attn"),
+    "cache_not_appended": (_patch("cached_attention", _cache_not_appended), f"{D}.0.attn"),
+    "positions_not_offset_by_cache": (_patch("token_embedding", _positions_not_offset), "decoder.positional_embedding"),
+    "cross_attention_key_bias": (_patch("linear", _cross_key_bias), f"{D}.0.cross_attn.key"),
+    "untied_logits_wrong_way_round": (_patch("logits", _untied_logits), "decoder.logits"),
+    "no_layer_norm_before_logits": (_patch("logits", _no_final_ln), "decoder.ln"),
+}

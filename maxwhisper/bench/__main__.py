@@ -6,6 +6,7 @@ import json
 import sys
 
 from maxwhisper.bench.gate import check
+from maxwhisper.bench.pipeline import IMPLS, step_probe, transcribe_probe
 from maxwhisper.bench.probes import GRAPHS, compile_time, rss_probe
 from maxwhisper.sizes import SIZES
 
@@ -28,10 +29,23 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("compile", help="print one graph's build + load time in seconds as JSON "
                        "(cold with an empty $XDG_CACHE_HOME)")
     k.add_argument("graph", choices=GRAPHS)
+    t = sub.add_parser("transcribe", help="time one pipeline over the LibriSpeech utterances; print JSON")
+    t.add_argument("impl", choices=IMPLS)
+    t.add_argument("--batch", type=int, default=1)
+    t.add_argument("--limit", type=int, default=None, help="only the first N utterances")
+    s = sub.add_parser("step", help="time one-token decoder steps (MAX or PyTorch); print JSON")
+    s.add_argument("impl", choices=["max", "torch"])
+    s.add_argument("--batch", type=int, default=1)
     args = p.parse_args(argv)
     try:
         if args.command == "rss":
             print(json.dumps(rss_probe(args.impl, args.config, args.batch, args.device)))
+            return 0
+        if args.command == "transcribe":
+            print(json.dumps(transcribe_probe(args.impl, args.batch, args.limit)))
+            return 0
+        if args.command == "step":
+            print(json.dumps(step_probe(args.impl, args.batch)))
             return 0
         if args.command == "compile":
             print(json.dumps({"graph": args.graph, "load_s": compile_time(args.graph)}))

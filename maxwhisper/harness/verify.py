@@ -60,11 +60,12 @@ def verify_layers(model: MaxWhisper, audio: np.ndarray) -> list[Comparison]:
     return verify_model(model, audio)[0]
 
 
-def teacher_tokens(model: MaxWhisper, text: str) -> np.ndarray:
+def teacher_tokens(dims, text: str) -> np.ndarray:
     """(1, T): the start-of-transcript sequence (no timestamps), `text`'s tokens, end of text."""
     from whisper.tokenizer import get_tokenizer
 
-    tok = get_tokenizer(model.dims.n_vocab >= 51865, num_languages=model.dims.n_vocab - 51765 - 1)
+    # openai-whisper's Whisper.is_multilingual and num_languages, from the vocabulary size
+    tok = get_tokenizer(dims.n_vocab >= 51865, num_languages=dims.n_vocab - 51765 - int(dims.n_vocab >= 51865))
     return np.array([[*tok.sot_sequence_including_notimestamps, *tok.encode(" " + text.strip()), tok.eot]])
 
 
@@ -81,7 +82,7 @@ def verify_model(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTE
     rows = compare_traces(model.encode_trace(mel), expected, check, torch32, input_of(model.dims))
     rows.append(compare(ENCODER_OUTPUT, model.encode(mel), expected["encoder.ln_post"], check(ENCODER_OUTPUT),
                         torch32["encoder.ln_post"]))
-    features, tokens = expected["encoder.ln_post"], teacher_tokens(model, text)
+    features, tokens = expected["encoder.ln_post"], teacher_tokens(model.dims, text)
     prompt = 2  # sot, notimestamps: openai-whisper's first step takes its initial tokens at once
     actual = model.decoder.trace(tokens, features.astype(np.float32), prompt)
     ref = reference_decoder_trace(model.dims, model.state_dict, tokens, features)

