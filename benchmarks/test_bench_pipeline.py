@@ -1,0 +1,44 @@
+"""End to end and per token: the full MAX pipeline against openai-whisper's, the mixed pipeline and
+faster-whisper, each in a fresh process (`maxwhisper.bench.pipeline`), so no implementation's threads
+slow another's. Reports, never timed assertions; a plain `pytest` runs each on 2 utterances as a smoke
+test, `--benchmark-only` on all 107.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+# (impl, batch): sequential, and each in its best configuration for many files
+PIPELINES = [("max", 1), ("max", 16), ("max-encoder", 1), ("torch", 1), ("faster-whisper", 1), ("faster-whisper", 16)]
+
+
+def _probe(*args: str) -> dict:
+    p = subprocess.run([sys.executable, "-m", "maxwhisper.bench", *args], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("impl, batch", PIPELINES, ids=[f"{i}-batch{b}" for i, b in PIPELINES])
+def test_bench_transcribe_librispeech(impl, batch, speech_dir, request, memory_record, benchmark):
+    if impl == "faster-whisper":
+        pytest.importorskip("faster_whisper", reason="faster-whisper not installed (pip install '.[bench]')")
+    limit = [] if request.config.getoption("benchmark_only") else ["--limit", "2"]
+    result = benchmark.pedantic(lambda: _probe("transcribe", impl, "--batch", str(batch), *limit), rounds=1, iterations=1)
+    assert result["files"] == (107 if not limit else 2) and result["seconds"] > 0
+    memory_record(dict(kind="pipeline", **result))
+    print(f"\n{impl} batch {batch}: {result['files']} files, {result['audio_s']:.0f} s audio in {result['seconds']:.1f} s "
+          f"(RTF {result['rtf']:.3f}); time in {result['spent']}; texts {result['texts_sha256']}")
+
+
+@pytest.mark.parametrize("impl", ["max", "torch"])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_bench_decoder_step(impl, batch, request, memory_record, benchmark):
+    """One-token decoder steps after 32 cached tokens (the median of 50), at batch 1 and 5 (beam 5)."""
+    result = benchmark.pedantic(lambda: _probe("step", impl, "--batch", str(batch)), rounds=1, iterations=1)
+    assert result["median_ms"] > 0
+    memory_record(dict(kind="decoder-step", **result))
+    print(f"\ndecoder step {impl} batch {batch}: {result['median_ms']:.2f} ms")
