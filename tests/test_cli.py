@@ -17,8 +17,14 @@ def test_verify_jfk_writes_table_and_json(speech_dir, tmp_path, capsys, tiny_en_
     assert "encoder.blocks.3.attn.key" in printed and "within tolerance" in printed
     report = json.loads(out.read_text())
     assert report["passed"] and report["first_failure"] is None
-    assert [r["layer"] for r in report["layers"]][-2:] == ["encoder.ln_post", "encoder"]
+    names = [r["layer"] for r in report["layers"]]
+    at = names.index("encoder")  # the encoder's rows, then the decoder's (cross K/V first, logits last)
+    assert names[at - 1:at + 2] == ["encoder.ln_post", "encoder", "decoder.blocks.0.cross_attn.key"]
+    assert names[-1] == "decoder.logits" and len(names) == 110
     assert all(r["max_abs"] < 0.02 for r in report["layers"])
+    d = report["decoder"]  # teacher-forced on jfk.flac's reference text
+    assert d["top1_equal"] == d["steps"] == 28 and d["top1_failures"] == []
+    assert "top-1 token equal to the reference's at 28/28 steps" in printed
     e2e = report["transcripts"]
     assert "ask not what your country can do for you" in e2e["max"]
     assert e2e["wer_max_vs_torch"] == 0.0 and e2e["wer_max"] == 0.0
@@ -40,6 +46,22 @@ def test_verify_fails_and_names_the_layer(speech_dir, capsys, monkeypatch, tiny_
     monkeypatch.setattr(MaxWhisper, "encode_trace", doctored)
     assert main(["verify", str(speech_dir / "jfk.flac")]) == 1
     assert "first layer over tolerance: encoder.blocks.1.mlp_ln" in capsys.readouterr().out
+
+
+def test_verify_names_a_doctored_decoder_layer(speech_dir, capsys, monkeypatch, tiny_en_model):
+    """The decoder rows judge what the MAX decoder computed: a doctored step activation fails there."""
+    from maxwhisper.decoder import MaxDecoder
+
+    traced = MaxDecoder.trace
+
+    def doctored(self, *args, **kwargs):
+        trace = traced(self, *args, **kwargs)
+        trace["decoder.blocks.2.cross_attn"][:, 5] += 1e-3  # one step's output
+        return trace
+
+    monkeypatch.setattr(MaxDecoder, "trace", doctored)
+    assert main(["verify", str(speech_dir / "jfk.flac")]) == 1
+    assert "first layer over tolerance: decoder.blocks.2.cross_attn" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, words", [
