@@ -1,0 +1,86 @@
+"""The MAX decoder's API: bad input is a ValueError naming the problem before any graph runs; a step
+through the cache computes what one step over all tokens computes; beam search's reorder moves
+cache rows; `MaxWhisper.transcribe` returns openai-whisper's result dict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from maxwhisper.decoder import MaxDecoder
+
+
+@pytest.fixture(scope="module")
+def features(tiny_en):
+    dims, _ = tiny_en
+    return np.random.default_rng(0).standard_normal((2, dims.n_audio_ctx, dims.n_audio_state)).astype(np.float32)
+
+
+@pytest.mark.parametrize("tokens, words", [
+    ([[50257, 51864]], "token id 51864 is outside the vocabulary"),
+    ([[-1]], "token id -1 is outside the vocabulary"),
+    ([[1.5]], "integer token ids"),
+    ([[]], "shape (batch, n_tok)"),
+    ([1, 2], "shape (batch, n_tok)"),
+    (np.zeros((1, 449), np.int64), "exceed n_text_ctx = 448"),
+])
+def test_bad_tokens_are_value_errors_before_any_graph(tokens, words, tiny_en, features, monkeypatch):
+    dims, state_dict = tiny_en
+    decoder = MaxDecoder(dims, state_dict)
+    state = decoder.start(features[:1])
+    monkeypatch.setattr(MaxDecoder, "compile", lambda *a: pytest.fail("a graph was asked for"))
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        state.step(tokens)
+
+
+@pytest.mark.parametrize("bad, words", [
+    (np.zeros((1, 1499, 384), np.float32), "audio features must be"),
+    (np.zeros((1500, 384), np.float32), "audio features must be"),
+    (np.zeros((0, 1500, 384), np.float32), "audio features must be"),
+    (np.full((1, 1500, 384), np.nan, np.float32), "NaN"),
+    ([[0.0]], "audio features must be"),
+])
+def test_bad_features_are_value_errors_before_any_graph(bad, words, tiny_en, monkeypatch):
+    decoder = MaxDecoder(*tiny_en)
+    monkeypatch.setattr(MaxDecoder, "compile", lambda *a: pytest.fail("a graph was asked for"))
+    with pytest.raises(ValueError, match=words):
+        decoder.start(bad)
+
+
+def test_cache_full_and_too_long_continuation(tiny_en, features, tiny_en_model):
+    """Position 447 is the last: a step that would pass n_text_ctx is refused, not clipped."""
+    state = tiny_en_model.decoder.start(features[:1])
+    state.step(np.full((1, 447), 220))
+    assert state.step([[220]]).shape == (1, 1, tiny_en[0].n_vocab)
+    with pytest.raises(ValueError, match="448 cached \\+ 1 new tokens exceed"):
+        state.step([[220]])
+
+
+def test_steps_through_the_cache_equal_one_step(tiny_en_model, features):
+    tokens = np.array([[50257, 50362, 400, 1770, 11, 2], [50257, 50362, 50, 20, 30, 40]])
+    whole = tiny_en_model.decoder.start(features).step(tokens)
+    state = tiny_en_model.decoder.start(features)
+    parts = [state.step(tokens[:, :3])] + [state.step(tokens[:, i:i + 1]) for i in range(3, 6)]
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), whole, atol=2e-4, rtol=0)
+    assert state.length == 6
+
+
+def test_reorder_moves_cache_rows(tiny_en_model, features):
+    """Two beams of one audio: after reorder([1, 1]) both continue beam 1, as if decoded from scratch."""
+    tokens = np.array([[50257, 400, 1770], [50257, 50, 20]])
+    one_audio = features[[0, 0]]
+    state = tiny_en_model.decoder.start(one_audio)
+    state.step(tokens)
+    state.reorder([1, 1])
+    got = state.step([[11], [11]])
+    ref = tiny_en_model.decoder.start(one_audio).step(np.concatenate([tokens[[1, 1]], [[11], [11]]], 1))[:, -1:]
+    np.testing.assert_allclose(got, ref, atol=2e-4, rtol=0)
+    with pytest.raises(ValueError, match="source indices"):
+        state.reorder([0, 2])
+
+
+def test_model_transcribe_returns_openai_whisper_result(speech_dir, tiny_en_model):
+    result = tiny_en_model.transcribe(str(speech_dir / "jfk.flac"))
+    assert set(result) == {"text", "segments", "language"}
+    assert "ask not what your country can do for you" in result["text"]
+    assert result["segments"][-1]["end"] == pytest.approx(10.74, abs=0.5)
