@@ -2,8 +2,8 @@
 calls of all files are served together, one batched decode per round.
 
 Each file's `whisper.transcribe` runs in its own worker thread. Its `model.decode(segment, options)`
-calls land in a `DecodeBatcher`; once every running transcription is waiting on one, the batcher
-groups the waiting calls whose options are equal (openai-whisper's `decode` takes a batch of mels
+calls land in a `DecodeBatcher`; once every running transcription is waiting on one, the calling
+thread (where all MAX work happens) groups the waiting calls whose options are equal (openai-whisper's `decode` takes a batch of mels
 with one set of options: first windows all have the same options; later windows of long files carry
 their own prompt) and decodes each group as one batch of up to `batch_size` mels, so the encoder runs
 on a batch and every decoder step reads the weights once for the whole batch. Windowing with seek,
@@ -43,6 +43,7 @@ class DecodeBatcher:
         self.rounds: list[list[int]] = []  # batch sizes decoded per round (for reports and tests)
 
     def decode(self, mel: torch.Tensor, options: DecodingOptions = DecodingOptions(), **kwargs) -> DecodingResult:
+        """A worker's `model.decode`: wait until `serve` (the calling thread) has decoded this window."""
         if kwargs:
             options = replace(options, **kwargs)
         if mel.ndim != 2:  # transcribe decodes one window at a time
@@ -50,7 +51,7 @@ class DecodeBatcher:
         call = _Call(mel, options)
         with self.cond:
             self.waiting.append(call)
-            self._serve_if_all_wait()
+            self.cond.notify_all()
             while not call.done:
                 self.cond.wait()
         if call.error is not None:
@@ -64,11 +65,20 @@ class DecodeBatcher:
     def leave(self) -> None:
         with self.cond:
             self.running -= 1
-            self._serve_if_all_wait()
+            self.cond.notify_all()
 
-    def _serve_if_all_wait(self) -> None:
-        if not self.waiting or len(self.waiting) < self.running:
-            return
+    def serve(self) -> None:
+        """Decode rounds in this thread until every worker has left. MAX builds and runs its graphs
+        here, in the thread that called `transcribe_many` (a graph built in a worker thread fails:
+        MAX's MLIR context is per thread)."""
+        with self.cond:
+            while self.running:
+                if self.waiting and len(self.waiting) >= self.running:
+                    self._round()
+                else:
+                    self.cond.wait()
+
+    def _round(self) -> None:
         calls, self.waiting = self.waiting, []
         groups: list[list[_Call]] = []
         for call in calls:  # equal options decode together (DecodingOptions compares by value)
@@ -134,6 +144,7 @@ def transcribe_many(model: whisper.model.Whisper, audios: Sequence[np.ndarray], 
             batcher.enter()
         for w in workers:
             w.start()
+        batcher.serve()
         for w in workers:
             w.join()
     finally:
