@@ -20,6 +20,21 @@ from maxwhisper import layers
 _ORIGINAL_QKV = layers.qkv_attention
 
 
+def assert_caught_at(comparisons, bug: str, where: str | None, record_parity, model: str = "encoder") -> None:
+    """The first failing comparison is at `where` (none for the clean build); recorded with its margin."""
+    from maxwhisper.harness.compare import first_failure
+
+    first = first_failure(comparisons)
+    if where is None:
+        assert first is None, f"the unmutated {model} fails:\n{first.report()}"
+        return
+    assert first is not None, f"bug {bug!r} passed every parity check"
+    assert first.layer == where, f"bug {bug!r} first caught at {first.layer}, expected {where}:\n{first.report()}"
+    assert all(c.passed for c in comparisons[: comparisons.index(first)])
+    first.layer = f"mutant {bug}: {first.layer}"  # the report shows each mutant's margin (its ratios)
+    record_parity(first)
+
+
 def _patch(name: str, make: Callable[[Callable], Callable]) -> Callable[[], contextlib.AbstractContextManager]:
     """A bug that replaces `layers.<name>` with `make(original)` while a graph is being built."""
 

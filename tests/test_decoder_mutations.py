@@ -20,14 +20,14 @@ from max.graph import Graph, TensorType
 from maxwhisper import layers
 from maxwhisper.decoder import is_cross
 from maxwhisper.harness import golden as g
-from maxwhisper.harness.compare import compare_traces, first_failure
+from maxwhisper.harness.compare import compare_traces
 from maxwhisper.harness.reference.capture import reference_decoder_trace
 from maxwhisper.harness.reference.modules import reference_encoder
 from maxwhisper.harness.registry import check_of, input_of
 from maxwhisper.harness.runners import torch_device
 from maxwhisper.harness.verify import teacher_tokens
 from maxwhisper.runtime import Compiled, device_ref, weight_lookup
-from mutants import DECODER_BUGS
+from mutants import DECODER_BUGS, assert_caught_at
 
 TEXT = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
 PROMPT = 6  # sot, notimestamps and 4 words' tokens in the first step
@@ -107,12 +107,4 @@ def decoder_mutant_traces(tiny_en, device):
 def test_decoder_mutation_is_caught_at_its_layer(bug, decoder_mutant_traces, record_parity):
     traces, expected, torch32, dims = decoder_mutant_traces
     comparisons = compare_traces(traces[bug], expected, check_of(dims, guard=True), torch32, input_of(dims), True)
-    first = first_failure(comparisons)
-    where = DECODER_BUGS[bug][1]
-    if where is None:
-        assert first is None, f"the unmutated decoder fails:\n{first.report()}"
-        return
-    assert first is not None, f"bug {bug!r} passed every parity check"
-    assert first.layer == where, f"bug {bug!r} first caught at {first.layer}, expected {where}:\n{first.report()}"
-    first.layer = f"mutant {bug}: {first.layer}"
-    record_parity(first)
+    assert_caught_at(comparisons, bug, DECODER_BUGS[bug][1], record_parity, "decoder")

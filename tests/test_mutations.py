@@ -17,13 +17,13 @@ import torch
 from max.graph import Graph
 
 from maxwhisper.harness import golden as g
-from maxwhisper.harness.compare import Check, compare_traces, first_failure
+from maxwhisper.harness.compare import Check, compare_traces
 from maxwhisper.harness.reference.capture import reference_trace
 from maxwhisper.harness.registry import check_of, input_of
 from maxwhisper.harness.runners import torch_device
 from maxwhisper.model import emit_encoder, mel_type
 from maxwhisper.runtime import Compiled, device_ref, weight_lookup
-from mutants import BUGS, NEAR_THRESHOLD
+from mutants import BUGS, NEAR_THRESHOLD, assert_caught_at
 
 # Near-threshold mutants the absolute float32 guard alone (atol 1e-4 + rtol x row max) lets through at
 # their layer, measured on the golden mel: the derived rule is what catches them.
@@ -65,17 +65,7 @@ def _judge(traces, expected, torch32, dims, bug, check_of=check_of, until_first_
 @pytest.mark.parametrize("bug", BUGS)
 def test_mutation_is_caught_at_its_layer(bug, mutant_traces, record_parity):
     traces, expected, torch32, dims = mutant_traces
-    comparisons = _judge(traces, expected, torch32, dims, bug)
-    first = first_failure(comparisons)
-    where = BUGS[bug][1]
-    if where is None:
-        assert first is None, f"the unmutated encoder fails:\n{first.report()}"
-        return
-    assert first is not None, f"bug {bug!r} passed every parity check"
-    assert first.layer == where, f"bug {bug!r} first caught at {first.layer}, expected {where}:\n{first.report()}"
-    assert all(c.passed for c in comparisons[: comparisons.index(first)])
-    first.layer = f"mutant {bug}: {first.layer}"  # the report shows each mutant's margin (its ratios)
-    record_parity(first)
+    assert_caught_at(_judge(traces, expected, torch32, dims, bug), bug, BUGS[bug][1], record_parity)
 
 
 def _guard_only(dims):
