@@ -1,7 +1,7 @@
 """maxwhisper command line: argument parsing and printing; the work is in the library
 (`maxwhisper.harness.verify`, `maxwhisper.transcribe`).
 
-  maxwhisper verify [AUDIO] [--model NAME|PATH] [--json PATH] [--plot PATH] [--save-trace PATH]
+  maxwhisper verify [AUDIO] [--model NAME|PATH] [--dtype float32,bfloat16,float16] [--json PATH] [--plot PATH] [--save-trace PATH]
   maxwhisper diff [BASELINE] [--factor F]
   maxwhisper transcribe FILE... [--model NAME|PATH] [--output-format txt|json|srt|vtt|tsv|all] [--output-dir DIR]
                                 [--batch-size N] [--encoder max|torch] [--decoder max|torch]
@@ -15,49 +15,76 @@ import sys
 from pathlib import Path
 
 
+def _dtypes(values: list[str] | None) -> list[str]:
+    """`--dtype a,b --dtype c` -> [a, b, c] (float32 when none), each checked, no repeats."""
+    from maxwhisper.precision import dtype_of
+
+    out = []
+    for name in (x.strip() for v in values or ["float32"] for x in v.split(",")):
+        dtype_of(name)  # a bad name is a ValueError naming it: exit 2
+        if name not in out:
+            out.append(name)
+    return out
+
+
 def cmd_verify(args) -> int:
-    from maxwhisper import load_model
+    from maxwhisper import MaxWhisper
     from maxwhisper.harness.compare import format_table
     from maxwhisper.harness.speech import reference_text
     from maxwhisper.harness.verify import DEFAULT_SENTENCE, Verification, default_audio, end_to_end, report, verify_model
+    from maxwhisper.precision import mode
+    from maxwhisper.runtime import device_ref
+    from maxwhisper.weights import load_weights
 
+    dtypes = _dtypes(args.dtype)
     source, audio = default_audio(args.audio)
-    model = load_model(args.model, device=args.device)
+    device_ref(args.device)
+    dims, state_dict = load_weights(args.model)
+    models = {d: MaxWhisper(dims, state_dict, args.device, d) for d in dtypes}
     print(f"model: {args.model}  audio: {source} ({len(audio) / 16000:.2f} s)  device: {args.device}",
           flush=True)
-    rows, decoder = verify_model(model, audio, reference_text(source) or DEFAULT_SENTENCE)
-    result = Verification(rows, decoder=decoder)
-    print(format_table(result.comparisons))
-    bad = result.first_failure
-    print(f"first layer over tolerance: {bad.layer}" if bad else
-          f"all {len(result.comparisons)} layers within tolerance")
-    if bad:
-        print(bad.report())
-    d = result.decoder
-    print(f"decoder teacher-forced on {d['text']!r}: top-1 token equal to the reference's at "
-          f"{d['top1_equal']}/{d['steps']} steps" + (f"; differs beyond a tie at {d['top1_failures']}"
-                                                     if d["top1_failures"] else ""))
+    results = {}
+    for dtype, model in models.items():
+        rows, decoder = verify_model(model, audio, reference_text(source) or DEFAULT_SENTENCE)
+        result = results[dtype] = Verification(rows, decoder=decoder)
+        print(f"\ndtype: {mode(dtype)}; MAX/torch: MAX's error over PyTorch {dtype}'s, both against float64")
+        print(format_table(result.comparisons))
+        bad = result.first_failure
+        print(f"first layer over tolerance: {bad.layer}" if bad else
+              f"all {len(result.comparisons)} layers within tolerance")
+        if bad:
+            print(bad.report())
+        d = result.decoder
+        if "skipped" in d:
+            print(f"decoder rows: none ({d['skipped']})")
+        else:
+            print(f"decoder teacher-forced on {d['text']!r}: top-1 token equal to the reference's at "
+                  f"{d['top1_equal']}/{d['steps']} steps" + (f"; differs beyond a tie at {d['top1_failures']}"
+                                                             if d["top1_failures"] else ""))
     if args.plot:  # before the transcripts: the slow part
         from maxwhisper.harness.plot import plot_errors
 
-        plot_errors({"float32": result.comparisons}, args.plot, f"{args.model} on {source}: MAX vs float64")
+        plot_errors({d: r.comparisons for d, r in results.items()}, args.plot,
+                    f"{args.model} on {source}: MAX vs float64")
         print(f"error plot written to {args.plot}")
-    e2e = result.transcripts = end_to_end(model, audio, source)
-    print(f"transcript, MAX:     {e2e['max']}")
-    print(f"transcript, PyTorch: {e2e['torch']}")
-    line = f"WER MAX vs PyTorch: {100 * e2e['wer_max_vs_torch']:.2f}%"
-    if "reference" in e2e:
-        line += (f"   against the reference text: MAX {100 * e2e['wer_max']:.2f}%, "
-                 f"PyTorch {100 * e2e['wer_torch']:.2f}%")
-    print(line)
+    for dtype, model in models.items():
+        e2e = results[dtype].transcripts = end_to_end(model, audio, source)
+        print(f"transcript, MAX (encoder {dtype}, decoder float32): {e2e['max']}")
+        print(f"transcript, PyTorch (float32): {e2e['torch']}")
+        line = f"WER MAX vs PyTorch: {100 * e2e['wer_max_vs_torch']:.2f}%"
+        if "reference" in e2e:
+            line += (f"   against the reference text: MAX {100 * e2e['wer_max']:.2f}%, "
+                     f"PyTorch {100 * e2e['wer_torch']:.2f}%")
+        print(line)
     if args.json:
-        Path(args.json).write_text(json.dumps(report(args.model, model, source, args.device, result), indent=1) + "\n")
+        runs = [report(args.model, models[d], source, args.device, r) for d, r in results.items()]
+        Path(args.json).write_text(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}, indent=1) + "\n")
     if args.save_trace:
         from maxwhisper.harness.diff import save
 
-        save(model, args.save_trace, args.model)
+        save(models.get("float32") or MaxWhisper(dims, state_dict, args.device), args.save_trace, args.model)
         print(f"error trace (golden mel and seeded random mels) written to {args.save_trace}")
-    return 0 if result.passed else 1
+    return 0 if all(r.passed for r in results.values()) else 1
 
 
 def cmd_diff(args) -> int:
@@ -116,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                    "else a sentence spoken offline by eSpeak NG)")
     v.add_argument("--model", default="tiny.en", help="model name or path (default: embedded tiny.en)")
     v.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
+    v.add_argument("--dtype", action="append", metavar="DTYPE[,DTYPE]",
+                   help="float32 (default), bfloat16, float16; several (comma-separated or repeated) give one "
+                        "table each and one plot panel each")
     v.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     v.add_argument("--plot", metavar="PATH", help="also draw every layer's error, MAX's and PyTorch's, as a PNG")
     v.add_argument("--save-trace", metavar="PATH",

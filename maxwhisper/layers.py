@@ -40,6 +40,11 @@ class Scope:
         return x
 
 
+def cast(x: TensorValue, dtype: DType) -> TensorValue:
+    """`x` in `dtype`; no op where it already is, so a float32 graph is the one it always was."""
+    return x if x.dtype == dtype else ops.cast(x, dtype)
+
+
 def gelu(x: TensorValue, s: Scope | None = None) -> TensorValue:
     # openai-whisper uses F.gelu / nn.GELU, the exact erf form; the tanh form is off by up to 3e-4.
     # Recorded here (when scoped): an element-wise layer is judged element by element.
@@ -49,12 +54,16 @@ def gelu(x: TensorValue, s: Scope | None = None) -> TensorValue:
 
 def linear(x: TensorValue, s: Scope, bias: bool = True) -> TensorValue:
     # x @ W.T with W in torch's (out, in) layout: MAX matches this as a transposed-B matmul.
-    y = x @ ops.transpose(s("weight"), 0, 1)
-    return y + s("bias") if bias else y
+    # Weights in the activations' dtype (whisper's Linear casts them per call; `precision`).
+    y = x @ ops.transpose(cast(s("weight"), x.dtype), 0, 1)
+    return y + cast(s("bias"), x.dtype) if bias else y
 
 
 def layer_norm(x: TensorValue, s: Scope) -> TensorValue:
-    return s.record(ops.layer_norm(x, s("weight"), s("bias"), epsilon=LN_EPS))
+    # In float32 with float32 gain and bias, whatever the activations' dtype: whisper's LayerNorm.
+    f32 = DType.float32
+    y = ops.layer_norm(cast(x, f32), cast(s("weight"), f32), cast(s("bias"), f32), epsilon=LN_EPS)
+    return s.record(cast(y, x.dtype))
 
 
 def conv1d(x: TensorValue, s: Scope, stride: int = 1) -> TensorValue:
@@ -65,7 +74,13 @@ def conv1d(x: TensorValue, s: Scope, stride: int = 1) -> TensorValue:
     matmul keeps both cores busy; the NHWC conv2d it replaces (time as W, H = 1) kept 0.9-1.0 of 2
     and took 12.4-12.9 ms against 10.7 ms for the tiny.en stem (one process), bitwise equal output.
     """
-    w = s("weight")
+    # In a 16-bit graph this is emulated (`precision.EMULATED`): the 16-bit input and weights are
+    # computed on in float32 and the output rounded once, as torch's 16-bit conv rounds it. MAX
+    # 26.7's bfloat16 im2col matmul + bias erred 9-10x torch's bfloat16 conv on normal-range mels
+    # (0.19 abs on values near 1.3, 4% RMS; not on mels of +-40: an error that does not scale with
+    # the input, bias-like), cause not isolated.
+    dtype, f32 = x.dtype, DType.float32
+    x, w = cast(x, f32), cast(cast(s("weight"), dtype), f32)
     c_out, c_in, k = (int(d) for d in w.shape)
     n_out = (x.shape[1] + 2 - k) // stride + 1  # torch's output length; symbolic when time is
     padded = ops.pad(x, [0, 0, 1, 1, 0, 0])
@@ -74,7 +89,7 @@ def conv1d(x: TensorValue, s: Scope, stride: int = 1) -> TensorValue:
     cols = ops.concat(taps, axis=2)
     # torch's (c_out, c_in, k) filter -> (k * c_in, c_out), rows ordered (tap, c_in) as `cols` is.
     filt = ops.reshape(ops.permute(w, [2, 1, 0]), [k * c_in, c_out])
-    return cols @ filt + s("bias")
+    return cast(cols @ filt + cast(cast(s("bias"), dtype), f32), dtype)
 
 
 def conv_stem(mel: TensorValue, s: Scope) -> TensorValue:
@@ -98,6 +113,12 @@ def qkv_attention(q: TensorValue, k: TensorValue, v: TensorValue, n_head: int,
     # Whisper scales q and k by head_dim**-0.25 each; one head_dim**-0.5 on the scores is the
     # same product, and `softmax(scores * scale) @ v` in this operand order is the pattern
     # MAX's compiler fuses into one attention kernel.
+    # In a 16-bit graph this core is emulated (`precision.EMULATED`): q, k, v are 16-bit values, the
+    # kernel runs on them in float32 and its output is rounded to the dtype. MAX 26.7's own 16-bit
+    # kernel rounds the scores to the dtype (12x torch SDPA's error in bfloat16, measured), and
+    # float32 scores with a 16-bit v fuse into a kernel call that fails to compile (q float32, v bf16).
+    dtype, f32 = q.dtype, DType.float32
+    q, k, v = cast(q, f32), cast(k, f32), cast(v, f32)
     scores = heads(q) @ ops.permute(heads(k), [0, 1, 3, 2])
     scale = head_dim**-0.5
     # With a mask the softmax is spelled out: MAX 26.7's CPU compiler fuses `softmax(scores * scale +
@@ -107,10 +128,10 @@ def qkv_attention(q: TensorValue, k: TensorValue, v: TensorValue, n_head: int,
     if mask is None:
         wv = ops.softmax(scores * scale) @ heads(v)
     else:
-        z = (scores + mask) * scale
+        z = (scores + cast(mask, f32)) * scale
         e = ops.exp(z - ops.max(z, axis=-1))
         wv = (e / ops.sum(e, axis=-1)) @ heads(v)
-    return ops.reshape(ops.permute(wv, [0, 2, 1, 3]), [batch, n_ctx, n_state])
+    return cast(ops.reshape(ops.permute(wv, [0, 2, 1, 3]), [batch, n_ctx, n_state]), dtype)
 
 
 def attention(x: TensorValue, s: Scope, n_head: int) -> TensorValue:
@@ -136,7 +157,8 @@ def block(x: TensorValue, s: Scope, n_head: int) -> TensorValue:
 def encoder(mel: TensorValue, s: Scope, n_head: int, n_layer: int) -> TensorValue:
     """openai-whisper's AudioEncoder.forward; `s` is scoped at "encoder."."""
     x = conv_stem(mel, s)
-    x = s.record(x + s("positional_embedding"), "positional_embedding")
+    # whisper adds its float32 positions in float32 and rounds the sum: `(x + pos).to(x.dtype)`
+    x = s.record(cast(cast(x, DType.float32) + s("positional_embedding"), x.dtype), "positional_embedding")
     for i in range(n_layer):
         x = block(x, s.sub(f"blocks.{i}"), n_head)
     return layer_norm(x, s.sub("ln_post"))

@@ -16,7 +16,7 @@ from max import driver, engine
 from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorType, TensorValue, Weight
 
-from maxwhisper.layers import Scope
+from maxwhisper.layers import Scope, cast
 
 
 @functools.cache
@@ -38,14 +38,33 @@ def device_ref(device: str) -> DeviceRef:
     return _session(device)[1]
 
 
+def weight_data(a: np.ndarray, dtype: DType):
+    """A float32 array as the weights registry takes it in `dtype`, rounded to nearest even as
+    torch's `.to(dtype)` rounds. numpy has no bfloat16: its bits go in as uint16, viewed by MAX."""
+    if dtype == DType.float32:
+        return a
+    if dtype == DType.float16:
+        return np.ascontiguousarray(a, np.float16)
+    if dtype == DType.bfloat16:
+        u = np.ascontiguousarray(a, np.float32).view(np.uint32)
+        bits = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)  # finite weights only
+        return driver.Buffer.from_numpy(bits).view(DType.bfloat16)
+    raise ValueError(f"weights in {dtype}: expected float32, bfloat16 or float16")
+
+
 class Compiled:
-    """A loaded MAX model called with numpy arrays and returning numpy arrays."""
+    """A loaded MAX model called with numpy arrays and returning numpy arrays.
+
+    `weights` are float32 arrays; `weight_dtypes` (key -> dtype, float32 where absent) says which
+    the graph declares in another dtype, so the registry gets them as the graph stores them."""
 
     def __init__(self, graph: Graph, device: str, weights: Mapping[str, np.ndarray] | None = None,
-                 output_names: Sequence[str] = ()):
+                 output_names: Sequence[str] = (), weight_dtypes: Mapping[str, DType] | None = None):
         session = _session(device)[0]
         self.output_names = list(output_names)
-        self.model = session.load(graph, weights_registry=dict(weights or {}))
+        kinds = weight_dtypes or {}
+        registry = {k: weight_data(v, kinds.get(k, DType.float32)) for k, v in (weights or {}).items()}
+        self.model = session.load(graph, weights_registry=registry)
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
         buffers = [self.to_device(a) for a in arrays]
@@ -60,14 +79,16 @@ class Compiled:
 
 
 def weight_lookup(graph_weights: dict[str, Weight], shapes: Mapping[str, tuple[int, ...]],
-                  ref: DeviceRef, dtype: DType = DType.float32) -> Callable[[str], TensorValue]:
-    """Parameters as `Weight`s named by their state-dict key (bound by the weights registry)."""
+                  ref: DeviceRef, dtype: DType | Callable[[str], DType] = DType.float32) -> Callable[[str], TensorValue]:
+    """Parameters as `Weight`s named by their state-dict key (bound by the weights registry), in
+    `dtype`, or in `dtype(key)` per key (the precision policy's storage dtype)."""
 
     def lookup(name: str) -> TensorValue:
         if name not in graph_weights:
             if name not in shapes:
                 raise KeyError(f"the graph asks for weight {name!r}, which the state dict lacks")
-            graph_weights[name] = Weight(name, dtype, tuple(shapes[name]), ref)
+            kind = dtype(name) if callable(dtype) else dtype
+            graph_weights[name] = Weight(name, kind, tuple(shapes[name]), ref)
         return graph_weights[name]
 
     return lookup
@@ -84,18 +105,23 @@ def functional_graph(name: str, fn: Callable[[dict[str, TensorValue], Scope], Te
     with `bind` they are `Weight`s named by their key instead, bound once at load time from the
     weights registry, as the encoder's are (what a benchmark of one layer should time).
     `fn` may return one value, or a dict of named values when the caller wants a trace.
-    `input_dtypes` overrides `dtype` for named inputs (token ids are int64 in every precision).
+    Every float input, parameter and output is float32 whatever `dtype`: the graph rounds the
+    activations to `dtype` on entry, the layers cast each parameter where the precision policy uses
+    it (a float32 LayerNorm gain is never rounded), and the outputs leave as float32. Rounding in the
+    graph is round-to-nearest-even, as torch's `.to(dtype)`. `input_dtypes` names inputs of another
+    type, which enter as they are (token ids are int64 in every precision).
     """
-    types = [TensorType((input_dtypes or {}).get(n, dtype), list(shape), ref) for n, shape in inputs.items()]
+    f32, kinds = DType.float32, dict(input_dtypes or {})
+    types = [TensorType(kinds.get(n, f32), list(shape), ref) for n, shape in inputs.items()]
     if not bind:
-        types += [TensorType(dtype, list(shape), ref) for shape in params.values()]
+        types += [TensorType(f32, list(shape), ref) for shape in params.values()]
     with Graph(name, input_types=types) as g:
-        xs = dict(zip(inputs, (v.tensor for v in g.inputs[:len(inputs)])))
+        xs = {k: v.tensor if k in kinds else cast(v.tensor, dtype) for k, v in zip(inputs, g.inputs[:len(inputs)])}
         if bind:
-            lookup = weight_lookup({}, params, ref, dtype)
+            lookup = weight_lookup({}, params, ref, f32)
         else:
             lookup = dict(zip(params, (v.tensor for v in g.inputs[len(inputs):]))).__getitem__
         out = fn(xs, Scope(lookup))
-        names = list(out) if isinstance(out, dict) else [name]
-        g.output(*(out.values() if isinstance(out, dict) else [out]))
-    return g, names
+        out = {k: cast(v, f32) for k, v in out.items()} if isinstance(out, dict) else {name: cast(out, f32)}
+        g.output(*out.values())
+    return g, list(out)

@@ -56,3 +56,37 @@ def test_unknown_model_name():
 def test_unknown_device():
     with pytest.raises(ValueError, match="device"):
         maxwhisper.load_model("tiny.en", device="tpu")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "bf16", "int8", ""])
+def test_unknown_dtype_names_it(dtype, tiny_en):
+    with pytest.raises(ValueError, match=f"dtype '{dtype}'"):
+        maxwhisper.load_model("tiny.en", dtype=dtype)
+    with pytest.raises(ValueError, match=f"dtype '{dtype}'"):
+        maxwhisper.MaxWhisper(*tiny_en, dtype=dtype)
+
+
+def test_16bit_encode_takes_and_returns_float32(tiny_en_in, tiny_en_model, jfk_mel):
+    """A bfloat16 model's encode: float32 in and out, close to float32's (a few bfloat16 ulps of
+    the output's scale; the layer-by-layer judgement is the parity tests')."""
+    out = tiny_en_in("bfloat16").encode(jfk_mel)
+    ref = tiny_en_model.encode(jfk_mel)
+    assert out.shape == ref.shape and out.dtype == np.float32
+    rel = np.sqrt(np.mean((out - ref) ** 2) / np.mean(ref**2))
+    assert 2.0**-12 < rel < 2.0**-4, rel  # rounded (not float32 in disguise), yet the same features
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_weight_data_rounds_as_torch(dtype):
+    """Weights enter MAX rounded to nearest even, exactly as torch's `.to(dtype)` rounds them."""
+    import torch
+    from max.dtype import DType
+
+    from maxwhisper.runtime import weight_data
+
+    rng = np.random.default_rng(0)
+    a = np.concatenate([rng.standard_normal(10000), [1 + 2**-8, 1 + 3 * 2**-8, -0.0, 65504.0, 1e-30]]).astype(np.float32)
+    data = weight_data(a, getattr(DType, dtype))
+    got = (torch.from_dlpack(data) if dtype == "bfloat16" else torch.from_numpy(data)).float().numpy()
+    want = torch.from_numpy(a).to(getattr(torch, dtype)).float().numpy()
+    np.testing.assert_array_equal(got, want)

@@ -10,13 +10,21 @@ from maxwhisper.cli import main
 
 
 def test_verify_jfk_writes_table_and_json(speech_dir, tmp_path, capsys, tiny_en_model):
+    """Two dtypes (comma-separated and repeated): one table and one JSON run each, one plot."""
     out, png = tmp_path / "v.json", tmp_path / "errors.png"
-    assert main(["verify", str(speech_dir / "jfk.flac"), "--json", str(out), "--plot", str(png)]) == 0
+    assert main(["verify", str(speech_dir / "jfk.flac"), "--json", str(out), "--plot", str(png),
+                 "--dtype", "float32,bfloat16", "--dtype", "float32"]) == 0
     printed = capsys.readouterr().out
     assert png.read_bytes()[:4] == b"\x89PNG" and f"error plot written to {png}" in printed
-    assert "encoder.blocks.3.attn.key" in printed and "within tolerance" in printed
-    report = json.loads(out.read_text())
-    assert report["passed"] and report["first_failure"] is None
+    assert "encoder.blocks.3.attn.key" in printed and printed.count("within tolerance") == 2
+    assert "dtype: bfloat16 (real 16-bit MAX kernels" in printed and "emulated" in printed
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["dtype"] for r in runs] == ["float32", "bfloat16"]
+    for report in runs:
+        assert report["passed"] and report["first_failure"] is None
+        assert "ask not what your country can do for you" in report["transcripts"]["max"]
+        assert report["transcripts"]["wer_max"] == 0.0
+    report = runs[0]
     names = [r["layer"] for r in report["layers"]]
     at = names.index("encoder")  # the encoder's rows, then the decoder's (cross K/V first, logits last)
     assert names[at - 1:at + 2] == ["encoder.ln_post", "encoder", "decoder.blocks.0.cross_attn.key"]
@@ -25,9 +33,12 @@ def test_verify_jfk_writes_table_and_json(speech_dir, tmp_path, capsys, tiny_en_
     d = report["decoder"]  # teacher-forced on jfk.flac's reference text
     assert d["top1_equal"] == d["steps"] == 28 and d["top1_failures"] == []
     assert "top-1 token equal to the reference's at 28/28 steps" in printed
+    bf16 = runs[1]  # 16-bit: the rule alone; the decoder is float32 only, so no decoder rows
+    assert all(r["tolerance"] is None for r in bf16["layers"])
+    assert [r["layer"] for r in bf16["layers"]][-2:] == ["encoder.ln_post", "encoder"]
+    assert "decoder rows: none (the decoder runs in float32 only, not bfloat16)" in printed
     e2e = report["transcripts"]
-    assert "ask not what your country can do for you" in e2e["max"]
-    assert e2e["wer_max_vs_torch"] == 0.0 and e2e["wer_max"] == 0.0
+    assert e2e["wer_max_vs_torch"] == 0.0
     assert "WER MAX vs PyTorch: 0.00%" in printed
 
 
@@ -68,6 +79,7 @@ def test_verify_names_a_doctored_decoder_layer(speech_dir, capsys, monkeypatch, 
     (["verify", "/no/such/file.flac"], "no such file"),
     (["verify", "."], "directory"),
     (["verify", "--model", "no-such-model"], "no-such-model"),
+    (["verify", "--dtype", "float32,fp8"], "dtype 'fp8'"),
 ])
 def test_verify_bad_input_is_one_line_exit_2(args, words):
     p = subprocess.run([sys.executable, "-m", "maxwhisper.cli", *args], capture_output=True, text=True)

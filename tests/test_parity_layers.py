@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from maxwhisper.harness.compare import assert_parity
 from maxwhisper.harness.inputs import random_params
 from maxwhisper.harness.registry import SPECS
-from maxwhisper.harness.runners import run_max, run_reference, torch_device
+from maxwhisper.harness.runners import run_max, run_reference, torch_device, torch_dtype
 from maxwhisper.sizes import SIZES
 
 TINY_EN = SIZES["tiny.en"]
@@ -34,13 +33,13 @@ CASES = [pytest.param(name, regime, id=f"{name}-{regime}") for name in LAYERS fo
 MAX_FRAMES, SHORT = TINY_EN.n_audio_ctx, 48
 
 
-def _judge(label, spec, x, params, actual, record_parity, device="cpu"):
-    """MAX's `actual` against float64, in units of PyTorch float32's error on the same inputs (on the
-    same kind of device); an element-wise record is scaled by its (single) input."""
+def _judge(label, spec, x, params, actual, record_parity, device="cpu", dtype="float32"):
+    """MAX's `actual` against float64, in units of PyTorch's error in the same dtype on the same inputs
+    (on the same kind of device); an element-wise record is scaled by its (single) input."""
     expected = run_reference(spec, TINY_EN, x, params)
-    torch32 = run_reference(spec, TINY_EN, x, params, dtype=torch.float32, device=torch_device(device))
+    same = run_reference(spec, TINY_EN, x, params, dtype=torch_dtype(dtype), device=torch_device(device))
     first = next(iter(x.values())) if len(x) == 1 else None
-    record_parity(assert_parity(label, actual, expected, spec.check(), torch32, first))
+    record_parity(assert_parity(label, actual, expected, spec.check(dtype), same, first))
 
 
 def _input(spec, rng, batch: int, length: int, regime: str, odd_frames: bool = False) -> dict:
@@ -66,6 +65,29 @@ def test_layer_parity(name, regime, seed, batch, length, long_length, odd_frames
     x = _input(spec, rng, batch, length, regime, odd_frames)
     _judge(f"{name}[{regime}]", spec, x, params, run_max(spec, TINY_EN, x, params, device=device), record_parity,
            device)
+
+
+# 16-bit: every record and regime, judged by the same rule against PyTorch in the same dtype (whisper's
+# own mixed precision, `maxwhisper.precision`). A third of the float32 examples (at least 2): each
+# (record, dtype) is a graph of its own to compile, and the rule and the inputs are float32's.
+LOW = ("bfloat16", "float16")
+CASES_16 = [pytest.param(name, regime, dtype, id=f"{name}-{regime}-{dtype}")
+            for dtype in LOW for name in LAYERS if dtype in SPECS[name].dtypes for regime in SPECS[name].regimes]
+
+
+@pytest.mark.parametrize("name, regime, dtype", CASES_16)
+@settings(max_examples=max(2, settings.default.max_examples // 3))
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 3), length=st.integers(1, SHORT),
+       long_length=st.one_of(st.just(MAX_FRAMES), st.integers(SHORT + 1, MAX_FRAMES)))
+def test_layer_parity_16bit(name, regime, dtype, seed, batch, length, long_length, device, record_parity):
+    spec = SPECS[name]
+    if regime in spec.long_rows:
+        length = long_length
+    rng = np.random.default_rng(seed)
+    params = random_params(rng, spec.param_shapes(TINY_EN))
+    x = _input(spec, rng, batch, length, regime)
+    _judge(f"{name}[{regime}, {dtype}]", spec, x, params, run_max(spec, TINY_EN, x, params, dtype, device),
+           record_parity, device, dtype)
 
 
 # Odd lengths, 1 among them: every symbolic dim is exercised away from powers of two.

@@ -107,6 +107,22 @@ def tiny_en_model(tiny_en, device):
 
 
 @pytest.fixture(scope="session")
+def tiny_en_in(tiny_en, tiny_en_model, device):
+    """dtype -> the embedded tiny.en on MAX in that dtype, one model per dtype and session (each
+    compiles its graphs on first use, so tests of one dtype share them)."""
+    from maxwhisper import MaxWhisper
+
+    models = {"float32": tiny_en_model}
+
+    def get(dtype: str) -> MaxWhisper:
+        if dtype not in models:
+            models[dtype] = MaxWhisper(*tiny_en, device=device, dtype=dtype)
+        return models[dtype]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def jfk_mel(speech_dir):
     from maxwhisper.audio import load_audio, log_mel
 

@@ -18,10 +18,12 @@ from whisper.model import ModelDimensions
 
 from maxwhisper.harness.reference import modules as ref
 from maxwhisper.harness.registry import SPECS, LayerSpec
+from maxwhisper.precision import DTYPES
 from maxwhisper.runtime import Compiled, device_ref, functional_graph
 
-# The dtypes a MAX graph of the harness is built in (the reference runs in float64 regardless).
-DTYPES = {"float32": DType.float32}
+# The dtypes a MAX graph of the harness is built in (the reference runs in float64 regardless), and
+# torch's name for each: the yardstick runs openai-whisper's module in the same dtype.
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _dtype(dtype: str) -> DType:
@@ -57,6 +59,9 @@ def _compiled(name: str, dims: tuple, dtype: str, device: str) -> Compiled:
 
 def compile_layer(spec: LayerSpec, dims: ModelDimensions, dtype: str = "float32", device: str = "cpu") -> Compiled:
     """The record's one-layer graph (weights as inputs), compiled once per (layer, dims, dtype, device)."""
+    _dtype(dtype)
+    if dtype not in spec.dtypes:
+        raise ValueError(f"{spec.name} is built in {', '.join(spec.dtypes)} only, not {dtype}")
     return _compiled(spec.name, astuple(dims), dtype, device)
 
 
@@ -96,10 +101,24 @@ def torch_device(device: str) -> str:
     return "cuda:" + (device.partition(":")[2] or "0")
 
 
+def torch_dtype(dtype: str) -> torch.dtype:
+    """torch's dtype of the yardstick for a MAX graph in `dtype`."""
+    _dtype(dtype)
+    return TORCH_DTYPES[dtype]
+
+
 @torch.no_grad()
 def run_reference(spec: LayerSpec, dims: ModelDimensions, x, params: Mapping[str, np.ndarray],
                   dtype: torch.dtype = torch.float64, device: str = "cpu") -> np.ndarray:
-    """openai-whisper's module for the record, in `dtype` (float64: the yardstick)."""
-    module = ref.load(spec.reference(dims), params, "", dtype).to(device)
+    """openai-whisper's module for the record, in `dtype` (float64: the reference), as float32 or float64.
+
+    In a 16-bit dtype it is openai-whisper's own mixed precision (`fp16=True`), the policy of
+    `maxwhisper.precision`: the weights stay float32 and the input is rounded to `dtype`; whisper's
+    Linear and Conv1d cast their weights to the input's dtype, its LayerNorm computes in float32.
+    Integer inputs (token ids) go in as they are.
+    """
+    weights = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+    module = ref.load(spec.reference(dims), params, "", weights).to(device)
     args = [torch.from_numpy(a).to(device, dtype if a.dtype.kind == "f" else None) for a in _arrays(spec, x)]
-    return module(*args).cpu().numpy()
+    out = module(*args)
+    return out.cpu().numpy() if out.dtype in (torch.float32, torch.float64) else out.float().cpu().numpy()

@@ -55,15 +55,22 @@ def trace_encoder(encoder: wm.AudioEncoder, mel: torch.Tensor) -> dict[str, np.n
     finally:
         for h in hooks:
             h.remove()
-    return {k: out[k].detach().cpu().numpy() for k in layer_ids(len(encoder.blocks))}
+    return {k: _numpy(out[k]) for k in layer_ids(len(encoder.blocks))}
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    return (t if t.dtype in (torch.float32, torch.float64) else t.float()).numpy()
 
 
 def reference_trace(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray], mel: np.ndarray,
                     dtype: torch.dtype = torch.float64, device: str = "cpu") -> dict[str, np.ndarray]:
     """openai-whisper's encoder on `mel`, every activation by layer id: in float64 the reference,
     in MAX's dtype (and on MAX's kind of device) the yardstick, PyTorch's own error, which the
-    derived rule measures MAX by."""
-    encoder = reference_encoder(dims, state_dict, dtype).to(device)
+    derived rule measures MAX by. In a 16-bit dtype it is whisper's own mixed precision
+    (`transcribe(..., fp16=True)`): float32 weights, the mel rounded to `dtype` (`maxwhisper.precision`)."""
+    weights = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+    encoder = reference_encoder(dims, state_dict, weights).to(device)
     return trace_encoder(encoder, torch.from_numpy(np.asarray(mel)).to(device, dtype))
 
 

@@ -1,0 +1,78 @@
+"""The precision axis can fail: a 16-bit graph that breaks the compute policy (`maxwhisper.precision`)
+at one op fails the same derived rule that passes the policy's graph, on the same input.
+
+The mutant drops the float32 casts around the attention core, so MAX's own 16-bit attention kernel
+runs, which rounds the scores q k^T to bfloat16 before softmax where torch's SDPA (and the policy)
+keeps them in float32: the plausible bug of a 16-bit port, and the reason the core is emulated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from max.graph import ops
+
+from maxwhisper import layers
+from maxwhisper.harness.compare import compare
+from maxwhisper.harness.inputs import random_params
+from maxwhisper.harness.registry import SPECS
+from maxwhisper.harness.runners import run_max, run_reference, torch_device, torch_dtype
+from maxwhisper.precision import EMULATED, dtype_of, mode
+from maxwhisper.runtime import Compiled, device_ref, functional_graph
+from maxwhisper.sizes import SIZES
+
+TINY_EN = SIZES["tiny.en"]
+
+
+def _scores_in_dtype(q, k, v, n_head):
+    batch, n_ctx, n_state = q.shape
+    head_dim = int(n_state) // n_head
+
+    def heads(t):
+        return ops.permute(ops.reshape(t, [batch, n_ctx, n_head, head_dim]), [0, 2, 1, 3])
+
+    scores = heads(q) @ ops.permute(heads(k), [0, 1, 3, 2])  # rounded to q's dtype: the bug
+    wv = ops.softmax(scores * (head_dim**-0.5)) @ heads(v)
+    return ops.reshape(ops.permute(wv, [0, 2, 1, 3]), [batch, n_ctx, n_state])
+
+
+@pytest.fixture(scope="module")
+def attention_case():
+    spec = SPECS["attention"]
+    rng = np.random.default_rng(9)
+    params = random_params(rng, spec.param_shapes(TINY_EN))
+    return spec, spec.draw(rng, TINY_EN, 1, 300, "normal"), params
+
+
+def test_bf16_attention_with_16bit_scores_fails_the_rule(attention_case, device, monkeypatch, record_parity):
+    spec, x, params = attention_case
+    dtype = "bfloat16"
+    expected = run_reference(spec, TINY_EN, x, params)
+    same = run_reference(spec, TINY_EN, x, params, torch_dtype(dtype), torch_device(device))
+    clean = compare("attention[bfloat16]", run_max(spec, TINY_EN, x, params, dtype, device), expected,
+                    spec.check(dtype), same)
+    assert clean.passed, clean.report()
+
+    monkeypatch.setattr(layers, "qkv_attention", _scores_in_dtype)
+    graph, _ = functional_graph("attention_bf16_scores", lambda xs, s: spec.build(xs, s, TINY_EN),
+                                spec.input_shapes(TINY_EN), spec.param_shapes(TINY_EN), device_ref(device),
+                                dtype_of(dtype))
+    bugged = Compiled(graph, device)(x["x"], *(params[k] for k in spec.param_shapes(TINY_EN)))[0]
+    c = compare("mutant attention scores in bfloat16", bugged, expected, spec.check(dtype), same)
+    record_parity(c)
+    assert not c.passed, f"scores rounded to bfloat16 pass the rule:\n{c.report()}"
+
+
+def test_every_report_says_real_or_emulated():
+    assert mode("float32") == "float32"
+    for dtype in ("bfloat16", "float16"):
+        assert dtype in mode(dtype)
+        assert ("emulated" in mode(dtype)) == bool(EMULATED[dtype])
+
+
+def test_a_float32_only_record_refuses_a_16bit_graph():
+    """The decoder's records are float32 only (`registry.DECODER_DTYPES`): asking for a bfloat16 one is
+    a ValueError naming the record, before any graph is built."""
+    spec = SPECS["cached_attention"]
+    assert spec.dtypes == ("float32",)
+    with pytest.raises(ValueError, match="cached_attention is built in float32 only, not bfloat16"):
+        run_max(spec, TINY_EN, {}, {}, "bfloat16")
