@@ -36,7 +36,7 @@ from maxwhisper.harness.reference.capture import layer_ids, trace_encoder
 from maxwhisper.harness.reference.modules import reference_encoder
 from maxwhisper.harness.registry import golden_cases
 from maxwhisper.harness.speech import speech_dir
-from maxwhisper.layers import encoder_trace
+from maxwhisper.layers import decoder_trace, encoder_trace
 from maxwhisper.weights import load_weights, weights_hash
 
 N_SPREAD = 20  # evenly spread positions; with the boundary pair, the peak and HARD_FRAME: 24
@@ -46,9 +46,9 @@ N_SPREAD = 20  # evenly spread positions; with the boundary pair, the peak and H
 HARD_FRAME = 1473
 
 
-def positions(frames: int, boundary: int, *special: int) -> np.ndarray:
-    """Sorted distinct time positions: N_SPREAD spread over 0..frames-1, boundary-1, boundary, special."""
-    spread = np.round(np.linspace(0, frames - 1, N_SPREAD)).astype(np.int64)
+def positions(frames: int, boundary: int, *special: int, spread: int = N_SPREAD) -> np.ndarray:
+    """Sorted distinct time positions: `spread` spread over 0..frames-1, boundary-1, boundary, special."""
+    spread = np.round(np.linspace(0, frames - 1, spread)).astype(np.int64)
     extra = [min(max(p, 0), frames - 1) for p in (boundary - 1, boundary, *special)]
     return np.unique(np.concatenate([spread, extra]))
 
@@ -116,6 +116,16 @@ def build() -> dict[str, np.ndarray]:
 
 
 def main() -> None:
+    which = sys.argv[1:] or ["encoder", "decoder"]  # the decoder's features come from the encoder fixture
+    if not set(which) <= {"encoder", "decoder"}:
+        sys.exit(f"usage: {golden.REGENERATE} [encoder] [decoder] (both when none is named)")
+    if "encoder" in which:
+        write_encoder()
+    if "decoder" in which:
+        write_decoder()
+
+
+def write_encoder() -> None:
     arrays = build()
     golden.FIXTURE.parent.mkdir(parents=True, exist_ok=True)
     golden.save_npz(golden.FIXTURE, arrays)
@@ -128,6 +138,117 @@ def main() -> None:
           + ", ".join(f"{len(p)} of {n} frames" for n, p in fx.positions.items())
           + f"; weights {fx.weights_hash[:12]}.., mel {fx.mel_hash[:12]}.., "
           f"openai-whisper {fx.whisper_version}, torch {fx.torch_version}")
+
+
+# ------------------------------------------------------------------ the decoder's fixture
+# Token positions stored per layer: 16 spread over the T = 28 steps, the prompt/cache boundary pair
+# (the prompt's last token, the first cached step) and the two steps nearest a tie for the top-1
+# token (whose argmax a small error flips first): 18 of 28. All 28 cost 3.1 MB compressed, and with
+# the 2.1 MB of features the file would pass 5 MB. A cache bug at a left-out step still shows at the
+# stored steps after it, which attend to its keys and values, and in every step's top-1 token.
+N_TOKEN_SPREAD = 16
+N_NEAR_TIES = 2
+# Logits (T x 51864 vocab, 5.8 MB) are stored at every step at LOGIT_COLUMNS columns: the TOP_K
+# largest (the argmax's competition, and the row's largest |logit|, which the absolute guard scales
+# by), the BOTTOM_K smallest, and the rest drawn at random without replacement (seeded, a new draw
+# each step): the bulk of the vocabulary, where the RMS the rule scales by lives. The top-k bias that
+# RMS up ~1.5x for MAX and PyTorch alike, so their ratio is unchanged. Two steps are also stored over
+# the whole vocabulary (a bug confined to some rows of the embedding, e.g. the special tokens,
+# shows there): the prompt's last (the first token openai-whisper decodes) and the one that
+# predicts end of text. The argmax and the top-two gap are stored from float64 at every step, so
+# the top-1 check needs no stored row.
+LOGIT_COLUMNS, TOP_K, BOTTOM_K, LOGIT_SEED = 512, 16, 4, 0
+
+
+def logit_columns(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(T, LOGIT_COLUMNS) vocabulary columns per step of `logits` (T, n_vocab): see LOGIT_COLUMNS."""
+    rows = []
+    for row in logits:
+        order = np.argsort(row, kind="stable")
+        fixed = np.concatenate([order[::-1][:TOP_K], order[:BOTTOM_K]])
+        rest = np.setdiff1d(np.arange(row.size), fixed)
+        rows.append(np.sort(np.concatenate([fixed, rng.choice(rest, LOGIT_COLUMNS - fixed.size, replace=False)])))
+    return np.stack(rows).astype(np.int64)
+
+
+@torch.no_grad()
+def build_decoder() -> dict[str, np.ndarray]:
+    """The float64 decoder teacher-forced on jfk.flac's transcript over the float64 encoder's output on
+    the encoder fixture's mel, rounded to the float32 features MAX receives (the reference decoder
+    then reads those exact features, upcast). The speech folder is needed for the transcript only."""
+    from maxwhisper.harness import golden_decoder as gd
+    from maxwhisper.harness.reference.capture import reference_decoder_trace
+    from maxwhisper.harness.speech import reference_text
+    from maxwhisper.harness.verify import teacher_tokens
+
+    where = speech_dir()
+    text = reference_text(where / gd.AUDIO) if where is not None else None
+    if text is None:
+        sys.exit(f"make_fixtures: {gd.AUDIO}'s transcript is absent (../shared/speech/transcripts.tsv or "
+                 "$MAXWHISPER_SPEECH_DIR); the decoder fixture cannot be (re)generated without it")
+    dims, state_dict = load_weights(golden.MODEL)
+    enc = golden.load_fixture()
+    golden.check_fresh(enc, weights_hash(state_dict))
+    features = reference_encoder(dims, state_dict)(torch.from_numpy(enc.mel).double()).numpy().astype(np.float32)
+    tokens, prompt = teacher_tokens(dims, text), 2  # sot, notimestamps in one step, as verify decodes
+    trace = reference_decoder_trace(dims, state_dict, tokens, features.astype(np.float64))
+    ids = [t.id for t in decoder_trace(dims.n_text_layer)]
+    assert list(trace) == ids, "reference decoder trace ids differ from layers.decoder_trace"
+
+    logits = trace[gd.LOGITS][0]
+    top2 = np.sort(logits, axis=-1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0]
+    n_tok = tokens.shape[1]
+    ties = np.argsort(gap, kind="stable")[:N_NEAR_TIES]
+    fx = gd.DecoderFixture(  # only what `select` reads
+        path=gd.FIXTURE, version=0, weights_hash="", mel_hash="", text="", whisper_version="", torch_version="",
+        features=features, tokens=tokens, prompt=prompt, layer_ids=tuple(ids),
+        token_positions=positions(n_tok, prompt, *ties, spread=N_TOKEN_SPREAD),
+        frame_positions=enc.positions[dims.n_audio_ctx], layers={},
+        logit_columns=logit_columns(logits, np.random.default_rng(LOGIT_SEED)),
+        full_steps=np.array([prompt - 1, n_tok - 2]), full_logits=np.empty(0), top1=logits.argmax(-1),
+        top2_gap=gap)
+    out: dict[str, np.ndarray] = {
+        "meta/format_version": np.array(gd.FORMAT_VERSION, dtype=np.int64),
+        "meta/model": np.array(golden.MODEL),
+        "meta/audio": np.array(gd.AUDIO),
+        "meta/text": np.array(text),
+        "meta/weights_hash": np.array(weights_hash(state_dict)),
+        "meta/mel_hash": np.array(enc.mel_hash),
+        "meta/features_hash": np.array(gd.features_hash(features)),
+        "meta/prompt": np.array(prompt, dtype=np.int64),
+        "meta/logit_seed": np.array(LOGIT_SEED, dtype=np.int64),
+        "meta/whisper_version": np.array(whisper.__version__),
+        "meta/torch_version": np.array(torch.__version__),
+        "features": features,
+        "tokens": tokens.astype(np.int64),
+        "layer_ids": np.array(ids),
+        "positions/tokens": fx.token_positions,
+        "positions/frames": fx.frame_positions,
+        "logits/columns": fx.logit_columns,
+        "logits/full_steps": fx.full_steps,
+        "logits/full": np.ascontiguousarray(trace[gd.LOGITS][:, fx.full_steps], dtype=np.float32),
+        "logits/top1": fx.top1.astype(np.int64),
+        "logits/top2_gap": gap,
+    }
+    for k in ids:
+        out[f"act/{k}"] = np.ascontiguousarray(fx.select(k, trace[k]), dtype=np.float32)
+    return out
+
+
+def write_decoder() -> None:
+    from maxwhisper.harness import golden_decoder as gd
+
+    arrays = build_decoder()
+    golden.save_npz(gd.FIXTURE, arrays)
+    fx = gd.load_fixture()  # what the tests will read: it must load and be fresh
+    gd.check_fresh(fx, str(arrays["meta/weights_hash"]), fx.text)
+    print(f"wrote {gd.FIXTURE} ({gd.FIXTURE.stat().st_size / 1e6:.2f} MB, "
+          f"{sum(a.nbytes for a in arrays.values()) / 1e6:.2f} MB raw): format {fx.version}, "
+          f"{len(fx.layers)} layers; {fx.tokens.shape[1]} tokens (prompt {fx.prompt}), "
+          f"{len(fx.token_positions)} token positions, {len(fx.frame_positions)} frames, "
+          f"logits at {fx.logit_columns.shape[1]} columns per step and in full at steps "
+          f"{fx.full_steps.tolist()}; weights {fx.weights_hash[:12]}.., openai-whisper {fx.whisper_version}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,128 @@
+"""Golden decoder fixture: tiny.en's float64 reference decoder, teacher-forced on jfk.flac's transcript.
+
+`python -m maxwhisper.harness.make_fixtures decoder` writes it (see `make_fixtures.build_decoder` for
+what is inside); tests load it with `load_fixture()` and run the MAX decoder on its stored features
+and tokens, with neither the reference encoder nor the speech folder. Stale and missing files are
+refused as the encoder's fixture is (`golden.StaleFixtureError`, naming the regenerating command).
+
+A layer is stored at a subset of its positions (and the logits at a subset of columns), so a test
+takes the same subset of MAX's and PyTorch's full traces with `select`, the one place that knows how.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from maxwhisper.harness.golden import MODEL, StaleFixtureError, repo_file
+from maxwhisper.layers import decoder_trace
+from maxwhisper.sizes import SIZES
+
+# Bump when the file's layout or what it holds changes (keys, positions, columns, how it is made).
+FORMAT_VERSION = 1
+FIXTURE = repo_file("fixtures/tiny_en_jfk_decoder.npz")
+REGENERATE = "python -m maxwhisper.harness.make_fixtures decoder"
+AUDIO = "jfk.flac"
+LOGITS = "decoder.logits"
+
+
+def is_cross_kv(layer: str) -> bool:
+    """A cross-attention key or value: one row per audio frame (1500), not per token."""
+    return layer.endswith((".cross_attn.key", ".cross_attn.value"))
+
+
+def features_hash(features: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(features, dtype=np.float32).tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class DecoderFixture:
+    path: Path
+    version: int
+    weights_hash: str           # maxwhisper.weights.weights_hash of the whole tiny.en state dict
+    mel_hash: str               # the encoder golden fixture's mel, which the features were made from
+    text: str                   # the transcript the tokens spell
+    whisper_version: str        # informational: openai-whisper and torch that made the file
+    torch_version: str
+    features: np.ndarray        # (1, n_audio_ctx, n_audio_state) float32: the decoder's input
+    tokens: np.ndarray          # (1, T) int64: verify.teacher_tokens(dims, text)
+    prompt: int                 # tokens in the first step (the rest: one per step through the cache)
+    layer_ids: tuple[str, ...]  # as maxwhisper.layers.decoder_trace
+    token_positions: np.ndarray     # the stored token positions of every per-token layer (sorted)
+    frame_positions: np.ndarray     # the stored audio frames of the cross-attention keys and values
+    layers: dict[str, np.ndarray]   # id -> (1, positions, channels) float32; logits: (1, T, columns)
+    logit_columns: np.ndarray       # (T, C) int64: the vocabulary columns stored at each step
+    full_steps: np.ndarray          # steps whose logits are stored over the whole vocabulary
+    full_logits: np.ndarray         # (1, len(full_steps), n_vocab) float32
+    top1: np.ndarray                # (T,) the float64 reference's argmax at each step, whole vocabulary
+    top2_gap: np.ndarray            # (T,) float64: its largest logit minus its second largest
+
+    def select(self, layer: str, full: np.ndarray) -> np.ndarray:
+        """The stored part of `layer`'s full activation (batch, T or frames, channels) from any producer."""
+        if layer == LOGITS:
+            return np.take_along_axis(full, self.logit_columns[None], axis=-1)
+        return full[:, self.frame_positions if is_cross_kv(layer) else self.token_positions]
+
+    def top1_failures(self, logits: np.ndarray, tie: float) -> list[int]:
+        """Steps where `logits`' (1, T, n_vocab) argmax differs from the reference's, save near-ties
+        (the reference's top two within `tie`, which float32 rounding may break either way)."""
+        differ = np.flatnonzero(np.asarray(logits)[0].argmax(-1) != self.top1)
+        return [int(i) for i in differ if self.top2_gap[i] > tie]
+
+
+def load_fixture(path: str | Path = FIXTURE) -> DecoderFixture:
+    """Read the fixture; a missing, unreadable or self-inconsistent file raises StaleFixtureError."""
+    path = Path(path)
+    if not path.is_file():
+        raise StaleFixtureError(f"golden decoder fixture {path} is missing: regenerate it with `{REGENERATE}`")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ids = tuple(str(s) for s in z["layer_ids"])
+            fx = DecoderFixture(
+                path=path, version=int(z["meta/format_version"]), weights_hash=str(z["meta/weights_hash"]),
+                mel_hash=str(z["meta/mel_hash"]), text=str(z["meta/text"]),
+                whisper_version=str(z["meta/whisper_version"]), torch_version=str(z["meta/torch_version"]),
+                features=z["features"], tokens=z["tokens"], prompt=int(z["meta/prompt"]), layer_ids=ids,
+                token_positions=z["positions/tokens"], frame_positions=z["positions/frames"],
+                layers={k: z[f"act/{k}"] for k in ids}, logit_columns=z["logits/columns"],
+                full_steps=z["logits/full_steps"], full_logits=z["logits/full"], top1=z["logits/top1"],
+                top2_gap=z["logits/top2_gap"])
+            recorded = str(z["meta/features_hash"])
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
+        raise StaleFixtureError(f"golden decoder fixture {path} is unreadable or incomplete ({e}): "
+                                f"regenerate it with `{REGENERATE}`") from e
+    if features_hash(fx.features) != recorded:
+        raise StaleFixtureError(f"golden decoder fixture {path} is corrupt: its features do not hash to "
+                                f"their recorded hash: regenerate it with `{REGENERATE}`")
+    return fx
+
+
+def check_fresh(fixture: DecoderFixture, weights_hash: str, text: str | None = None) -> None:
+    """Raise StaleFixtureError naming every reason the fixture no longer matches (None: it does).
+
+    Always checked: the format version, the weights (exact), the layer ids of `layers.decoder_trace`,
+    and the tokens, which openai-whisper's tokenizer must still make from the stored text.
+    `text`, when given, is jfk.flac's transcript read now (it needs the speech folder, so it is optional).
+    """
+    from maxwhisper.harness.verify import teacher_tokens
+
+    reasons = []
+    if fixture.version != FORMAT_VERSION:
+        reasons.append(f"format version {fixture.version} != current FORMAT_VERSION {FORMAT_VERSION}")
+    if fixture.weights_hash != weights_hash:
+        reasons.append(f"weights hash {fixture.weights_hash[:12]}.. != current {MODEL} weights {weights_hash[:12]}..")
+    ids = tuple(t.id for t in decoder_trace(SIZES[MODEL].n_text_layer))
+    if fixture.layer_ids != ids:
+        reasons.append(f"layer ids differ from layers.decoder_trace ({len(fixture.layer_ids)} stored, {len(ids)} now)")
+    now = teacher_tokens(SIZES[MODEL], fixture.text)
+    if now.shape != fixture.tokens.shape or (now != fixture.tokens).any():
+        reasons.append(f"tokens differ from teacher_tokens of the stored text computed now ({now.shape[1]} tokens)")
+    if text is not None and text != fixture.text:
+        reasons.append(f"stored text {fixture.text!r} != {AUDIO}'s transcript now {text!r}")
+    if reasons:
+        raise StaleFixtureError(f"golden decoder fixture {fixture.path} is stale: " + "; ".join(reasons)
+                                + f". Regenerate it with `{REGENERATE}`")
