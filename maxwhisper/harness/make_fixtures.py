@@ -1,4 +1,6 @@
-"""Write the golden fixture: `python -m maxwhisper.harness.make_fixtures` (from the project root).
+"""Write the golden fixtures: `python -m maxwhisper.harness.make_fixtures [encoder] [decoder]` (from
+the project root; both when none is named). The decoder's (`golden_decoder.FIXTURE`) is described at
+`build_decoder`; the encoder's is:
 
 The float64 PyTorch reference encoder (openai-whisper's modules, `harness.reference.modules`) runs tiny.en on
 the log-mel of ../shared/speech/jfk.flac (read in place, never copied), and `harness.golden.FIXTURE`
