@@ -1,11 +1,12 @@
 """The decoder's mutation tests: each bug of `mutants.DECODER_BUGS`, injected while the decoder's own
 graph code (`layers.decoder`, `layers.cross_kv`) builds, is caught at its layer.
 
-Every mutant decodes tiny.en teacher-forced on jfk.flac's transcript over the golden fixture's audio
-features (float64 encoder on the checked-in mel: no speech data needed) the way openai-whisper does:
+Every mutant decodes tiny.en teacher-forced on jfk.flac's transcript over the golden decoder fixture's
+audio features (`golden_decoder`: no speech data needed) the way openai-whisper does:
 a prompt of several tokens in one step (a mask bug shows there), then one token per step through the
 KV cache (a cache or position bug shows there). Its trace is judged as `maxwhisper verify` judges the
-decoder, and the first failing layer must be the bug's. All mutants share one cross graph and one step
+decoder, against the fixture's stored float64 reference (the reference decodes all tokens at once, so
+its activations do not depend on the prompt length), and the first failing layer must be the bug's. All mutants share one cross graph and one step
 graph (each mutant with its own caches), because a MAX compile costs minutes cold whatever its size.
 """
 
@@ -19,17 +20,16 @@ from max.graph import Graph, TensorType
 
 from maxwhisper import layers
 from maxwhisper.decoder import is_cross
-from maxwhisper.harness import golden as g
+from maxwhisper.harness import golden_decoder as gd
 from maxwhisper.harness.compare import compare_traces
+from maxwhisper.harness.golden import StaleFixtureError
 from maxwhisper.harness.reference.capture import reference_decoder_trace
-from maxwhisper.harness.reference.modules import reference_encoder
 from maxwhisper.harness.registry import check_of, input_of
 from maxwhisper.harness.runners import torch_device
-from maxwhisper.harness.verify import teacher_tokens
 from maxwhisper.runtime import Compiled, device_ref, weight_lookup
+from maxwhisper.weights import weights_hash
 from mutants import DECODER_BUGS, assert_caught_at
 
-TEXT = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
 PROMPT = 6  # sot, notimestamps and 4 words' tokens in the first step
 
 
@@ -72,14 +72,17 @@ def _graphs(dims, shapes, ref):
 def decoder_mutant_traces(tiny_en, device):
     dims, state_dict = tiny_en
     n = dims.n_text_layer
-    with torch.no_grad():
-        features = reference_encoder(dims, state_dict)(torch.from_numpy(g.load_fixture().mel).double()).numpy()
-    tokens = teacher_tokens(dims, TEXT)
+    fx = gd.load_fixture()
+    try:
+        gd.check_fresh(fx, weights_hash(state_dict))
+    except StaleFixtureError as e:
+        pytest.fail(str(e), pytrace=False)
+    features, tokens = fx.features, fx.tokens
     weights = {k: v for k, v in state_dict.items() if k.startswith("decoder.")}
     ref = device_ref(device)
     cross_g, step_g, names = _graphs(dims, {k: v.shape for k, v in weights.items()}, ref)
     cross, step = Compiled(cross_g, device, weights), Compiled(step_g, device, weights)
-    kv = cross.execute(cross.to_device(features.astype(np.float32)))
+    kv = cross.execute(cross.to_device(features))
     cross_ids = [t.id for t in layers.decoder_trace(n) if is_cross(t.id)]
     traces = {bug: {i: [kv[b * 2 * n + j].to_numpy()] for j, i in enumerate(cross_ids)}
               for b, bug in enumerate(DECODER_BUGS)}
@@ -96,11 +99,10 @@ def decoder_mutant_traces(tiny_en, device):
             for i, o in zip(ids, outs[at + 2 * n: at + 2 * n + len(ids)]):
                 traces[bug].setdefault(i, []).append(o.to_numpy())
             at += 2 * n + len(ids)
-    traces = {bug: {i: np.concatenate(v, axis=1) for i, v in t.items()} for bug, t in traces.items()}
-    expected = reference_decoder_trace(dims, state_dict, tokens, features)
-    torch32 = reference_decoder_trace(dims, state_dict, tokens, features.astype(np.float32), torch.float32,
-                                      torch_device(device))
-    return traces, expected, torch32, dims
+    # each trace cut to the positions and logit columns the fixture stores
+    traces = {bug: {i: fx.select(i, np.concatenate(v, axis=1)) for i, v in t.items()} for bug, t in traces.items()}
+    torch32 = reference_decoder_trace(dims, state_dict, tokens, features, torch.float32, torch_device(device))
+    return traces, fx.layers, {i: fx.select(i, v) for i, v in torch32.items()}, dims
 
 
 @pytest.mark.parametrize("bug", DECODER_BUGS)
