@@ -21,7 +21,8 @@ from max.graph import DeviceRef, Graph, TensorType
 from whisper.model import ModelDimensions
 
 from maxwhisper import layers
-from maxwhisper.runtime import Compiled, device_ref, weight_lookup
+from maxwhisper.precision import dtype_of, param_dtype
+from maxwhisper.runtime import Compiled, device_buffer, device_ref, host_float32, host_raw, weight_lookup
 
 
 def _kv_names(n_layer: int, kind: str) -> list[str]:
@@ -29,21 +30,29 @@ def _kv_names(n_layer: int, kind: str) -> list[str]:
     return [f"cache.decoder.blocks.{i}.{kind}.{p}" for i in range(n_layer) for p in ("key", "value")]
 
 
+def _weights(shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef, dtype: DType):
+    """Weights stored in the precision policy's dtype per key (`precision.param_dtype`)."""
+    return weight_lookup({}, shapes, ref, lambda key: param_dtype(key, dtype))
+
+
 def step_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef,
-               trace: bool = False) -> tuple[Graph, list[str]]:
+               trace: bool = False, dtype: DType = DType.float32) -> tuple[Graph, list[str]]:
     """(tokens, n_layer x (self k, self v), n_layer x (cross k, cross v)) -> (logits, grown caches).
 
-    With `trace`, the recorded activations (`layers.decoder_trace`) come after the caches.
+    Caches and cross K/V are in `dtype` (a 16-bit cache is half the bytes); logits are float32 (whisper
+    returns `.float()` logits). With `trace`, the recorded activations (`layers.decoder_trace`, in
+    `dtype`) come after the caches.
     """
     d, n = dims.n_text_state, dims.n_text_layer
     types = [TensorType(DType.int64, ["batch", "n_tok"], ref)]
-    types += [TensorType(DType.float32, ["batch", "n_cache", d], ref)] * (2 * n)
-    types += [TensorType(DType.float32, ["batch", dims.n_audio_ctx, d], ref)] * (2 * n)
-    with Graph("whisper_decoder_step" + ("_trace" if trace else ""), input_types=types) as g:
+    types += [TensorType(dtype, ["batch", "n_cache", d], ref)] * (2 * n)
+    types += [TensorType(dtype, ["batch", dims.n_audio_ctx, d], ref)] * (2 * n)
+    name = "whisper_decoder_step" + ("_trace" if trace else "") + ("" if dtype == DType.float32 else f"_{dtype}")
+    with Graph(name, input_types=types) as g:
         xs = [v.tensor for v in g.inputs]
         pairs = lambda vs: [(vs[2 * i], vs[2 * i + 1]) for i in range(n)]  # noqa: E731
         rec: dict | None = {} if trace else None
-        scope = layers.Scope(weight_lookup({}, shapes, ref), "decoder.", rec)
+        scope = layers.Scope(_weights(shapes, ref, dtype), "decoder.", rec)
         out, grown = layers.decoder(xs[0], pairs(xs[1:1 + 2 * n]), pairs(xs[1 + 2 * n:]), scope,
                                     dims.n_text_head, ref)
         if trace:
@@ -59,14 +68,18 @@ def is_cross(trace_id: str) -> bool:
     return trace_id.endswith((".cross_attn.key", ".cross_attn.value"))
 
 
-def cross_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef) -> tuple[Graph, list[str]]:
-    """Audio features -> (cross k, cross v) of every block, named by their trace ids."""
+def cross_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef,
+                dtype: DType = DType.float32) -> tuple[Graph, list[str]]:
+    """Audio features (float32, as the encoder returns them) -> (cross k, cross v) of every block in
+    `dtype`, named by their trace ids."""
     t = TensorType(DType.float32, ["batch", dims.n_audio_ctx, dims.n_audio_state], ref)
-    with Graph("whisper_decoder_cross_kv", input_types=[t]) as g:
+    name = "whisper_decoder_cross_kv" + ("" if dtype == DType.float32 else f"_{dtype}")
+    with Graph(name, input_types=[t]) as g:
         rec: dict = {}
-        lookup = weight_lookup({}, shapes, ref)
+        lookup = _weights(shapes, ref, dtype)
+        xa = layers.cast(g.inputs[0].tensor, dtype)
         for i in range(dims.n_text_layer):
-            layers.cross_kv(g.inputs[0].tensor, layers.Scope(lookup, f"decoder.blocks.{i}.cross_attn.", rec))
+            layers.cross_kv(xa, layers.Scope(lookup, f"decoder.blocks.{i}.cross_attn.", rec))
         want = [t.id for t in layers.decoder_trace(dims.n_text_layer) if is_cross(t.id)]
         if list(rec) != want:
             raise RuntimeError(f"cross_kv recorded {list(rec)}, layers.decoder_trace says {want}")
@@ -100,22 +113,26 @@ def check_features(features, dims: ModelDimensions) -> np.ndarray:
 
 
 class MaxDecoder:
-    """The decoder's two graphs on one device, weights bound from the state dict."""
+    """The decoder's two graphs on one device, weights bound from the state dict, computing in
+    `dtype` under the policy of `maxwhisper.precision` (logits are float32 in every dtype)."""
 
-    def __init__(self, dims: ModelDimensions, state_dict: Mapping[str, np.ndarray], device: str = "cpu"):
-        self.dims, self.device = dims, device
+    def __init__(self, dims: ModelDimensions, state_dict: Mapping[str, np.ndarray], device: str = "cpu",
+                 dtype: str = "float32"):
+        self._dtype = dtype_of(dtype)  # a bad dtype fails here, naming it
+        self.dims, self.device, self.dtype = dims, device, dtype
         self.weights = {k: v for k, v in state_dict.items() if k.startswith("decoder.")}
         self._compiled: dict[str, Compiled] = {}
 
     def compile(self, which: str = "step") -> Compiled:
         if which not in self._compiled:
             shapes = {k: v.shape for k, v in self.weights.items()}
-            ref = device_ref(self.device)
-            build = {"step": lambda: step_graph(self.dims, shapes, ref),
-                     "trace": lambda: step_graph(self.dims, shapes, ref, trace=True),
-                     "cross": lambda: cross_graph(self.dims, shapes, ref)}[which]
+            ref, dtype = device_ref(self.device), self._dtype
+            build = {"step": lambda: step_graph(self.dims, shapes, ref, dtype=dtype),
+                     "trace": lambda: step_graph(self.dims, shapes, ref, trace=True, dtype=dtype),
+                     "cross": lambda: cross_graph(self.dims, shapes, ref, dtype)}[which]
             graph, names = build()
-            self._compiled[which] = Compiled(graph, self.device, self.weights, names)
+            kinds = {k: param_dtype(k, dtype) for k in self.weights}
+            self._compiled[which] = Compiled(graph, self.device, self.weights, names, kinds)
         return self._compiled[which]
 
     def start(self, features: np.ndarray, group: int = 1) -> DecoderState:
@@ -126,7 +143,7 @@ class MaxDecoder:
         cross = self.compile("cross")
         kv = cross.execute(cross.to_device(features))
         if group > 1:  # copying K/V costs less than computing them `group` times
-            kv = [cross.to_device(np.repeat(b.to(driver.CPU()).to_numpy(), group, axis=0)) for b in kv]
+            kv = [self.buffer(np.repeat(host_raw(b), group, axis=0)) for b in kv]
         return DecoderState(self, kv, len(features) * group)
 
     def trace(self, tokens, features: np.ndarray, prompt: int = 1) -> dict[str, np.ndarray]:
@@ -137,15 +154,19 @@ class MaxDecoder:
         if not 1 <= prompt <= tokens.shape[1]:
             raise ValueError(f"prompt must be 1..{tokens.shape[1]} tokens, got {prompt}")
         state = self.start(features)
-        out = {n: [b.to(driver.CPU()).to_numpy()] for n, b in zip(self.compile("cross").output_names, state.cross)}
+        out = {n: [host_float32(b)] for n, b in zip(self.compile("cross").output_names, state.cross)}
         compiled = self.compile("trace")
         skip = 1 + 2 * self.dims.n_text_layer  # logits and the grown caches come first
         for lo, hi in [(0, prompt), *((i, i + 1) for i in range(prompt, tokens.shape[1]))]:
             outs = compiled.execute(compiled.to_device(tokens[:, lo:hi]), *state.cache, *state.cross)
             state.cache = outs[1:skip]
             for n, o in zip(compiled.output_names[skip:], outs[skip:]):
-                out.setdefault(n, []).append(o.to(driver.CPU()).to_numpy())
+                out.setdefault(n, []).append(host_float32(o))
         return {n: np.concatenate(v, axis=1) for n, v in out.items()}
+
+    def buffer(self, array: np.ndarray) -> driver.Buffer:
+        """An activation (float32 values, or `host_raw` bits) as a buffer in the decoder's dtype on its device."""
+        return device_buffer(array, self._dtype, self.compile("step").model.input_devices[0])
 
 
 class DecoderState:
@@ -154,9 +175,8 @@ class DecoderState:
     def __init__(self, decoder: MaxDecoder, cross: Sequence[driver.Buffer], batch: int):
         self.decoder, self.cross, self.batch = decoder, list(cross), batch
         d = decoder.dims
-        step = decoder.compile("step")
         empty = np.zeros((batch, 0, d.n_text_state), np.float32)
-        self.cache = [step.to_device(empty) for _ in range(2 * d.n_text_layer)]
+        self.cache = [decoder.buffer(empty) for _ in range(2 * d.n_text_layer)]
         self.length = 0
 
     def step(self, tokens) -> np.ndarray:
@@ -167,7 +187,7 @@ class DecoderState:
         step = self.decoder.compile("step")
         logits, *self.cache = step.execute(step.to_device(tokens), *self.cache, *self.cross)
         self.length += tokens.shape[1]
-        return logits.to(driver.CPU()).to_numpy()
+        return host_float32(logits)
 
     def reorder(self, source: Sequence[int]) -> None:
         """Row i of the self-attention cache becomes row source[i] (beam search's rearrangement)."""
@@ -176,5 +196,4 @@ class DecoderState:
             raise ValueError(f"source indices must be {self.batch} rows in [0, {self.batch}), got {source.tolist()}")
         if (source == np.arange(self.batch)).all():
             return
-        step = self.decoder.compile("step")
-        self.cache = [step.to_device(np.ascontiguousarray(c.to(driver.CPU()).to_numpy()[source])) for c in self.cache]
+        self.cache = [self.decoder.buffer(host_raw(c)[source]) for c in self.cache]

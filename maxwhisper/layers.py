@@ -182,14 +182,15 @@ def causal_mask(n_cache, n_tok, ref) -> TensorValue:
                      ops.constant(0.0, DType.float32, ref))
 
 
-def token_embedding(tokens: TensorValue, n_cache, s: Scope) -> TensorValue:
-    """Token embedding plus the positional embedding at positions n_cache ... n_cache + n_tok - 1."""
+def token_embedding(tokens: TensorValue, n_cache, s: Scope, dtype: DType = DType.float32) -> TensorValue:
+    """Token embedding plus the positional embedding at positions n_cache ... n_cache + n_tok - 1,
+    rounded to `dtype` once: whisper adds the float32 tables, then `x.to(xa.dtype)`."""
     n_tok = tokens.shape[1]
     start = ops.reshape(ops.shape_to_tensor([n_cache]), [])
     stop = ops.reshape(ops.shape_to_tensor([n_cache + n_tok]), [])
-    pos = ops.slice_tensor(s("positional_embedding"), [(slice(start, stop), n_tok), slice(None)])
-    x = ops.gather(s("token_embedding.weight"), tokens, axis=0)
-    return s.record(x + pos, "positional_embedding")
+    pos = ops.slice_tensor(cast(s("positional_embedding"), DType.float32), [(slice(start, stop), n_tok), slice(None)])
+    x = ops.gather(cast(s("token_embedding.weight"), DType.float32), tokens, axis=0)
+    return s.record(cast(x + pos, dtype), "positional_embedding")
 
 
 def cached_attention(x: TensorValue, cache: tuple[TensorValue, TensorValue], s: Scope, n_head: int,
@@ -226,15 +227,20 @@ def decoder_block(x: TensorValue, cache: tuple[TensorValue, TensorValue], cross:
 def logits(x: TensorValue, s: Scope) -> TensorValue:
     """Final LayerNorm, then logits through the tied token embedding: x @ E^T."""
     x = layer_norm(x, s.sub("ln"))
-    return s.record(x @ ops.transpose(s("token_embedding.weight"), 0, 1), "logits")
+    # whisper: (x @ E.to(x.dtype).T).float(): a 16-bit matmul, its rounded result leaves as float32.
+    # The table is stored in float32 (the embedding adds it unrounded), so a 16-bit graph casts it
+    # per step: on the CPU that reads the 80 MB table twice, a cost only 16-bit pays.
+    y = x @ ops.transpose(cast(s("token_embedding.weight"), x.dtype), 0, 1)
+    return s.record(cast(y, DType.float32), "logits")
 
 
 def decoder(tokens: TensorValue, caches: list, crosses: list, s: Scope, n_head: int,
             ref) -> tuple[TensorValue, list]:
-    """openai-whisper's TextDecoder.forward with a kv_cache; `s` is scoped at "decoder."."""
+    """openai-whisper's TextDecoder.forward with a kv_cache; `s` is scoped at "decoder.". The
+    activations and caches are in the cross-attention keys' dtype (whisper: `x.to(xa.dtype)`)."""
     n_cache = caches[0][0].shape[1]
     mask = causal_mask(n_cache, tokens.shape[1], ref)
-    x = token_embedding(tokens, n_cache, s)
+    x = token_embedding(tokens, n_cache, s, crosses[0][0].dtype)
     grown = []
     for i, (cache, cross) in enumerate(zip(caches, crosses)):
         x, cache = decoder_block(x, cache, cross, s.sub(f"blocks.{i}"), n_head, mask)

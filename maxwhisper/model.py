@@ -108,7 +108,7 @@ class MaxWhisper:
     @functools.cached_property
     def decoder(self) -> MaxDecoder:
         """The text decoder's MAX graphs (compiled on first use), on this model's device."""
-        return MaxDecoder(self.dims, self.state_dict, self.device)
+        return MaxDecoder(self.dims, self.state_dict, self.device, self.dtype)
 
     def transcribe(self, audio, **options) -> dict:
         """openai-whisper's `transcribe` result dict for a file or 16 kHz float32 samples, encoder and

@@ -15,6 +15,13 @@ run in the same dtype follows the same policy by construction:
   softmax in float32: torch's SDPA on 16-bit inputs keeps them in float32 (its `opmath` type);
 - GELU in the dtype (whisper's `F.gelu` on a 16-bit tensor);
 - the mel enters as float32 and is rounded in the graph; the encoder output leaves as float32.
+The decoder follows the same policy (whisper's `TextDecoder` under `fp16=True`):
+- the token and positional embeddings are added in float32 and the sum rounded once
+  (`x.to(xa.dtype)`); the features enter as float32 and are rounded before the cross K/V matmuls;
+- the self-attention cache and cross K/V are 16-bit (what whisper's kv_cache hooks hold), the
+  causal mask and softmax float32 (the emulated attention core), the final LayerNorm float32;
+- logits are the 16-bit matmul with the token embedding cast to the dtype, returned as float32
+  (`.float()`), which openai-whisper's decoding reads.
 
 Measured on MAX 26.7's CPU (small shapes, against torch's same-dtype op): cast, matmul, layer_norm,
 softmax and gelu compile in bfloat16 and float16 and agree within 1-2 ulps. One op is emulated, the
@@ -38,7 +45,10 @@ DTYPES = {"float32": DType.float32, "bfloat16": DType.bfloat16, "float16": DType
 EMULATED: dict[str, tuple[str, ...]] = {d: ("conv stem matmul", "attention core") for d in ("bfloat16", "float16")}
 
 # Parameters kept in float32 whatever the dtype (openai-whisper's LayerNorms and positions).
-_FLOAT32_PARAMS = ("_ln.weight", "_ln.bias", "ln_post.weight", "ln_post.bias", "positional_embedding")
+# The decoder's token embedding too: whisper adds it to the positions in float32 before rounding (its
+# logits matmul casts it to the dtype per step, `layers.logits`).
+_FLOAT32_PARAMS = ("_ln.weight", "_ln.bias", "ln_post.weight", "ln_post.bias", "decoder.ln.weight", "decoder.ln.bias",
+                   "positional_embedding", "token_embedding.weight")
 
 
 def dtype_of(name: str) -> DType:

@@ -52,6 +52,32 @@ def weight_data(a: np.ndarray, dtype: DType):
     raise ValueError(f"weights in {dtype}: expected float32, bfloat16 or float16")
 
 
+def host_float32(buffer: driver.Buffer) -> np.ndarray:
+    """A float buffer on any device as a float32 numpy array (bfloat16 widened exactly: numpy has
+    no bfloat16, so its bits are read as uint16 and shifted into float32's upper half)."""
+    buffer = buffer.to(driver.CPU())
+    if buffer.dtype == DType.bfloat16:
+        return (buffer.view(DType.uint16).to_numpy().astype(np.uint32) << 16).view(np.float32)
+    return buffer.to_numpy().astype(np.float32, copy=False)
+
+
+def host_raw(buffer: driver.Buffer) -> np.ndarray:
+    """A buffer's data on the host as numpy holds it without rounding (bfloat16 as its uint16 bits),
+    to be rearranged and sent back with `device_buffer(..., buffer.dtype)`."""
+    buffer = buffer.to(driver.CPU())
+    return buffer.view(DType.uint16).to_numpy() if buffer.dtype == DType.bfloat16 else buffer.to_numpy()
+
+
+def device_buffer(array: np.ndarray, dtype: DType, device: driver.Device) -> driver.Buffer:
+    """`array` (float32 values, or `host_raw`'s bits of a bfloat16 buffer) as a `dtype` buffer on `device`."""
+    if dtype == DType.bfloat16 and array.dtype == np.uint16:
+        data = driver.Buffer.from_numpy(np.ascontiguousarray(array)).view(DType.bfloat16)
+    else:
+        data = weight_data(np.asarray(array), dtype)
+        data = data if isinstance(data, driver.Buffer) else driver.Buffer.from_numpy(np.ascontiguousarray(data))
+    return data.to(device)
+
+
 class Compiled:
     """A loaded MAX model called with numpy arrays and returning numpy arrays.
 

@@ -68,11 +68,3 @@ def test_every_report_says_real_or_emulated():
         assert dtype in mode(dtype)
         assert ("emulated" in mode(dtype)) == bool(EMULATED[dtype])
 
-
-def test_a_float32_only_record_refuses_a_16bit_graph():
-    """The decoder's records are float32 only (`registry.DECODER_DTYPES`): asking for a bfloat16 one is
-    a ValueError naming the record, before any graph is built."""
-    spec = SPECS["cached_attention"]
-    assert spec.dtypes == ("float32",)
-    with pytest.raises(ValueError, match="cached_attention is built in float32 only, not bfloat16"):
-        run_max(spec, TINY_EN, {}, {}, "bfloat16")

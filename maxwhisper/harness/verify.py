@@ -23,7 +23,9 @@ DEFAULT_SENTENCE = "And so my fellow Americans, ask not what your country can do
 
 # A position where MAX's top-1 token differs from the reference's is a failure unless the reference's
 # own top two logits lie within this of each other (a tie float32 rounding may break either way:
-# logits err ~5e-5 against float64 on jfk.flac, MAX and PyTorch float32 alike).
+# logits err ~5e-5 against float64 on jfk.flac, MAX and PyTorch float32 alike). In a 16-bit dtype
+# the tie widens to twice PyTorch's own largest logit error at that step in the same dtype: a margin
+# the yardstick itself could flip is no evidence against MAX.
 TOP1_TIE = 1e-3
 
 
@@ -84,21 +86,18 @@ def verify_model(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTE
     rows = compare_traces(model.encode_trace(mel), expected, check, same, input_of(model.dims))
     rows.append(compare(ENCODER_OUTPUT, model.encode(mel), expected["encoder.ln_post"], check(ENCODER_OUTPUT),
                         same["encoder.ln_post"]))
-    if model.dtype != "float32":
-        # The decoder has no precision axis yet: its graphs are float32 only, so a 16-bit run has no
-        # decoder rows rather than float32 rows under a 16-bit heading.
-        return rows, dict(text=text, skipped=f"the decoder runs in float32 only, not {model.dtype}")
     features, tokens = expected["encoder.ln_post"], teacher_tokens(model.dims, text)
     prompt = 2  # sot, notimestamps: openai-whisper's first step takes its initial tokens at once
     actual = model.decoder.trace(tokens, features.astype(np.float32), prompt)
     ref = reference_decoder_trace(model.dims, model.state_dict, tokens, features)
-    ref32 = reference_decoder_trace(model.dims, model.state_dict, tokens, features.astype(np.float32),
-                                    torch.float32, device)
-    rows += compare_traces(actual, ref, check, ref32, input_of(model.dims))
+    same = reference_decoder_trace(model.dims, model.state_dict, tokens, features.astype(np.float32),
+                                   torch_dtype(model.dtype), device)
+    rows += compare_traces(actual, ref, check, same, input_of(model.dims))
     logits = ref["decoder.logits"][0]
     top2 = np.sort(logits, axis=-1)[:, -2:]
     differ = np.flatnonzero(actual["decoder.logits"][0].argmax(-1) != logits.argmax(-1))
-    failures = [int(i) for i in differ if top2[i, 1] - top2[i, 0] > TOP1_TIE]
+    tie = np.maximum(TOP1_TIE, 2 * np.abs(same["decoder.logits"][0] - logits).max(-1))
+    failures = [int(i) for i in differ if top2[i, 1] - top2[i, 0] > tie[i]]
     return rows, dict(text=text, steps=int(tokens.shape[1]), top1_equal=int(tokens.shape[1] - len(differ)),
                       top1_failures=failures)
 

@@ -98,13 +98,16 @@ def trace_decoder(decoder: wm.TextDecoder, tokens: torch.Tensor, xa: torch.Tenso
     finally:
         for h in hooks:
             h.remove()
-    return {k: out[k].detach().cpu().numpy() for k in ids}
+    return {k: _numpy(out[k]) for k in ids}
 
 
 def reference_decoder_trace(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray], tokens: np.ndarray,
                             features: np.ndarray, dtype: torch.dtype = torch.float64,
                             device: str = "cpu") -> dict[str, np.ndarray]:
-    """openai-whisper's decoder, teacher-forced on `tokens` over `features`, every activation by id."""
-    decoder = reference_decoder(dims, state_dict, dtype).to(device)
+    """openai-whisper's decoder, teacher-forced on `tokens` over `features`, every activation by id.
+    In a 16-bit dtype it is whisper's own mixed precision, as `reference_trace`: float32 weights, the
+    features rounded to `dtype`."""
+    weights = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+    decoder = reference_decoder(dims, state_dict, weights).to(device)
     return trace_decoder(decoder, torch.from_numpy(np.asarray(tokens, np.int64)).to(device),
                          torch.from_numpy(np.asarray(features)).to(device, dtype))

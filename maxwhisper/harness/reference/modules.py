@@ -111,8 +111,8 @@ class TokenEmbedding(nn.Module):
         self.positional_embedding = nn.Parameter(torch.empty(n_ctx, n_state))
 
     def forward(self, tokens: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
-        offset = cache.shape[1]
-        return self.token_embedding(tokens) + self.positional_embedding[offset:offset + tokens.shape[-1]]
+        offset = cache.shape[1]  # then whisper's `x.to(xa.dtype)`: the cache's dtype here
+        return (self.token_embedding(tokens) + self.positional_embedding[offset:offset + tokens.shape[-1]]).to(cache.dtype)
 
 
 class CachedSelfAttention(wm.MultiHeadAttention):
