@@ -67,11 +67,13 @@ class DecoderFixture:
             return np.take_along_axis(full, self.logit_columns[None], axis=-1)
         return full[:, self.frame_positions if is_cross_kv(layer) else self.token_positions]
 
-    def top1_failures(self, logits: np.ndarray, tie: float) -> list[int]:
+    def top1_failures(self, logits: np.ndarray, tie: float | np.ndarray) -> list[int]:
         """Steps where `logits`' (1, T, n_vocab) argmax differs from the reference's, save near-ties
-        (the reference's top two within `tie`, which float32 rounding may break either way)."""
+        (the reference's top two within `tie`, one figure or one per step, which rounding may break
+        either way)."""
+        tie = np.broadcast_to(np.asarray(tie, np.float64), self.top1.shape)
         differ = np.flatnonzero(np.asarray(logits)[0].argmax(-1) != self.top1)
-        return [int(i) for i in differ if self.top2_gap[i] > tie]
+        return [int(i) for i in differ if self.top2_gap[i] > tie[i]]
 
 
 def load_fixture(path: str | Path = FIXTURE) -> DecoderFixture:
