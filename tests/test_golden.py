@@ -16,6 +16,7 @@ import torch
 
 from maxwhisper.harness import golden as g
 from maxwhisper.harness.compare import Check, assert_parity, compare_traces, first_failure
+from maxwhisper.harness.pytest_plugin import LOW_DTYPES, dtype_param
 from maxwhisper.harness.reference.capture import layer_ids, reference_trace
 from maxwhisper.harness.registry import check_of, golden_cases, input_of
 from maxwhisper.harness.runners import run_max, run_reference, torch_device, torch_dtype
@@ -205,7 +206,7 @@ def test_golden_one_layer(spec, case, golden, tiny_en, device, record_parity):
 
 
 # ------------------------------------------------------------------ 16-bit
-LOW = ("bfloat16", "float16")
+LOW = [dtype_param(d, d) for d in LOW_DTYPES]  # float16: --thorough only (pytest_plugin.LOW_DTYPES)
 
 
 @pytest.mark.parametrize("dtype", LOW)

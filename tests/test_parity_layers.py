@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from maxwhisper.harness.compare import assert_parity
 from maxwhisper.harness.inputs import random_params
+from maxwhisper.harness.pytest_plugin import LOW_DTYPES, dtype_param
 from maxwhisper.harness.registry import SPECS
 from maxwhisper.harness.runners import run_max, run_reference, torch_device, torch_dtype
 from maxwhisper.sizes import SIZES
@@ -70,9 +71,8 @@ def test_layer_parity(name, regime, seed, batch, length, long_length, odd_frames
 # 16-bit: every record and regime, judged by the same rule against PyTorch in the same dtype (whisper's
 # own mixed precision, `maxwhisper.precision`). A third of the float32 examples (at least 2): each
 # (record, dtype) is a graph of its own to compile, and the rule and the inputs are float32's.
-LOW = ("bfloat16", "float16")
-CASES_16 = [pytest.param(name, regime, dtype, id=f"{name}-{regime}-{dtype}")
-            for dtype in LOW for name in LAYERS for regime in SPECS[name].regimes]
+CASES_16 = [dtype_param(dtype, name, regime, dtype, id=f"{name}-{regime}-{dtype}")
+            for dtype in LOW_DTYPES for name in LAYERS for regime in SPECS[name].regimes]
 
 
 @pytest.mark.parametrize("name, regime, dtype", CASES_16)

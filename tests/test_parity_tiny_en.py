@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from maxwhisper.harness.compare import Check, assert_parity, compare, compare_traces, first_failure
+from maxwhisper.harness.pytest_plugin import LOW_DTYPES, dtype_param
 from maxwhisper.harness.reference.capture import layer_ids, reference_trace
 from maxwhisper.harness.registry import ENCODER_OUTPUT, check_of, input_of
 from maxwhisper.harness.runners import torch_device, torch_dtype
@@ -64,7 +65,7 @@ def test_tiny_en_parity_vs_openai_whisper_float32(tiny_en, tiny_en_model, jfk_me
     assert c.passed, c.report()
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("dtype", [dtype_param(d, d) for d in LOW_DTYPES])  # float16: --thorough only
 def test_tiny_en_parity_16bit(dtype, tiny_en, tiny_en_in, jfk_mel, traces, device, record_parity):
     """tiny.en in `dtype` on jfk.flac, every layer and the production graph, by the derived rule
     against openai-whisper's encoder in the same dtype; the first failing layer is named."""
