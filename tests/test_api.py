@@ -90,3 +90,22 @@ def test_weight_data_rounds_as_torch(dtype):
     got = (torch.from_dlpack(data) if dtype == "bfloat16" else torch.from_numpy(data)).float().numpy()
     want = torch.from_numpy(a).to(getattr(torch, dtype)).float().numpy()
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_decoder_buffers_round_trip_exactly(dtype):
+    """The decoder's 16-bit caches leave MAX (beam reorder, repeated cross K/V) as their raw bits and
+    come back unchanged; read as float32 they equal torch's rounding to the dtype."""
+    import torch
+    from max import driver
+    from max.dtype import DType
+
+    from maxwhisper.runtime import device_buffer, host_float32, host_raw
+
+    a = np.random.default_rng(1).standard_normal((2, 3, 5)).astype(np.float32)
+    buf = device_buffer(a, getattr(DType, dtype), driver.CPU())
+    assert buf.dtype == getattr(DType, dtype)
+    want = torch.from_numpy(a).to(getattr(torch, dtype)).float().numpy()
+    np.testing.assert_array_equal(host_float32(buf), want)
+    back = device_buffer(host_raw(buf)[::-1], buf.dtype, driver.CPU())  # a reorder of the rows
+    np.testing.assert_array_equal(host_float32(back), want[::-1])
