@@ -197,7 +197,7 @@ def _cache_not_appended(cached_attention):
 
 
 def _positions_not_offset(token_embedding):
-    return lambda tokens, n_cache, s: token_embedding(tokens, 0, s)
+    return lambda tokens, n_cache, s, *dtype: token_embedding(tokens, 0, s, *dtype)
 
 
 def _cross_key_bias(linear):
