@@ -12,31 +12,37 @@ FIGURES = (("norm", "RMS error / RMS reference"), ("max", "max element error / s
 
 
 def plot_errors(panels: Mapping[str, list[Comparison]], path: str | Path, title: str = "") -> Path:
-    """One column per dtype (`panels`: dtype -> comparisons with a verdict), one row per figure."""
+    """Two rows per dtype (`panels`: dtype -> comparisons with a verdict, the same layers in each): the
+    RMS figure, then the max element figure."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(FIGURES), len(panels), figsize=(max(9, 0.22 * max(map(len, panels.values()))) *
-                                                                  len(panels), 7.5), squeeze=False, sharex="col")
-    for col, (dtype, rows) in enumerate(panels.items()):
-        rows = [c for c in rows if c.verdict]
+    # One row per (dtype, figure), stacked: 110 layers side by side per row stay legible, and the
+    # dtypes line up layer under layer.
+    n = max(map(len, panels.values()))
+    fig, axes = plt.subplots(len(FIGURES) * len(panels), 1, figsize=(max(9, 0.16 * n), 3.2 * len(FIGURES) * len(panels)),
+                             squeeze=False, sharex=True)
+    rows = []
+    for k, (dtype, comparisons) in enumerate(panels.items()):
+        rows = [c for c in comparisons if c.verdict]
         xs = range(len(rows))
         bad = next((i for i, c in enumerate(rows) if not c.passed), None)
-        for row, (fig_name, label) in enumerate(FIGURES):
-            ax = axes[row][col]
+        for j, (fig_name, label) in enumerate(FIGURES):
+            ax = axes[k * len(FIGURES) + j][0]
             ax.semilogy(xs, [getattr(c.verdict.max_errors, fig_name) for c in rows], "o-", ms=3, label="MAX")
             ax.semilogy(xs, [getattr(c.verdict.yardstick, fig_name) for c in rows], "s-", ms=3,
                         label=f"PyTorch {dtype}")
             ax.semilogy(xs, [c.verdict.bounds[fig_name] for c in rows], "--", color="gray", label="bound")
             if bad is not None:
                 ax.axvline(bad, color="red", lw=1.2, label=f"first failure: {rows[bad].layer}")
-            ax.set_ylabel(label)
-            ax.set_title(f"{dtype}: {fig_name}" if row == 0 else "")
+            ax.set_ylabel(label, fontsize=8)
+            ax.set_title(f"{dtype}: {fig_name}", fontsize=9)
             ax.legend(fontsize=7, loc="upper left")
             ax.grid(True, which="major", alpha=0.3)
-        axes[-1][col].set_xticks(list(xs), [c.layer.removeprefix("encoder.") for c in rows], rotation=90, fontsize=6)
+    axes[-1][0].set_xticks(list(range(len(rows))), [c.layer.removeprefix("encoder.") for c in rows], rotation=90,
+                           fontsize=6)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
