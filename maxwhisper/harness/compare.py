@@ -188,3 +188,12 @@ def format_table(comparisons: list[Comparison]) -> str:
                      f"{c.cosine:.9f}", "ok" if c.passed else "FAIL"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def top1_failures(logits: np.ndarray, top1: np.ndarray, top2_gap: np.ndarray, tie) -> list[int]:
+    """Steps where `logits`' (T, n_vocab) argmax differs from the reference's `top1`, save near-ties:
+    the reference's top two within `tie` (one figure or one per step), which rounding may break
+    either way. `verify` and the golden decoder fixture both judge top-1 tokens by it."""
+    tie = np.broadcast_to(np.asarray(tie, np.float64), np.shape(top1))
+    differ = np.flatnonzero(np.asarray(logits).argmax(-1) != top1)
+    return [int(i) for i in differ if top2_gap[i] > tie[i]]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maxwhisper.harness.compare import top1_failures
 from maxwhisper.harness.golden import MODEL, StaleFixtureError, repo_file
 from maxwhisper.layers import decoder_trace
 from maxwhisper.sizes import SIZES
@@ -71,9 +72,7 @@ class DecoderFixture:
         """Steps where `logits`' (1, T, n_vocab) argmax differs from the reference's, save near-ties
         (the reference's top two within `tie`, one figure or one per step, which rounding may break
         either way)."""
-        tie = np.broadcast_to(np.asarray(tie, np.float64), self.top1.shape)
-        differ = np.flatnonzero(np.asarray(logits)[0].argmax(-1) != self.top1)
-        return [int(i) for i in differ if self.top2_gap[i] > tie[i]]
+        return top1_failures(np.asarray(logits)[0], self.top1, self.top2_gap, tie)
 
 
 def load_fixture(path: str | Path = FIXTURE) -> DecoderFixture:

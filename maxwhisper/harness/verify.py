@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from maxwhisper.audio import load_audio, log_mel, synthesize
-from maxwhisper.harness.compare import Comparison, compare, compare_traces, first_failure
+from maxwhisper.harness.compare import Comparison, compare, compare_traces, first_failure, top1_failures
 from maxwhisper.harness.reference.capture import reference_decoder_trace, reference_trace
 from maxwhisper.harness.registry import ENCODER_OUTPUT, check_of, input_of
 from maxwhisper.harness.runners import torch_device, torch_dtype
@@ -93,13 +93,12 @@ def verify_model(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTE
     same = reference_decoder_trace(model.dims, model.state_dict, tokens, features.astype(np.float32),
                                    torch_dtype(model.dtype), device)
     rows += compare_traces(actual, ref, check, same, input_of(model.dims))
-    logits = ref["decoder.logits"][0]
+    logits, got = ref["decoder.logits"][0], actual["decoder.logits"][0]
     top2 = np.sort(logits, axis=-1)[:, -2:]
-    differ = np.flatnonzero(actual["decoder.logits"][0].argmax(-1) != logits.argmax(-1))
     tie = np.maximum(TOP1_TIE, 2 * np.abs(same["decoder.logits"][0] - logits).max(-1))
-    failures = [int(i) for i in differ if top2[i, 1] - top2[i, 0] > tie[i]]
-    return rows, dict(text=text, steps=int(tokens.shape[1]), top1_equal=int(tokens.shape[1] - len(differ)),
-                      top1_failures=failures)
+    failures = top1_failures(got, logits.argmax(-1), top2[:, 1] - top2[:, 0], tie)
+    equal = int((got.argmax(-1) == logits.argmax(-1)).sum())
+    return rows, dict(text=text, steps=int(tokens.shape[1]), top1_equal=equal, top1_failures=failures)
 
 
 def end_to_end(model: MaxWhisper, audio: np.ndarray, source: str) -> dict:
