@@ -165,8 +165,10 @@ class MaxDecoder:
         return {n: np.concatenate(v, axis=1) for n, v in out.items()}
 
     def buffer(self, array: np.ndarray) -> driver.Buffer:
-        """An activation (float32 values, or `host_raw` bits) as a buffer in the decoder's dtype on its device."""
-        return device_buffer(array, self._dtype, self.compile("step").model.input_devices[0])
+        """An activation (float32 values, or `host_raw` bits) as a buffer in the decoder's dtype on its
+        device. The device is the cross graph's, which every run compiles first (`start`): asking the
+        step graph would compile it for `trace`, which never runs it."""
+        return device_buffer(array, self._dtype, self.compile("cross").model.input_devices[0])
 
 
 class DecoderState:

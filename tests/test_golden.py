@@ -119,7 +119,7 @@ def _doctor(fixture_path, tmp_path, **changes):
 def _doctored_mel(fixture):
     mel = fixture.mel.copy()
     mel[0, 0, 0] += 0.5
-    return {"mel": mel, "meta/mel_hash": g.mel_hash(mel)}
+    return {"mel": mel, "meta/mel_hash": g.float32_hash(mel)}
 
 
 STALE = {  # reason -> (changed entries, text the message must hold)

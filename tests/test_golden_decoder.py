@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from maxwhisper.decoder import is_cross
 from maxwhisper.harness import golden_decoder as gd
 from maxwhisper.harness.compare import assert_parity, compare, compare_traces, first_failure
 from maxwhisper.harness.golden import StaleFixtureError, load_fixture as load_encoder_fixture, save_npz
@@ -110,7 +111,7 @@ def test_golden_decoder_fixture_complete(golden_decoder, tiny_en):
         width = (fx.logit_columns.shape[1] if layer == gd.LOGITS else
                  4 * dims.n_text_state if layer.endswith((".mlp.0", ".mlp.1")) else dims.n_text_state)
         rows = (n_tok if layer == gd.LOGITS else
-                len(fx.frame_positions if gd.is_cross_kv(layer) else fx.token_positions))
+                len(fx.frame_positions if is_cross(layer) else fx.token_positions))
         assert a.shape == (1, rows, width) and a.dtype == np.float32 and np.isfinite(a).all(), layer
     # the stored columns hold each step's reference argmax, and the stored whole rows agree with them
     assert (fx.logit_columns == fx.top1[:, None]).any(axis=1).all()

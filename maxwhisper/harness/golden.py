@@ -44,9 +44,10 @@ class StaleFixtureError(RuntimeError):
     """The golden fixture does not match the current code, weights or input (or is unreadable)."""
 
 
-def mel_hash(mel: np.ndarray) -> str:
-    """sha256 hex of the float32 C-order bytes of a log-mel (shape and dtype are checked apart)."""
-    return hashlib.sha256(np.ascontiguousarray(mel, dtype=np.float32).tobytes()).hexdigest()
+def float32_hash(a: np.ndarray) -> str:
+    """sha256 hex of the float32 C-order bytes of an array (a log-mel, the decoder's features; shape
+    and dtype are checked apart)."""
+    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def load_fixture(path: str | Path = FIXTURE) -> GoldenFixture:
     except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
         raise StaleFixtureError(f"golden fixture {path} is unreadable or incomplete ({e}): "
                                 f"regenerate it with `{REGENERATE}`") from e
-    if mel_hash(fx.mel) != fx.mel_hash:
+    if float32_hash(fx.mel) != fx.mel_hash:
         raise StaleFixtureError(f"golden fixture {path} is corrupt: its mel does not hash to its "
                                 f"recorded input hash: regenerate it with `{REGENERATE}`")
     return fx

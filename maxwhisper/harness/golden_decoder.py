@@ -11,15 +11,15 @@ takes the same subset of MAX's and PyTorch's full traces with `select`, the one 
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from maxwhisper.decoder import is_cross  # a cross-attention key or value: one row per audio frame
 from maxwhisper.harness.compare import top1_failures
-from maxwhisper.harness.golden import MODEL, StaleFixtureError, repo_file
+from maxwhisper.harness.golden import MODEL, StaleFixtureError, float32_hash, repo_file
 from maxwhisper.layers import decoder_trace
 from maxwhisper.sizes import SIZES
 
@@ -29,15 +29,6 @@ FIXTURE = repo_file("fixtures/tiny_en_jfk_decoder.npz")
 REGENERATE = "python -m maxwhisper.harness.make_fixtures decoder"
 AUDIO = "jfk.flac"
 LOGITS = "decoder.logits"
-
-
-def is_cross_kv(layer: str) -> bool:
-    """A cross-attention key or value: one row per audio frame (1500), not per token."""
-    return layer.endswith((".cross_attn.key", ".cross_attn.value"))
-
-
-def features_hash(features: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(features, dtype=np.float32).tobytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -66,7 +57,7 @@ class DecoderFixture:
         """The stored part of `layer`'s full activation (batch, T or frames, channels) from any producer."""
         if layer == LOGITS:
             return np.take_along_axis(full, self.logit_columns[None], axis=-1)
-        return full[:, self.frame_positions if is_cross_kv(layer) else self.token_positions]
+        return full[:, self.frame_positions if is_cross(layer) else self.token_positions]
 
     def top1_failures(self, logits: np.ndarray, tie: float | np.ndarray) -> list[int]:
         """Steps where `logits`' (1, T, n_vocab) argmax differs from the reference's, save near-ties
@@ -96,7 +87,7 @@ def load_fixture(path: str | Path = FIXTURE) -> DecoderFixture:
     except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
         raise StaleFixtureError(f"golden decoder fixture {path} is unreadable or incomplete ({e}): "
                                 f"regenerate it with `{REGENERATE}`") from e
-    if features_hash(fx.features) != recorded:
+    if float32_hash(fx.features) != recorded:
         raise StaleFixtureError(f"golden decoder fixture {path} is corrupt: its features do not hash to "
                                 f"their recorded hash: regenerate it with `{REGENERATE}`")
     return fx
