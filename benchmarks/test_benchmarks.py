@@ -55,7 +55,9 @@ def _bench(benchmark, bench_record, group, impl, fn, flops=None, device="cpu"):
 
 def _device(device: str) -> str:
     """The torch device for a benchmark's `device`, or a skip saying what is missing."""
-    if device == "cpu":
+    from maxwhisper.device import parse_device
+
+    if parse_device(device).kind == "cpu":
         return "cpu"
     from max import driver
 
@@ -64,7 +66,7 @@ def _device(device: str) -> str:
     if not torch.cuda.is_available():
         pytest.skip(f"torch {torch.__version__} has no CUDA (the test env pins the CPU build): "
                     "install a CUDA torch to compare MAX and PyTorch on the GPU")
-    return "cuda"
+    return parse_device(device).torch
 
 
 def _benchmark_only(request, what: str):

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from max.dtype import DType  # noqa: E402
 from max.graph import ops  # noqa: E402
 
+from maxwhisper.device import parse_device  # noqa: E402
 from maxwhisper.runtime import Compiled, device_ref, functional_graph  # noqa: E402
 
 N_CTX, D, D_MLP = 1500, 384, 1536  # tiny.en's encoder: 1500 frames, width 384, MLP 1536
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline-s", type=float, default=0, help="start no new row after this many seconds")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
-    tdev = "cpu" if args.device == "cpu" else "cuda:" + (args.device.partition(":")[2] or "0")
+    tdev = parse_device(args.device).torch
     res = {"device": args.device, "torch_device": tdev, "torch": torch.__version__, "rows": [],
            "not_run": []}
     if tdev != "cpu":

@@ -1,7 +1,8 @@
 """maxwhisper command line: argument parsing and printing; the work is in the library
 (`maxwhisper.harness.verify`, `maxwhisper.transcribe`).
 
-  maxwhisper verify [AUDIO] [--model NAME|PATH] [--dtype float32,bfloat16,float16] [--json PATH] [--plot PATH] [--save-trace PATH]
+  maxwhisper verify [AUDIO] [--model NAME|PATH] [--device cpu|gpu|gpu:N] [--dtype float32,tf32,bfloat16,float16]
+                    [--emulate gpu] [--json PATH] [--plot PATH] [--save-trace PATH]
   maxwhisper diff [BASELINE] [--factor F]
   maxwhisper transcribe FILE... [--model NAME|PATH] [--output-format txt|json|srt|vtt|tsv|all] [--output-dir DIR]
                                 [--batch-size N] [--encoder max|torch] [--decoder max|torch]
@@ -17,11 +18,11 @@ from pathlib import Path
 
 def _dtypes(values: list[str] | None) -> list[str]:
     """`--dtype a,b --dtype c` -> [a, b, c] (float32 when none), each checked, no repeats."""
-    from maxwhisper.precision import dtype_of
+    from maxwhisper.precision import row
 
     out = []
     for name in (x.strip() for v in values or ["float32"] for x in v.split(",")):
-        dtype_of(name)  # a bad name is a ValueError naming it: exit 2
+        row(name)  # a bad name is a ValueError naming it: exit 2
         if name not in out:
             out.append(name)
     return out
@@ -32,22 +33,26 @@ def cmd_verify(args) -> int:
     from maxwhisper.harness.compare import format_table
     from maxwhisper.harness.speech import reference_text
     from maxwhisper.harness.verify import DEFAULT_SENTENCE, Verification, default_audio, end_to_end, report, verify_model
-    from maxwhisper.precision import mode
+    from maxwhisper.harness.reference.yardstick import describe
+    from maxwhisper.precision import form, mode
     from maxwhisper.runtime import device_ref
     from maxwhisper.weights import load_weights
 
     dtypes = _dtypes(args.dtype)
+    for d in dtypes:
+        form(d, args.device, args.emulate)  # a bad device or emulation: exit 2 before any work
     source, audio = default_audio(args.audio)
     device_ref(args.device)
     dims, state_dict = load_weights(args.model)
-    models = {d: MaxWhisper(dims, state_dict, args.device, d) for d in dtypes}
+    models = {d: MaxWhisper(dims, state_dict, args.device, d, args.emulate) for d in dtypes}
     print(f"model: {args.model}  audio: {source} ({len(audio) / 16000:.2f} s)  device: {args.device}",
           flush=True)
     results = {}
     for dtype, model in models.items():
         rows, decoder = verify_model(model, audio, reference_text(source) or DEFAULT_SENTENCE)
         result = results[dtype] = Verification(rows, decoder=decoder)
-        print(f"\ndtype: {mode(dtype)}; MAX/torch: MAX's error over PyTorch {dtype}'s, both against float64")
+        print(f"\nMAX: {mode(dtype, args.device, args.emulate)}\nyardstick: {describe(dtype, args.device)}"
+              f"\nMAX/torch: MAX's error over the yardstick's, both against float64")
         print(format_table(result.comparisons))
         bad = result.first_failure
         print(f"first layer over tolerance: {bad.layer}" if bad else
@@ -79,7 +84,8 @@ def cmd_verify(args) -> int:
     if args.save_trace:
         from maxwhisper.harness.diff import save
 
-        save(models.get("float32") or MaxWhisper(dims, state_dict, args.device), args.save_trace, args.model)
+        plain = None if args.emulate else models.get("float32")  # the baseline is the device's own float32
+        save(plain or MaxWhisper(dims, state_dict, args.device), args.save_trace, args.model)
         print(f"error trace (golden mel and seeded random mels) written to {args.save_trace}")
     return 0 if all(r.passed for r in results.values()) else 1
 
@@ -141,8 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--model", default="tiny.en", help="model name or path (default: embedded tiny.en)")
     v.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
     v.add_argument("--dtype", action="append", metavar="DTYPE[,DTYPE]",
-                   help="float32 (default), bfloat16, float16; several (comma-separated or repeated) give one "
-                        "table each and one plot panel each")
+                   help="float32 (default), tf32, bfloat16, float16; several (comma-separated or repeated) give "
+                        "one table each and one plot panel each")
+    v.add_argument("--emulate", choices=["gpu"], default=None,
+                   help="build each dtype in its NVIDIA GPU form on this device (float32 as 3xTF32, tf32 "
+                        "truncated), the tensor cores' operand truncation done in the graph")
     v.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     v.add_argument("--plot", metavar="PATH", help="also draw every layer's error, MAX's and PyTorch's, as a PNG")
     v.add_argument("--save-trace", metavar="PATH",

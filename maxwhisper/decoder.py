@@ -21,8 +21,9 @@ from max.graph import DeviceRef, Graph, TensorType
 from whisper.model import ModelDimensions
 
 from maxwhisper import layers
-from maxwhisper.precision import dtype_of, param_dtype
+from maxwhisper.precision import dtype_of, form, param_dtype
 from maxwhisper.runtime import Compiled, device_buffer, device_ref, host_float32, host_raw, weight_lookup
+from maxwhisper.tf32 import products
 
 
 def _kv_names(n_layer: int, kind: str) -> list[str]:
@@ -36,23 +37,25 @@ def _weights(shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef, dtype: DType
 
 
 def step_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef,
-               trace: bool = False, dtype: DType = DType.float32) -> tuple[Graph, list[str]]:
+               trace: bool = False, dtype: DType = DType.float32, product=None,
+               suffix: str = "") -> tuple[Graph, list[str]]:
     """(tokens, n_layer x (self k, self v), n_layer x (cross k, cross v)) -> (logits, grown caches).
 
     Caches and cross K/V are in `dtype` (a 16-bit cache is half the bytes); logits are float32 (whisper
     returns `.float()` logits). With `trace`, the recorded activations (`layers.decoder_trace`, in
-    `dtype`) come after the caches.
+    `dtype`) come after the caches. `product` and `suffix`: the precision's form (`tf32.products`) and
+    what the graph's name carries for it.
     """
     d, n = dims.n_text_state, dims.n_text_layer
     types = [TensorType(DType.int64, ["batch", "n_tok"], ref)]
     types += [TensorType(dtype, ["batch", "n_cache", d], ref)] * (2 * n)
     types += [TensorType(dtype, ["batch", dims.n_audio_ctx, d], ref)] * (2 * n)
-    name = "whisper_decoder_step" + ("_trace" if trace else "") + ("" if dtype == DType.float32 else f"_{dtype}")
+    name = "whisper_decoder_step" + ("_trace" if trace else "") + ("" if dtype == DType.float32 else f"_{dtype}") + suffix
     with Graph(name, input_types=types) as g:
         xs = [v.tensor for v in g.inputs]
         pairs = lambda vs: [(vs[2 * i], vs[2 * i + 1]) for i in range(n)]  # noqa: E731
         rec: dict | None = {} if trace else None
-        scope = layers.Scope(_weights(shapes, ref, dtype), "decoder.", rec)
+        scope = layers.Scope(_weights(shapes, ref, dtype), "decoder.", rec, product)
         out, grown = layers.decoder(xs[0], pairs(xs[1:1 + 2 * n]), pairs(xs[1 + 2 * n:]), scope,
                                     dims.n_text_head, ref)
         if trace:
@@ -69,17 +72,17 @@ def is_cross(trace_id: str) -> bool:
 
 
 def cross_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef,
-                dtype: DType = DType.float32) -> tuple[Graph, list[str]]:
+                dtype: DType = DType.float32, product=None, suffix: str = "") -> tuple[Graph, list[str]]:
     """Audio features (float32, as the encoder returns them) -> (cross k, cross v) of every block in
     `dtype`, named by their trace ids."""
     t = TensorType(DType.float32, ["batch", dims.n_audio_ctx, dims.n_audio_state], ref)
-    name = "whisper_decoder_cross_kv" + ("" if dtype == DType.float32 else f"_{dtype}")
+    name = "whisper_decoder_cross_kv" + ("" if dtype == DType.float32 else f"_{dtype}") + suffix
     with Graph(name, input_types=[t]) as g:
         rec: dict = {}
         lookup = _weights(shapes, ref, dtype)
         xa = layers.cast(g.inputs[0].tensor, dtype)
         for i in range(dims.n_text_layer):
-            layers.cross_kv(xa, layers.Scope(lookup, f"decoder.blocks.{i}.cross_attn.", rec))
+            layers.cross_kv(xa, layers.Scope(lookup, f"decoder.blocks.{i}.cross_attn.", rec, product))
         want = [t.id for t in layers.decoder_trace(dims.n_text_layer) if is_cross(t.id)]
         if list(rec) != want:
             raise RuntimeError(f"cross_kv recorded {list(rec)}, layers.decoder_trace says {want}")
@@ -114,11 +117,13 @@ def check_features(features, dims: ModelDimensions) -> np.ndarray:
 
 class MaxDecoder:
     """The decoder's two graphs on one device, weights bound from the state dict, computing in
-    `dtype` under the policy of `maxwhisper.precision` (logits are float32 in every dtype)."""
+    `dtype` under the policy of `maxwhisper.precision` (logits are float32 in every dtype); `emulate`
+    as `MaxWhisper`'s."""
 
     def __init__(self, dims: ModelDimensions, state_dict: Mapping[str, np.ndarray], device: str = "cpu",
-                 dtype: str = "float32"):
+                 dtype: str = "float32", emulate: str | None = None):
         self._dtype = dtype_of(dtype)  # a bad dtype fails here, naming it
+        self.form = form(dtype, device, emulate)
         self.dims, self.device, self.dtype = dims, device, dtype
         self.weights = {k: v for k, v in state_dict.items() if k.startswith("decoder.")}
         self._compiled: dict[str, Compiled] = {}
@@ -126,10 +131,10 @@ class MaxDecoder:
     def compile(self, which: str = "step") -> Compiled:
         if which not in self._compiled:
             shapes = {k: v.shape for k, v in self.weights.items()}
-            ref, dtype = device_ref(self.device), self._dtype
-            build = {"step": lambda: step_graph(self.dims, shapes, ref, dtype=dtype),
-                     "trace": lambda: step_graph(self.dims, shapes, ref, trace=True, dtype=dtype),
-                     "cross": lambda: cross_graph(self.dims, shapes, ref, dtype)}[which]
+            ref, dtype, how, suffix = device_ref(self.device), self._dtype, products(self.form), self.form.suffix
+            build = {"step": lambda: step_graph(self.dims, shapes, ref, False, dtype, how, suffix),
+                     "trace": lambda: step_graph(self.dims, shapes, ref, True, dtype, how, suffix),
+                     "cross": lambda: cross_graph(self.dims, shapes, ref, dtype, how, suffix)}[which]
             graph, names = build()
             kinds = {k: param_dtype(k, dtype) for k in self.weights}
             self._compiled[which] = Compiled(graph, self.device, self.weights, names, kinds)

@@ -25,19 +25,26 @@ class Scope:
     """Parameter lookup and activation trace, both keyed by state-dict style names."""
 
     def __init__(self, lookup: Callable[[str], TensorValue], prefix: str = "",
-                 trace: dict[str, TensorValue] | None = None):
+                 trace: dict[str, TensorValue] | None = None, product: Callable | None = None):
         self.lookup, self.prefix, self.trace = lookup, prefix, trace
+        self.product = product or matmul  # (a, b, kind) -> a @ b in the precision's form (`tf32`)
 
     def __call__(self, name: str) -> TensorValue:
         return self.lookup(self.prefix + name)
 
     def sub(self, name: str) -> Scope:
-        return Scope(self.lookup, f"{self.prefix}{name}.", self.trace)
+        return Scope(self.lookup, f"{self.prefix}{name}.", self.trace, self.product)
 
     def record(self, x: TensorValue, name: str = "") -> TensorValue:
         if self.trace is not None:
             self.trace[(self.prefix + name).rstrip(".")] = x
         return x
+
+
+def matmul(a: TensorValue, b: TensorValue, kind: str = "linear") -> TensorValue:
+    """a @ b as the device computes it. `kind` (precision.LINEAR, CONV) names the product for a
+    precision that truncates or splits some products (`maxwhisper.tf32.products`)."""
+    return a @ b
 
 
 def cast(x: TensorValue, dtype: DType) -> TensorValue:
@@ -55,7 +62,7 @@ def gelu(x: TensorValue, s: Scope | None = None) -> TensorValue:
 def linear(x: TensorValue, s: Scope, bias: bool = True) -> TensorValue:
     # x @ W.T with W in torch's (out, in) layout: MAX matches this as a transposed-B matmul.
     # Weights in the activations' dtype (whisper's Linear casts them per call; `precision`).
-    y = x @ ops.transpose(cast(s("weight"), x.dtype), 0, 1)
+    y = s.product(x, ops.transpose(cast(s("weight"), x.dtype), 0, 1), "linear")
     return y + cast(s("bias"), x.dtype) if bias else y
 
 
@@ -74,7 +81,7 @@ def conv1d(x: TensorValue, s: Scope, stride: int = 1) -> TensorValue:
     matmul keeps both cores busy; the NHWC conv2d it replaces (time as W, H = 1) kept 0.9-1.0 of 2
     and took 12.4-12.9 ms against 10.7 ms for the tiny.en stem (one process), bitwise equal output.
     """
-    # In a 16-bit graph this is emulated (`precision.EMULATED`): the 16-bit input and weights are
+    # In a 16-bit graph this is emulated (`precision.Row.emulated`): the 16-bit input and weights are
     # computed on in float32 and the output rounded once, as torch's 16-bit conv rounds it. MAX
     # 26.7's bfloat16 im2col matmul + bias erred 9-10x torch's bfloat16 conv on normal-range mels
     # (0.19 abs on values near 1.3, 4% RMS; not on mels of +-40: an error that does not scale with
@@ -89,7 +96,7 @@ def conv1d(x: TensorValue, s: Scope, stride: int = 1) -> TensorValue:
     cols = ops.concat(taps, axis=2)
     # torch's (c_out, c_in, k) filter -> (k * c_in, c_out), rows ordered (tap, c_in) as `cols` is.
     filt = ops.reshape(ops.permute(w, [2, 1, 0]), [k * c_in, c_out])
-    return cast(cols @ filt + cast(cast(s("bias"), dtype), f32), dtype)
+    return cast(s.product(cols, filt, "conv") + cast(cast(s("bias"), dtype), f32), dtype)
 
 
 def conv_stem(mel: TensorValue, s: Scope) -> TensorValue:
@@ -113,7 +120,7 @@ def qkv_attention(q: TensorValue, k: TensorValue, v: TensorValue, n_head: int,
     # Whisper scales q and k by head_dim**-0.25 each; one head_dim**-0.5 on the scores is the
     # same product, and `softmax(scores * scale) @ v` in this operand order is the pattern
     # MAX's compiler fuses into one attention kernel.
-    # In a 16-bit graph this core is emulated (`precision.EMULATED`): q, k, v are 16-bit values, the
+    # In a 16-bit graph this core is emulated (`precision.Row.emulated`): q, k, v are 16-bit values, the
     # kernel runs on them in float32 and its output is rounded to the dtype. MAX 26.7's own 16-bit
     # kernel rounds the scores to the dtype (12x torch SDPA's error in bfloat16, measured), and
     # float32 scores with a 16-bit v fuse into a kernel call that fails to compile (q float32, v bf16).
@@ -230,7 +237,7 @@ def logits(x: TensorValue, s: Scope) -> TensorValue:
     # whisper: (x @ E.to(x.dtype).T).float(): a 16-bit matmul, its rounded result leaves as float32.
     # The table is stored in float32 (the embedding adds it unrounded), so a 16-bit graph casts it
     # per step: on the CPU that reads the 80 MB table twice, a cost only 16-bit pays.
-    y = x @ ops.transpose(cast(s("token_embedding.weight"), x.dtype), 0, 1)
+    y = s.product(x, ops.transpose(cast(s("token_embedding.weight"), x.dtype), 0, 1), "linear")
     return s.record(cast(y, DType.float32), "logits")
 
 

@@ -15,8 +15,9 @@ from whisper.model import ModelDimensions
 from maxwhisper import layers
 from maxwhisper.decoder import MaxDecoder
 from maxwhisper.layers import cast
-from maxwhisper.precision import dtype_of, param_dtype
+from maxwhisper.precision import dtype_of, form, param_dtype
 from maxwhisper.runtime import Compiled, device_ref, weight_lookup
+from maxwhisper.tf32 import products
 from maxwhisper.weights import load_weights
 
 
@@ -27,13 +28,14 @@ def mel_type(dims: ModelDimensions, ref: DeviceRef) -> TensorType:
 
 
 def emit_encoder(mel: TensorValue, lookup: Callable[[str], TensorValue], dims: ModelDimensions,
-                 trace: dict | None = None) -> TensorValue:
+                 trace: dict | None = None, product: Callable | None = None) -> TensorValue:
     """openai-whisper's AudioEncoder into the graph being built; `trace` receives every activation.
 
     With `trace`, the ids recorded must be `layers.encoder_trace`'s, in its order: the harness reads
     ids from that table, so a layer that records under another name fails here, at build time.
     """
-    out = layers.encoder(mel, layers.Scope(lookup, "encoder.", trace), dims.n_audio_head, dims.n_audio_layer)
+    scope = layers.Scope(lookup, "encoder.", trace, product)
+    out = layers.encoder(mel, scope, dims.n_audio_head, dims.n_audio_layer)
     if trace is not None:
         want = [t.id for t in layers.encoder_trace(dims.n_audio_layer)]
         if list(trace) != want:
@@ -43,17 +45,18 @@ def emit_encoder(mel: TensorValue, lookup: Callable[[str], TensorValue], dims: M
 
 def encoder_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef,
                   trace: bool = False, name: str = "whisper_encoder",
-                  dtype: DType = DType.float32) -> tuple[Graph, list[str]]:
+                  dtype: DType = DType.float32, product: Callable | None = None) -> tuple[Graph, list[str]]:
     """mel (batch, n_mels, 2 * n_audio_ctx) -> (batch, n_audio_ctx, n_audio_state), both float32.
 
     With `trace`, the graph returns every recorded activation, keyed by layer id. In a 16-bit
     `dtype` the mel is rounded on entry, weights are stored as `precision.param_dtype` says, and
-    every output is cast back to float32 (`maxwhisper.precision`).
+    every output is cast back to float32 (`maxwhisper.precision`); `product` is the precision's form of
+    a matmul (`tf32.products`).
     """
     with Graph(name, input_types=[mel_type(dims, ref)]) as g:
         rec: dict | None = {} if trace else None
         lookup = weight_lookup({}, shapes, ref, lambda key: param_dtype(key, dtype))
-        out = emit_encoder(cast(g.inputs[0].tensor, dtype), lookup, dims, rec)
+        out = emit_encoder(cast(g.inputs[0].tensor, dtype), lookup, dims, rec, product)
         g.output(*(cast(v, DType.float32) for v in (rec.values() if trace else [out])))
     return g, list(rec) if trace else ["encoder"]
 
@@ -81,13 +84,15 @@ class MaxWhisper:
     """Whisper with its audio encoder compiled as a MAX graph.
 
     `state_dict` uses openai-whisper's key names; the graph's weights carry the same names.
-    `dtype` ("float32", "bfloat16" or "float16") is the graph's compute dtype under the policy of
-    `maxwhisper.precision`; `encode` takes and returns float32 in every dtype.
+    `dtype` (a `maxwhisper.precision` row: float32, tf32, bfloat16, float16) is the graph's precision;
+    `emulate="gpu"` builds a GPU's form of it on this device (its TF32 truncation done in the graph).
+    `encode` takes and returns float32 in every dtype.
     """
 
     def __init__(self, dims: ModelDimensions, state_dict: Mapping[str, np.ndarray], device: str = "cpu",
-                 dtype: str = "float32"):
+                 dtype: str = "float32", emulate: str | None = None):
         self._dtype = dtype_of(dtype)  # a bad dtype fails here, naming it
+        self.form = form(dtype, device, emulate)
         self.dims, self.state_dict, self.device, self.dtype = dims, dict(state_dict), device, dtype
         self._compiled: dict[bool, Compiled] = {}
         self._pipeline = None
@@ -100,7 +105,8 @@ class MaxWhisper:
             shapes = {k: v.shape for k, v in weights.items()}
             # Weights are stored in the dtype they are used in (bfloat16 data enters as a view of its
             # bits): half the memory of float32 and no cast per call; one compile per dtype either way.
-            graph, names = encoder_graph(self.dims, shapes, device_ref(self.device), trace, dtype=self._dtype)
+            graph, names = encoder_graph(self.dims, shapes, device_ref(self.device), trace,
+                                         "whisper_encoder" + self.form.suffix, self._dtype, products(self.form))
             kinds = {k: param_dtype(k, self._dtype) for k in weights}
             self._compiled[trace] = Compiled(graph, self.device, weights, names, kinds)
         return self._compiled[trace]
@@ -108,7 +114,7 @@ class MaxWhisper:
     @functools.cached_property
     def decoder(self) -> MaxDecoder:
         """The text decoder's MAX graphs (compiled on first use), on this model's device."""
-        return MaxDecoder(self.dims, self.state_dict, self.device, self.dtype)
+        return MaxDecoder(self.dims, self.state_dict, self.device, self.dtype, self.form.target)
 
     def transcribe(self, audio, **options) -> dict:
         """openai-whisper's `transcribe` result dict for a file or 16 kHz float32 samples, encoder and
@@ -132,10 +138,10 @@ class MaxWhisper:
 
 
 def load_model(name_or_path: str | os.PathLike = "tiny.en", device: str = "cpu",
-               dtype: str = "float32") -> MaxWhisper:
+               dtype: str = "float32", emulate: str | None = None) -> MaxWhisper:
     """Load Whisper weights (embedded tiny.en by default; see `maxwhisper.weights`) onto MAX, to
-    compute in `dtype` ("float32", "bfloat16" or "float16"; see `maxwhisper.precision`)."""
-    device_ref(device)  # a bad device or dtype fails here, before any weights are read
-    dtype_of(dtype)
+    compute in `dtype` (float32, tf32, bfloat16 or float16; see `maxwhisper.precision`)."""
+    device_ref(device)  # a bad device, dtype or emulation fails here, before any weights are read
+    form(dtype, device, emulate)
     dims, state_dict = load_weights(name_or_path)
-    return MaxWhisper(dims, state_dict, device, dtype)
+    return MaxWhisper(dims, state_dict, device, dtype, emulate)

@@ -16,26 +16,26 @@ from max import driver, engine
 from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorType, TensorValue, Weight
 
+from maxwhisper.device import parse_device
 from maxwhisper.layers import Scope, cast
 
 
 @functools.cache
 def _session(device: str) -> tuple[engine.InferenceSession, DeviceRef]:
-    if device == "cpu":
+    d = parse_device(device)
+    if d.kind == "cpu":
         dev = driver.CPU()
-    elif device == "gpu" or device.startswith("gpu:"):
+    else:
         if driver.accelerator_count() == 0:
             raise ValueError(f"device {device!r}: no MAX accelerator on this machine")
-        dev = driver.Accelerator(int(device.partition(":")[2] or 0))
-    else:
-        raise ValueError(f"device {device!r}: expected 'cpu', 'gpu' or 'gpu:N'")
+        dev = driver.Accelerator(d.index)
     # The host CPU is always in the session: weights are staged on it before moving to the device.
-    devices = [dev] if device == "cpu" else [dev, driver.CPU()]
+    devices = [dev] if d.kind == "cpu" else [dev, driver.CPU()]
     return engine.InferenceSession(devices=devices), DeviceRef.from_device(dev)
 
 
 def device_ref(device: str) -> DeviceRef:
-    return _session(device)[1]
+    return _session(parse_device(device).name)[1]
 
 
 def weight_data(a: np.ndarray, dtype: DType):
@@ -86,7 +86,7 @@ class Compiled:
 
     def __init__(self, graph: Graph, device: str, weights: Mapping[str, np.ndarray] | None = None,
                  output_names: Sequence[str] = (), weight_dtypes: Mapping[str, DType] | None = None):
-        session = _session(device)[0]
+        session = _session(parse_device(device).name)[0]
         self.output_names = list(output_names)
         kinds = weight_dtypes or {}
         registry = {k: weight_data(v, kinds.get(k, DType.float32)) for k, v in (weights or {}).items()}
@@ -123,7 +123,8 @@ def weight_lookup(graph_weights: dict[str, Weight], shapes: Mapping[str, tuple[i
 def functional_graph(name: str, fn: Callable[[dict[str, TensorValue], Scope], TensorValue | dict],
                      inputs: Mapping[str, Sequence], params: Mapping[str, tuple[int, ...]], ref: DeviceRef,
                      dtype: DType = DType.float32, bind: bool = False,
-                     input_dtypes: Mapping[str, DType] | None = None) -> tuple[Graph, list[str]]:
+                     input_dtypes: Mapping[str, DType] | None = None,
+                     product: Callable | None = None) -> tuple[Graph, list[str]]:
     """A one-layer graph: the named activations `inputs` (name -> shape; a str entry is a symbolic
     dim, shared by name between inputs) come first, in order.
 
@@ -135,7 +136,8 @@ def functional_graph(name: str, fn: Callable[[dict[str, TensorValue], Scope], Te
     activations to `dtype` on entry, the layers cast each parameter where the precision policy uses
     it (a float32 LayerNorm gain is never rounded), and the outputs leave as float32. Rounding in the
     graph is round-to-nearest-even, as torch's `.to(dtype)`. `input_dtypes` names inputs of another
-    type, which enter as they are (token ids are int64 in every precision).
+    type, which enter as they are (token ids are int64 in every precision). `product` is the
+    precision's form of a matmul (`tf32.products`; a plain matmul by default).
     """
     f32, kinds = DType.float32, dict(input_dtypes or {})
     types = [TensorType(kinds.get(n, f32), list(shape), ref) for n, shape in inputs.items()]
@@ -147,7 +149,7 @@ def functional_graph(name: str, fn: Callable[[dict[str, TensorValue], Scope], Te
             lookup = weight_lookup({}, params, ref, f32)
         else:
             lookup = dict(zip(params, (v.tensor for v in g.inputs[len(inputs):]))).__getitem__
-        out = fn(xs, Scope(lookup))
+        out = fn(xs, Scope(lookup, product=product))
         out = {k: cast(v, f32) for k, v in out.items()} if isinstance(out, dict) else {name: cast(out, f32)}
         g.output(*out.values())
     return g, list(out)

@@ -16,6 +16,7 @@ from max.dtype import DType
 from max.graph import ops
 
 from maxwhisper import layers
+from maxwhisper.tf32 import tf32_product
 
 _ORIGINAL_QKV = layers.qkv_attention
 
@@ -107,6 +108,11 @@ def _bf16_operands(linear, x, s, bias):
     return y + s("bias") if bias else y
 
 
+def _tf32_operands(linear, x, s, bias):
+    # a float32 model with one matmul in TF32: what MAX's float32 matmul is on an NVIDIA GPU (a TF32 leak)
+    return linear(x, layers.Scope(s.lookup, s.prefix, s.trace, lambda a, b, kind: tf32_product(a, b)), bias)
+
+
 def _conv2_stride1_wrong_offset(conv1d):
     def buggy(x, s, stride=1):
         if stride == 1:
@@ -161,6 +167,7 @@ BUGS = {
     "gelu_tanh_block0_mlp": (_patch("gelu", _gelu_variant("tanh", f"{B}.0.mlp.1.")), f"{B}.0.mlp.1"),
     "gelu_tanh_block3_mlp": (_patch("gelu", _gelu_variant("tanh", f"{B}.3.mlp.1.")), f"{B}.3.mlp.1"),
     "bf16_operands_block1_mlp0": (_patch("linear", _linear_where(f"{B}.1.mlp.0.", _bf16_operands)), f"{B}.1.mlp.0"),
+    "tf32_operands_block1_mlp0": (_patch("linear", _linear_where(f"{B}.1.mlp.0.", _tf32_operands)), f"{B}.1.mlp.0"),
     "attn_scale_off_1pct": (_patch("qkv_attention", lambda f: _scale_off_1pct), f"{B}.0.attn"),
     "softmax_wrong_axis": (_patch("qkv_attention", lambda f: _softmax_wrong_axis), f"{B}.0.attn"),
     "transposed_query_weight_block2": (_scope_patch(_transposed(f"{B}.2.attn.query.weight")), f"{B}.2.attn.query"),

@@ -16,10 +16,10 @@ import torch
 
 from maxwhisper.harness import golden as g
 from maxwhisper.harness.compare import Check, assert_parity, compare_traces, first_failure
-from maxwhisper.harness.pytest_plugin import LOW_DTYPES, dtype_param
+from maxwhisper.harness.pytest_plugin import axis
 from maxwhisper.harness.reference.capture import layer_ids, reference_trace
 from maxwhisper.harness.registry import check_of, golden_cases, input_of
-from maxwhisper.harness.runners import run_max, run_reference, torch_device, torch_dtype
+from maxwhisper.harness.runners import run_max, run_reference, torch_device
 from maxwhisper.layers import encoder_trace
 from maxwhisper.sizes import SIZES
 from maxwhisper.weights import weights_hash
@@ -205,18 +205,15 @@ def test_golden_one_layer(spec, case, golden, tiny_en, device, record_parity):
     record_parity(assert_parity(f"golden:{spec.name} {case.last}", out, expected, spec.check(guard=True), torch32, x))
 
 
-# ------------------------------------------------------------------ 16-bit
-LOW = [dtype_param(d, d) for d in LOW_DTYPES]  # float16: --thorough only (pytest_plugin.LOW_DTYPES)
-
-
-@pytest.mark.parametrize("dtype", LOW)
-def test_golden_trace_16bit(dtype, golden, tiny_en, tiny_en_in, device, record_parity):
+# ------------------------------------------------------------------ the precision axis (tf32, bfloat16, float16)
+@pytest.mark.parametrize("dtype", axis("golden"))
+def test_golden_trace_axis(dtype, golden, tiny_en, tiny_en_in, device, record_parity):
     """tiny.en's encoder in `dtype` on the stored mel: every layer within the derived rule of
     openai-whisper's encoder in the same dtype (its own mixed precision), both against float64."""
     trace = tiny_en_in(dtype).encode_trace(golden.mel)
-    same = reference_trace(*tiny_en, golden.mel, torch_dtype(dtype), torch_device(device))
+    same = reference_trace(*tiny_en, golden.mel, dtype, torch_device(device))
     check = check_of(TINY_EN, dtype, guard=True)
-    assert check(LAYERS[0]).guard is None  # 16-bit: the rule alone (registry.NO_GUARD)
+    assert check(LAYERS[0]).guard is None  # the rule alone (precision.Row.guard, registry.NO_GUARD)
     at = {layer: golden.positions_of(layer) for layer in LAYERS}
     rows = compare_traces({k: trace[k][:, at[k]] for k in LAYERS}, golden.layers, check,
                           {k: same[k][:, at[k]] for k in LAYERS}, INPUT)
@@ -228,12 +225,12 @@ def test_golden_trace_16bit(dtype, golden, tiny_en, tiny_en_in, device, record_p
     assert len(rows) == len(LAYERS)
 
 
-@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("dtype", axis("records"))
 @pytest.mark.parametrize("spec,case", ONE_LAYER, ids=ONE_LAYER_IDS)
-def test_golden_one_layer_16bit(spec, case, dtype, golden, tiny_en, device, record_parity):
+def test_golden_one_layer_axis(spec, case, dtype, golden, tiny_en, device, record_parity):
     x, expected, params = _one_layer_case(spec, case, golden, tiny_en)
     out = run_max(spec, tiny_en[0], x, params, dtype, device)
-    same = run_reference(spec, tiny_en[0], x, params, dtype=torch_dtype(dtype), device=torch_device(device))
+    same = run_reference(spec, tiny_en[0], x, params, dtype=dtype, device=torch_device(device))
     record_parity(assert_parity(f"golden {dtype}:{spec.name} {case.last}", out, expected,
                                 spec.check(dtype, guard=True), same, x))
 

@@ -21,10 +21,10 @@ from maxwhisper.decoder import is_cross
 from maxwhisper.harness import golden_decoder as gd
 from maxwhisper.harness.compare import assert_parity, compare, compare_traces, first_failure
 from maxwhisper.harness.golden import StaleFixtureError, load_fixture as load_encoder_fixture, save_npz
-from maxwhisper.harness.pytest_plugin import LOW_DTYPES, dtype_param
+from maxwhisper.harness.pytest_plugin import axis
 from maxwhisper.harness.reference.capture import reference_decoder_trace
 from maxwhisper.harness.registry import check_of, input_of
-from maxwhisper.harness.runners import torch_device, torch_dtype
+from maxwhisper.harness.runners import torch_device
 from maxwhisper.harness.verify import TOP1_TIE, teacher_tokens
 from maxwhisper.layers import decoder_trace
 from maxwhisper.sizes import SIZES
@@ -224,16 +224,16 @@ def test_golden_decoder_top1_check_can_fail(golden_decoder):
     assert fx.top1_failures(logits, np.inf) == []
 
 
-# ------------------------------------------------------------------ 16-bit
-@pytest.mark.parametrize("dtype", [dtype_param(d, d) for d in LOW_DTYPES])  # float16: --thorough only
-def test_golden_decoder_trace_16bit(dtype, golden_decoder, tiny_en, tiny_en_in, device, record_parity):
+# ------------------------------------------------------------------ the precision axis (tf32, bfloat16, float16)
+@pytest.mark.parametrize("dtype", axis("golden"))
+def test_golden_decoder_trace_axis(dtype, golden_decoder, tiny_en, tiny_en_in, device, record_parity):
     """tiny.en's decoder in `dtype` on the stored features and tokens: every stored layer within the
     derived rule of openai-whisper's decoder in the same dtype (its fp16 mixed precision), both
     against the stored float64 reference; every step's top-1 token the reference's unless the
     reference's top two lie within twice PyTorch's own logit error in that dtype."""
     fx = golden_decoder
     trace = tiny_en_in(dtype).decoder.trace(fx.tokens, fx.features, fx.prompt)
-    same = reference_decoder_trace(*tiny_en, fx.tokens, fx.features, torch_dtype(dtype), torch_device(device))
+    same = reference_decoder_trace(*tiny_en, fx.tokens, fx.features, dtype, torch_device(device))
     check = check_of(TINY_EN, dtype, guard=True)
     rows = compare_traces(stored(fx, trace), fx.layers, check, stored(fx, same), INPUT)
     for c in rows:

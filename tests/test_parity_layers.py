@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from maxwhisper.harness.compare import assert_parity
 from maxwhisper.harness.inputs import random_params
-from maxwhisper.harness.pytest_plugin import LOW_DTYPES, dtype_param
+from maxwhisper.harness.pytest_plugin import axis
 from maxwhisper.harness.registry import SPECS
-from maxwhisper.harness.runners import run_max, run_reference, torch_device, torch_dtype
+from maxwhisper.harness.runners import run_max, run_reference, torch_device
 from maxwhisper.sizes import SIZES
 
 TINY_EN = SIZES["tiny.en"]
@@ -38,7 +38,7 @@ def _judge(label, spec, x, params, actual, record_parity, device="cpu", dtype="f
     """MAX's `actual` against float64, in units of PyTorch's error in the same dtype on the same inputs
     (on the same kind of device); an element-wise record is scaled by its (single) input."""
     expected = run_reference(spec, TINY_EN, x, params)
-    same = run_reference(spec, TINY_EN, x, params, dtype=torch_dtype(dtype), device=torch_device(device))
+    same = run_reference(spec, TINY_EN, x, params, dtype=dtype, device=torch_device(device))
     first = next(iter(x.values())) if len(x) == 1 else None
     record_parity(assert_parity(label, actual, expected, spec.check(dtype), same, first))
 
@@ -68,18 +68,19 @@ def test_layer_parity(name, regime, seed, batch, length, long_length, odd_frames
            device)
 
 
-# 16-bit: every record and regime, judged by the same rule against PyTorch in the same dtype (whisper's
-# own mixed precision, `maxwhisper.precision`). A third of the float32 examples (at least 2): each
-# (record, dtype) is a graph of its own to compile, and the rule and the inputs are float32's.
-CASES_16 = [dtype_param(dtype, name, regime, dtype, id=f"{name}-{regime}-{dtype}")
-            for dtype in LOW_DTYPES for name in LAYERS for regime in SPECS[name].regimes]
+# The precision axis (tf32, bfloat16, float16): every record and regime, judged by the same rule against
+# PyTorch in the same precision (whisper's own mixed precision; for tf32 the same operands truncated,
+# `maxwhisper.precision`). A third of the float32 examples (at least 2): each (record, precision) is a
+# graph of its own to compile, and the rule and the inputs are float32's.
+CASES_AXIS = [pytest.param(name, regime, p.values[0], marks=p.marks, id=f"{name}-{regime}-{p.values[0]}")
+              for p in axis("records") for name in LAYERS for regime in SPECS[name].regimes]
 
 
-@pytest.mark.parametrize("name, regime, dtype", CASES_16)
+@pytest.mark.parametrize("name, regime, dtype", CASES_AXIS)
 @settings(max_examples=max(2, settings.default.max_examples // 3))
 @given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 3), length=st.integers(1, SHORT),
        long_length=st.one_of(st.just(MAX_FRAMES), st.integers(SHORT + 1, MAX_FRAMES)))
-def test_layer_parity_16bit(name, regime, dtype, seed, batch, length, long_length, device, record_parity):
+def test_layer_parity_axis(name, regime, dtype, seed, batch, length, long_length, device, record_parity):
     spec = SPECS[name]
     if regime in spec.long_rows:
         length = long_length

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from maxwhisper.harness.compare import Check, assert_parity, compare, compare_traces, first_failure
-from maxwhisper.harness.pytest_plugin import LOW_DTYPES, dtype_param
+from maxwhisper.harness.pytest_plugin import axis
 from maxwhisper.harness.reference.capture import layer_ids, reference_trace
 from maxwhisper.harness.registry import ENCODER_OUTPUT, check_of, input_of
-from maxwhisper.harness.runners import torch_device, torch_dtype
+from maxwhisper.harness.runners import torch_device
 from maxwhisper.sizes import SIZES
 from maxwhisper.weights import to_torch_model
 
@@ -65,12 +65,12 @@ def test_tiny_en_parity_vs_openai_whisper_float32(tiny_en, tiny_en_model, jfk_me
     assert c.passed, c.report()
 
 
-@pytest.mark.parametrize("dtype", [dtype_param(d, d) for d in LOW_DTYPES])  # float16: --thorough only
-def test_tiny_en_parity_16bit(dtype, tiny_en, tiny_en_in, jfk_mel, traces, device, record_parity):
+@pytest.mark.parametrize("dtype", axis("tiny_en"))
+def test_tiny_en_parity_axis(dtype, tiny_en, tiny_en_in, jfk_mel, traces, device, record_parity):
     """tiny.en in `dtype` on jfk.flac, every layer and the production graph, by the derived rule
     against openai-whisper's encoder in the same dtype; the first failing layer is named."""
     model, expected = tiny_en_in(dtype), traces[1]
-    same = reference_trace(*tiny_en, jfk_mel, torch_dtype(dtype), torch_device(device))
+    same = reference_trace(*tiny_en, jfk_mel, dtype, torch_device(device))
     check = check_of(TINY_EN, dtype, guard=True)
     rows = compare_traces(model.encode_trace(jfk_mel), expected, check, same, INPUT)
     rows.append(compare(ENCODER_OUTPUT, model.encode(jfk_mel), expected["encoder.ln_post"], check(ENCODER_OUTPUT),

@@ -15,8 +15,8 @@ from maxwhisper import layers
 from maxwhisper.harness.compare import compare
 from maxwhisper.harness.inputs import random_params
 from maxwhisper.harness.registry import SPECS
-from maxwhisper.harness.runners import run_max, run_reference, torch_device, torch_dtype
-from maxwhisper.precision import EMULATED, dtype_of, mode
+from maxwhisper.harness.runners import run_max, run_reference, torch_device
+from maxwhisper.precision import PRECISIONS, dtype_of, mode
 from maxwhisper.runtime import Compiled, device_ref, functional_graph
 from maxwhisper.sizes import SIZES
 
@@ -47,7 +47,7 @@ def test_bf16_attention_with_16bit_scores_fails_the_rule(attention_case, device,
     spec, x, params = attention_case
     dtype = "bfloat16"
     expected = run_reference(spec, TINY_EN, x, params)
-    same = run_reference(spec, TINY_EN, x, params, torch_dtype(dtype), torch_device(device))
+    same = run_reference(spec, TINY_EN, x, params, dtype, torch_device(device))
     clean = compare("attention[bfloat16]", run_max(spec, TINY_EN, x, params, dtype, device), expected,
                     spec.check(dtype), same)
     assert clean.passed, clean.report()
@@ -63,8 +63,8 @@ def test_bf16_attention_with_16bit_scores_fails_the_rule(attention_case, device,
 
 
 def test_every_report_says_real_or_emulated():
-    assert mode("float32") == "float32"
+    assert mode("float32") == "float32 (IEEE; cpu)"
     for dtype in ("bfloat16", "float16"):
         assert dtype in mode(dtype)
-        assert ("emulated" in mode(dtype)) == bool(EMULATED[dtype])
+        assert ("emulated" in mode(dtype)) == bool(PRECISIONS[dtype].emulated)
 

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maxwhisper.audio import SAMPLE_RATE, load_audio, synthesize
-from maxwhisper.harness.pytest_plugin import LOW_DTYPES, dtype_param
+from maxwhisper.harness.pytest_plugin import axis
 from maxwhisper.harness.speech import longform_groups, transcripts
 from maxwhisper.harness.wer import normalize, wer
 from maxwhisper.batch import transcribe_many
@@ -72,11 +72,11 @@ def test_e2e_wer_test_other_matches_pytorch(corpus):
 # the issue's bound, not fitted here. Transcribed in batches of 16 (as a user transcribing many files
 # would; batched tokens equal sequential ones in float32, tested above).
 WER_POINTS_16 = 0.003
-LOW_PIPELINE = [dtype_param(d, d) for d in LOW_DTYPES]  # float16: --thorough only (pytest_plugin.LOW_DTYPES)
+LOW_PIPELINE = axis("pipeline")  # 16-bit; float16 with --thorough only (precision.Row.families)
 
 
 @pytest.mark.parametrize("dtype", LOW_PIPELINE)
-def test_e2e_wer_test_other_16bit(dtype, corpus, tiny_en_in, speech_dir):
+def test_e2e_wer_test_other_axis(dtype, corpus, tiny_en_in, speech_dir):
     model = pipeline_model(tiny_en_in(dtype), "max", "max")
     rows = [(r, m) for r, m, _ in corpus if r["subset"] == "test-other"]
     assert len(rows) == 100
@@ -108,7 +108,7 @@ def test_e2e_longform_windows(group, speech_dir, pipelines):
 
 
 @pytest.mark.parametrize("dtype", LOW_PIPELINE)
-def test_e2e_longform_16bit_drops_no_window(dtype, speech_dir, tiny_en_in):
+def test_e2e_longform_axis_drops_no_window(dtype, speech_dir, tiny_en_in):
     """The 10 long-form groups through the 16-bit pipeline (batched): every 30 s window decoded, the
     segments reaching the end and the words covering the text, as the float32 test demands."""
     groups = list(longform_groups(speech_dir).values())

@@ -58,7 +58,9 @@ def rss_probe(impl: str, config: str, batch: int, device: str = "cpu") -> dict:
     elif impl == "torch":
         from maxwhisper.harness.reference.modules import reference_encoder
 
-        enc = reference_encoder(dims, sd, torch.float32).to("cuda" if device == "gpu" else "cpu")
+        from maxwhisper.device import parse_device
+
+        enc = reference_encoder(dims, sd, torch.float32).to(parse_device(device).torch)
         run = lambda: enc(torch.from_numpy(mel).to(next(enc.parameters()).device)).cpu().numpy()
     else:
         raise ValueError(f"impl {impl!r}: expected 'max' or 'torch'")

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EPS = {"float32": float(np.finfo(np.float32).eps), "float16": float(np.finfo(np.float16).eps),
-       "bfloat16": 2.0**-7}
+from maxwhisper.precision import PRECISIONS
+
+# The floor's unit per precision (its row in `maxwhisper.precision`).
+EPS = {name: r.eps for name, r in PRECISIONS.items()}
 
 
 @dataclass(frozen=True)

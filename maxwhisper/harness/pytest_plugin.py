@@ -106,17 +106,13 @@ def tiny_en_model(tiny_en, device):
     return MaxWhisper(*tiny_en, device=device)
 
 
-# The 16-bit dtypes as test parameters. float16 carries the `thorough` mark (run with --thorough only;
-# conftest deselects it otherwise and names it in the summary): on the CPU every (graph, dtype) is a
-# cold compile in a fresh CI cache, measured here at 32-156 s per one-layer decoder graph and 427 s for
-# the float16 decoder's trace and cross K/V graphs, and the two 16-bit dtypes together would take CI
-# past its 90 minutes. bfloat16, the CPU's 16-bit type, runs everywhere; float16 is a GPU's.
-LOW_DTYPES = ("bfloat16", "float16")
+def axis(family: str) -> list:
+    """The precisions beyond float32 that run a test family (`precision.Row.families`), as pytest params
+    marked `thorough` where CI leaves them out (conftest deselects those and names them in the summary)."""
+    from maxwhisper.precision import PRECISIONS
 
-
-def dtype_param(dtype: str, *values, id: str | None = None):
-    """`pytest.param(*values)` marked `thorough` when `dtype` is float16 (see LOW_DTYPES)."""
-    return pytest.param(*values, marks=[pytest.mark.thorough] if dtype == "float16" else [], id=id)
+    return [pytest.param(name, marks=[] if r.families[family] else [pytest.mark.thorough], id=name)
+            for name, r in PRECISIONS.items() if family in r.families]
 
 
 @pytest.fixture(scope="session")

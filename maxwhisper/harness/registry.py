@@ -26,6 +26,7 @@ from maxwhisper.harness.compare import Check, Tolerance
 from maxwhisper.harness.judge import Rule
 from maxwhisper.harness.reference import modules as ref
 from maxwhisper.layers import Traced
+from maxwhisper.precision import PRECISIONS
 
 # MAX float32 against the float64 reference (rtol is relative to each row's largest value).
 # atol 1e-4 is the project's target on real speech. rtol 5e-5 (~400 float32 ulps of the row's
@@ -33,11 +34,10 @@ from maxwhisper.layers import Traced
 # (rel 2.3e-5; openai-whisper's own float32 errs 2.6e-3 there), while the tanh-GELU bug
 # (up to 4.7e-4 on values below 3) still exceeds 1e-4 + 5e-5 * 3.
 DEFAULT_TOLERANCE = {"float32": Tolerance(atol=1e-4, rtol=5e-5)}
-# 16-bit dtypes have no absolute guard: the derived rule alone judges them. The float32 target is a
-# project goal for float32, not a property of the arithmetic; in bfloat16 one rounding of a value
-# near 1 moves it by up to 2**-9 = 2e-3, 20x that atol, and errors grow with the layer as PyTorch's
-# do. A guard derived from the yardstick would only restate the rule, so none is invented.
-NO_GUARD = ("bfloat16", "float16")
+# Precisions without the absolute guard (`precision.Row.guard`): the derived rule alone judges them. The
+# float32 target is a project goal for float32, not a property of the arithmetic: one bfloat16 rounding
+# of a value near 1 moves it by up to 2e-3, one TF32 truncation by up to 1e-3, 10-20x that atol.
+NO_GUARD = tuple(name for name, r in PRECISIONS.items() if not r.guard)
 
 # The derived rule (harness.judge): MAX's error against float64 within k times PyTorch's in the same
 # dtype, plus 4 eps. Chosen once, from the largest MAX/PyTorch-float32 ratio measured on clean code,
@@ -87,7 +87,7 @@ class LayerSpec:
     sample: Callable | None = None
 
     def tol(self, dtype: str = "float32") -> Tolerance | None:
-        """The absolute guard in `dtype`: float32's target, None for a 16-bit dtype (see NO_GUARD)."""
+        """The absolute guard in `dtype`: float32's target, None for a precision without one (NO_GUARD)."""
         if dtype in NO_GUARD:
             return None
         if dtype not in DEFAULT_TOLERANCE:

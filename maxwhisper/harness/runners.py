@@ -16,20 +16,13 @@ import torch
 from max.dtype import DType
 from whisper.model import ModelDimensions
 
+from maxwhisper.device import parse_device
 from maxwhisper.harness.reference import modules as ref
+from maxwhisper.harness.reference.yardstick import setup
 from maxwhisper.harness.registry import SPECS, LayerSpec
-from maxwhisper.precision import DTYPES
+from maxwhisper.precision import dtype_of, form
 from maxwhisper.runtime import Compiled, device_ref, functional_graph
-
-# The dtypes a MAX graph of the harness is built in (the reference runs in float64 regardless), and
-# torch's name for each: the yardstick runs openai-whisper's module in the same dtype.
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _dtype(dtype: str) -> DType:
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}: the harness builds MAX graphs in {sorted(DTYPES)}")
-    return DTYPES[dtype]
+from maxwhisper.tf32 import products
 
 
 def _arrays(spec: LayerSpec, x) -> list[np.ndarray]:
@@ -49,24 +42,26 @@ def _input_dtypes(spec: LayerSpec) -> dict[str, DType]:
 
 
 @functools.cache
-def _compiled(name: str, dims: tuple, dtype: str, device: str) -> Compiled:
-    spec, d = SPECS[name], ModelDimensions(*dims)
-    graph, _ = functional_graph(name, lambda x, s: spec.build(x, s, d), spec.input_shapes(d),
-                                spec.param_shapes(d), device_ref(device), _dtype(dtype),
-                                input_dtypes=_input_dtypes(spec))
+def _compiled(name: str, dims: tuple, dtype: str, device: str, emulate: str | None) -> Compiled:
+    spec, d, f = SPECS[name], ModelDimensions(*dims), form(dtype, device, emulate)
+    graph, _ = functional_graph(name + f.suffix, lambda x, s: spec.build(x, s, d), spec.input_shapes(d),
+                                spec.param_shapes(d), device_ref(device), dtype_of(dtype),
+                                input_dtypes=_input_dtypes(spec), product=products(f))
     return Compiled(graph, device)
 
 
-def compile_layer(spec: LayerSpec, dims: ModelDimensions, dtype: str = "float32", device: str = "cpu") -> Compiled:
-    """The record's one-layer graph (weights as inputs), compiled once per (layer, dims, dtype, device)."""
-    return _compiled(spec.name, astuple(dims), dtype, device)
+def compile_layer(spec: LayerSpec, dims: ModelDimensions, dtype: str = "float32", device: str = "cpu",
+                  emulate: str | None = None) -> Compiled:
+    """The record's one-layer graph (weights as inputs), compiled once per (layer, dims, precision form)."""
+    return _compiled(spec.name, astuple(dims), dtype, device, emulate)
 
 
 def run_max(spec: LayerSpec, dims: ModelDimensions, x, params: Mapping[str, np.ndarray],
-            dtype: str = "float32", device: str = "cpu") -> np.ndarray:
-    """Run the layer's one-layer MAX graph on `x` with `params` (new values never recompile)."""
+            dtype: str = "float32", device: str = "cpu", emulate: str | None = None) -> np.ndarray:
+    """Run the layer's one-layer MAX graph on `x` with `params` (new values never recompile);
+    `dtype` a precision (`maxwhisper.precision`), `emulate="gpu"` its GPU form on this device."""
     order = spec.param_shapes(dims)
-    return compile_layer(spec, dims, dtype, device)(*_arrays(spec, x), *(params[k] for k in order))[0]
+    return compile_layer(spec, dims, dtype, device, emulate)(*_arrays(spec, x), *(params[k] for k in order))[0]
 
 
 def bound_max(spec: LayerSpec, dims: ModelDimensions, params: Mapping[str, np.ndarray],
@@ -81,41 +76,37 @@ def bound_max(spec: LayerSpec, dims: ModelDimensions, params: Mapping[str, np.nd
     missing = sorted(set(shapes) - set(params))
     if missing:
         raise ValueError(f"{spec.name}: params lack {missing}")
-    graph, _ = functional_graph(f"{spec.name}_bound", lambda x, s: spec.build(x, s, dims),
-                                spec.input_shapes(dims), shapes, device_ref(device), _dtype(dtype), bind=True,
-                                input_dtypes=_input_dtypes(spec))
+    f = form(dtype, device)
+    graph, _ = functional_graph(f"{spec.name}_bound{f.suffix}", lambda x, s: spec.build(x, s, dims),
+                                spec.input_shapes(dims), shapes, device_ref(device), dtype_of(dtype), bind=True,
+                                input_dtypes=_input_dtypes(spec), product=products(f))
     return Compiled(graph, device, {k: params[k] for k in shapes})
 
 
 def torch_device(device: str) -> str:
     """PyTorch's device for the yardstick of a MAX run on `device`: the same kind of device, since
     PyTorch's own error there is what MAX there is judged by."""
-    if device == "cpu":
-        return "cpu"
-    if not torch.cuda.is_available():
+    d = parse_device(device)
+    if d.kind != "cpu" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: the PyTorch yardstick needs CUDA, and torch {torch.__version__} "
                          "has none")
-    return "cuda:" + (device.partition(":")[2] or "0")
-
-
-def torch_dtype(dtype: str) -> torch.dtype:
-    """torch's dtype of the yardstick for a MAX graph in `dtype`."""
-    _dtype(dtype)
-    return TORCH_DTYPES[dtype]
+    return d.torch
 
 
 @torch.no_grad()
 def run_reference(spec: LayerSpec, dims: ModelDimensions, x, params: Mapping[str, np.ndarray],
-                  dtype: torch.dtype = torch.float64, device: str = "cpu") -> np.ndarray:
-    """openai-whisper's module for the record, in `dtype` (float64: the reference), as float32 or float64.
+                  dtype: torch.dtype | str = torch.float64, device: str = "cpu") -> np.ndarray:
+    """openai-whisper's module for the record, float64 (the reference) or as the yardstick of a
+    precision (its name, or its torch dtype: `yardstick.setup`), returned as float32 or float64.
 
     In a 16-bit dtype it is openai-whisper's own mixed precision (`fp16=True`), the policy of
     `maxwhisper.precision`: the weights stay float32 and the input is rounded to `dtype`; whisper's
     Linear and Conv1d cast their weights to the input's dtype, its LayerNorm computes in float32.
     Integer inputs (token ids) go in as they are.
     """
-    weights = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+    dtype, weights, numerics = setup(dtype)
     module = ref.load(spec.reference(dims), params, "", weights).to(device)
     args = [torch.from_numpy(a).to(device, dtype if a.dtype.kind == "f" else None) for a in _arrays(spec, x)]
-    out = module(*args)
+    with numerics:
+        out = module(*args)
     return out.cpu().numpy() if out.dtype in (torch.float32, torch.float64) else out.float().cpu().numpy()

@@ -12,9 +12,10 @@ from maxwhisper.audio import load_audio, log_mel, synthesize
 from maxwhisper.harness.compare import Comparison, compare, compare_traces, first_failure, top1_failures
 from maxwhisper.harness.reference.capture import reference_decoder_trace, reference_trace
 from maxwhisper.harness.registry import ENCODER_OUTPUT, check_of, input_of
-from maxwhisper.harness.runners import torch_device, torch_dtype
+from maxwhisper.harness.runners import torch_device
 from maxwhisper.harness.speech import reference_text, speech_dir
 from maxwhisper.model import MaxWhisper
+from maxwhisper.harness.reference.yardstick import describe
 from maxwhisper.precision import mode
 
 # Spoken by eSpeak NG when the shared speech data (and so jfk.flac) is absent.
@@ -81,7 +82,7 @@ def verify_model(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTE
     mel = log_mel(audio, model.dims.n_mels)[None]
     expected = reference_trace(model.dims, model.state_dict, mel)
     device = torch_device(model.device)
-    same = reference_trace(model.dims, model.state_dict, mel, torch_dtype(model.dtype), device)
+    same = reference_trace(model.dims, model.state_dict, mel, model.dtype, device)
     check = check_of(model.dims, model.dtype, guard=True)
     rows = compare_traces(model.encode_trace(mel), expected, check, same, input_of(model.dims))
     rows.append(compare(ENCODER_OUTPUT, model.encode(mel), expected["encoder.ln_post"], check(ENCODER_OUTPUT),
@@ -91,7 +92,7 @@ def verify_model(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTE
     actual = model.decoder.trace(tokens, features.astype(np.float32), prompt)
     ref = reference_decoder_trace(model.dims, model.state_dict, tokens, features)
     same = reference_decoder_trace(model.dims, model.state_dict, tokens, features.astype(np.float32),
-                                   torch_dtype(model.dtype), device)
+                                   model.dtype, device)
     rows += compare_traces(actual, ref, check, same, input_of(model.dims))
     logits, got = ref["decoder.logits"][0], actual["decoder.logits"][0]
     top2 = np.sort(logits, axis=-1)[:, -2:]
@@ -120,6 +121,7 @@ def report(model_name: str, model: MaxWhisper, source: str, device: str, result:
 
     bad = result.first_failure
     return {"model": model_name, "weights_sha256": weights_hash(model.state_dict), "audio": source,
-            "device": device, "dtype": model.dtype, "mode": mode(model.dtype), "passed": result.passed,
+            "device": device, "dtype": model.dtype, "mode": mode(model.dtype, device, model.form.target),
+            "yardstick": describe(model.dtype, device), "passed": result.passed,
             "first_failure": bad.layer if bad else None, "transcripts": result.transcripts,
             "decoder": result.decoder, "layers": [c.row() for c in result.comparisons]}

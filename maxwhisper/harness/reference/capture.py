@@ -15,6 +15,7 @@ import whisper.model as wm
 from torch.nn import functional as F
 
 from maxwhisper.harness.reference.modules import reference_decoder, reference_encoder
+from maxwhisper.harness.reference.yardstick import setup
 from maxwhisper.layers import decoder_trace, encoder_trace
 
 
@@ -64,14 +65,16 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def reference_trace(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray], mel: np.ndarray,
-                    dtype: torch.dtype = torch.float64, device: str = "cpu") -> dict[str, np.ndarray]:
+                    dtype: torch.dtype | str = torch.float64, device: str = "cpu") -> dict[str, np.ndarray]:
     """openai-whisper's encoder on `mel`, every activation by layer id: in float64 the reference,
     in MAX's dtype (and on MAX's kind of device) the yardstick, PyTorch's own error, which the
-    derived rule measures MAX by. In a 16-bit dtype it is whisper's own mixed precision
-    (`transcribe(..., fp16=True)`): float32 weights, the mel rounded to `dtype` (`maxwhisper.precision`)."""
-    weights = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+    derived rule measures MAX by; `dtype` a precision name or its torch dtype (`yardstick.setup`). In a
+    16-bit dtype it is whisper's own mixed precision (`transcribe(..., fp16=True)`): float32 weights,
+    the mel rounded to `dtype` (`maxwhisper.precision`)."""
+    dtype, weights, numerics = setup(dtype)
     encoder = reference_encoder(dims, state_dict, weights).to(device)
-    return trace_encoder(encoder, torch.from_numpy(np.asarray(mel)).to(device, dtype))
+    with numerics:
+        return trace_encoder(encoder, torch.from_numpy(np.asarray(mel)).to(device, dtype))
 
 
 @torch.no_grad()
@@ -102,12 +105,13 @@ def trace_decoder(decoder: wm.TextDecoder, tokens: torch.Tensor, xa: torch.Tenso
 
 
 def reference_decoder_trace(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray], tokens: np.ndarray,
-                            features: np.ndarray, dtype: torch.dtype = torch.float64,
+                            features: np.ndarray, dtype: torch.dtype | str = torch.float64,
                             device: str = "cpu") -> dict[str, np.ndarray]:
     """openai-whisper's decoder, teacher-forced on `tokens` over `features`, every activation by id.
     In a 16-bit dtype it is whisper's own mixed precision, as `reference_trace`: float32 weights, the
     features rounded to `dtype`."""
-    weights = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+    dtype, weights, numerics = setup(dtype)
     decoder = reference_decoder(dims, state_dict, weights).to(device)
-    return trace_decoder(decoder, torch.from_numpy(np.asarray(tokens, np.int64)).to(device),
-                         torch.from_numpy(np.asarray(features)).to(device, dtype))
+    with numerics:
+        return trace_decoder(decoder, torch.from_numpy(np.asarray(tokens, np.int64)).to(device),
+                             torch.from_numpy(np.asarray(features)).to(device, dtype))
