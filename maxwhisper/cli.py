@@ -97,7 +97,11 @@ def cmd_diff(args) -> int:
     baseline = diff.load(args.baseline)
     if baseline["model"] != args.model:
         raise ValueError(f"{args.baseline} was written for model {baseline['model']!r}, not {args.model!r}")
+    from maxwhisper.harness.reference.yardstick import describe
+    from maxwhisper.precision import mode
+
     model = load_model(args.model, device=args.device)
+    print(f"MAX: {mode('float32', args.device)}\nyardstick: {describe('float32', args.device)}")
     rows = diff.compare(baseline, diff.measure(model), args.factor)
     print(diff.format_rows(rows))
     bad = next((r for r in rows if r.regressed), None)

@@ -39,6 +39,8 @@ class Row:
     eps: float                # the rule's floor unit (judge.judge)
     guard: bool               # float32's absolute target applies on real speech (registry)
     products: dict            # device kind -> how TF32_PRODUCTS are computed: ieee | tf32 | 3xtf32 | 16bit
+    yardstick: str            # PyTorch in `storage` with IEEE float32 products ("ieee"), or their operands
+                              # truncated to TF32 first ("tf32 operands"): harness.reference.yardstick
     emulated: tuple[str, ...] = ()   # ops in float32 on 16-bit values (MAX's 16-bit kernel errs 9-13x torch's)
     # test family (records: one-layer property and golden tests; golden: the golden traces; tiny_en: tiny.en
     # on jfk.flac; pipeline: transcripts) -> whether CI runs it (False: pytest --thorough only)
@@ -47,22 +49,22 @@ class Row:
 
 
 PRECISIONS = {r.name: r for r in [
-    Row("float32", "float32", 2.0**-23, True, {"cpu": "ieee", "gpu": "3xtf32"},
+    Row("float32", "float32", 2.0**-23, True, {"cpu": "ieee", "gpu": "3xtf32"}, "ieee",
         why="IEEE-grade float32 on every device: the CPU's matmul is IEEE; a GPU's is split into 3 TF32 products"),
     # eps is float32's: the yardstick truncates the same operands, so TF32's own error is in it, and
     # what the floor covers (LayerNorm, GELU, softmax) is float32 arithmetic.
     # CI: its records and golden traces (what a change to a product breaks first), not the tiny.en parity
     # (verify runs it): each tf32 graph with a product is a cold compile of its own.
-    Row("tf32", "float32", 2.0**-23, False, {"cpu": "tf32", "gpu": "tf32"},
+    Row("tf32", "float32", 2.0**-23, False, {"cpu": "tf32", "gpu": "tf32"}, "tf32 operands",
         families={"records": True, "golden": True, "tiny_en": False},
         why="MAX's float32 graph on an NVIDIA GPU; on the CPU its operand truncation is emulated in the graph"),
-    Row("bfloat16", "bfloat16", 2.0**-7, False, {"cpu": "16bit", "gpu": "16bit"}, _16BIT_EMULATED,
+    Row("bfloat16", "bfloat16", 2.0**-7, False, {"cpu": "16bit", "gpu": "16bit"}, "ieee", _16BIT_EMULATED,
         dict.fromkeys(("records", "golden", "tiny_en", "pipeline"), True),
         why="openai-whisper's fp16=True policy in bfloat16"),
     # float16 in CI only with --thorough: on the CPU every (graph, dtype) is a cold compile in a fresh CI
     # cache, measured at 32-156 s per one-layer decoder graph and 427 s for the float16 decoder's trace and
     # cross K/V graphs; bfloat16 is the CPU's 16-bit type, float16 a GPU's.
-    Row("float16", "float16", 2.0**-10, False, {"cpu": "16bit", "gpu": "16bit"}, _16BIT_EMULATED,
+    Row("float16", "float16", 2.0**-10, False, {"cpu": "16bit", "gpu": "16bit"}, "ieee", _16BIT_EMULATED,
         dict.fromkeys(("records", "golden", "tiny_en", "pipeline"), False), why="openai-whisper's fp16=True policy"),
 ]}
 

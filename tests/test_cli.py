@@ -17,9 +17,11 @@ def test_verify_jfk_writes_table_and_json(speech_dir, tmp_path, capsys, tiny_en_
     printed = capsys.readouterr().out
     assert png.read_bytes()[:4] == b"\x89PNG" and f"error plot written to {png}" in printed
     assert "encoder.blocks.3.attn.key" in printed and printed.count("within tolerance") == 2
-    assert "dtype: bfloat16 (real 16-bit MAX kernels" in printed and "emulated" in printed
+    assert "MAX: bfloat16 (real 16-bit MAX kernels" in printed and "emulated" in printed
+    assert printed.count("yardstick: torch ") == 2 and "float32, matmul ieee, conv ieee" in printed
     runs = json.loads(out.read_text())["runs"]
     assert [r["dtype"] for r in runs] == ["float32", "bfloat16"]
+    assert runs[0]["mode"] == "float32 (IEEE; cpu)" and "matmul ieee, conv ieee" in runs[0]["yardstick"]
     for report in runs:
         assert report["passed"] and report["first_failure"] is None
         assert "ask not what your country can do for you" in report["transcripts"]["max"]
@@ -80,6 +82,7 @@ def test_verify_names_a_doctored_decoder_layer(speech_dir, capsys, monkeypatch, 
     (["verify", "."], "directory"),
     (["verify", "--model", "no-such-model"], "no-such-model"),
     (["verify", "--dtype", "float32,fp8"], "dtype 'fp8'"),
+    (["verify", "--device", "cuda:0"], "device 'cuda:0'"),
 ])
 def test_verify_bad_input_is_one_line_exit_2(args, words):
     p = subprocess.run([sys.executable, "-m", "maxwhisper.cli", *args], capture_output=True, text=True)

@@ -34,6 +34,12 @@ class ParityRecorder:
             line += (f"; largest MAX/torch error ratio: {worst.layer} "
                      + " ".join(f"{f} {r:.2f}" for f, r in worst.ratios.items()) + f" (k: {worst.check.rule})")
         terminalreporter.write_line(line)
+        from maxwhisper.harness.reference.yardstick import describe
+        from maxwhisper.precision import mode
+
+        device = config.getoption("--device")
+        for dtype in dict.fromkeys(c.check.dtype for c in judged):  # what each side ran in
+            terminalreporter.write_line(f"parity {dtype}: MAX {mode(dtype, device)}; yardstick {describe(dtype, device)}")
         path = config.getoption("--parity-report")
         if path:
             with open(path, "w") as f:

@@ -65,7 +65,7 @@ class TF32Operands(TorchFunctionMode):
 def numerics(precision: str):
     """PyTorch as the yardstick of `precision`: IEEE float32 products, plus the TF32 truncation for tf32."""
     ieee()
-    with TF32Operands() if row(precision).products["gpu"] == "tf32" else contextlib.nullcontext():
+    with TF32Operands() if row(precision).yardstick == "tf32 operands" else contextlib.nullcontext():
         yield
 
 
@@ -81,7 +81,7 @@ def describe(precision: str, device: str = "cpu") -> str:
     kinds = ("cuda matmul", "cudnn conv") if d.kind == "gpu" else ("cpu matmul", "cpu conv")
     flags = ", ".join(f"{k.split()[1]} {_BACKENDS[k]().fp32_precision}" for k in kinds)
     text = f"torch {torch.__version__} {d.torch}, {row(precision).storage}, {flags}"
-    if row(precision).products["gpu"] == "tf32":
+    if row(precision).yardstick == "tf32 operands":
         text += ", Linear/conv/logits operands truncated to TF32"
     return text
 
