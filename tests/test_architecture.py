@@ -18,7 +18,8 @@ from maxwhisper.weights import expected_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_MODULES = ["maxwhisper", "maxwhisper.model", "maxwhisper.layers", "maxwhisper.runtime", "maxwhisper.weights",
-                 "maxwhisper.ct2", "maxwhisper.audio", "maxwhisper.sizes", "maxwhisper.transcribe", "maxwhisper.cli"]
+                 "maxwhisper.ct2", "maxwhisper.audio", "maxwhisper.sizes", "maxwhisper.transcribe", "maxwhisper.cli",
+                 "maxwhisper.precision", "maxwhisper.tf32", "maxwhisper.device", "maxwhisper.decoder"]
 DIMS = SIZES["tiny.en"]
 
 
@@ -28,6 +29,20 @@ def test_model_package_imports_no_harness_and_no_benchmarks():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip() == "[]", f"the model package pulls in {p.stdout.strip()}"
+
+
+def test_precision_table_and_device_parser_import_neither_max_nor_torch():
+    """The reference side reads the same rows; it must not need MAX to. (The package's __init__ imports
+    the model, so the two modules load under a bare parent package.)"""
+    code = ("import importlib.util, sys, types\n"
+            "sys.modules['maxwhisper'] = types.ModuleType('maxwhisper')\n"
+            "for name in ('device', 'precision'):\n"
+            "    spec = importlib.util.spec_from_file_location('maxwhisper.' + name, 'maxwhisper/' + name + '.py')\n"
+            "    sys.modules[spec.name] = m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+            "print(sorted(m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('max', 'torch')))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == "[]", p.stdout
 
 
 def _build_traced(record=None):
