@@ -8,6 +8,7 @@
 # probe16.json, parity-gpu.xml, bench-gpu/bench.json, bench-gpu/bench.png (the 8th folds into extra.tgz).
 #   stage   rejoin the parts, check sha256 against the manifest, pip-install into /tmp/mw-site
 #   env     imports, torch CUDA, MAX accelerator count, a 4x4 MAX matmul on CPU and GPU
+#   probe_tf32  gpu/probe_tf32.py: which float32 products MAX computes in TF32, truncated or rounded (one graph)
 #   verify  maxwhisper verify --device gpu (eSpeak NG speech: ../shared/speech does not travel)
 #   probe16 gpu/probe16.py: bfloat16/float16 matmul, layer_norm, softmax, gelu, cast in MAX vs torch
 #   parity  pytest -k parity --device gpu
@@ -70,6 +71,9 @@ timeout 20 nvidia-smi || echo "nvidia-smi: unavailable"
 timeout 30 "$PY" -m pip list 2>/dev/null | grep -iE '^(torch|numpy|triton|numba|tiktoken|click|psutil|rich|typing.extensions|pytest|pytest.benchmark|hypothesis|tqdm) '
 
 step env "$CAP_ENV" "$PY" gpu/env_check.py --need gpu --json "$OUT/env.json"
+
+# Which products are TF32 (precision.TF32_PRODUCTS assumes every Linear and conv matmul): one graph.
+step probe_tf32 "$CAP_PROBE16" "$PY" gpu/probe_tf32.py --device gpu --json "$OUT/probe_tf32.json"
 
 # verify first: one traced and one plain encoder graph give every layer's error on the GPU and
 # both transcripts; parity then compiles one graph per record and per encoder size (cold: tens of

@@ -227,7 +227,8 @@ def test_run_sh_records_every_step_and_keeps_out_under_8_files(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     summary = json.loads((out / "summary.json").read_text())
     rcs = {s["step"]: s["rc"] for s in summary["steps"]}
-    assert rcs == {"stage": 0, "env": 0, "parity-float32": 124, "verify": 1, "probe16": 0, "bench": 0}
+    assert rcs == {"stage": 0, "env": 0, "probe_tf32": 0, "parity-float32": 124, "verify": 1, "probe16": 0,
+                   "bench": 0}
     assert summary["finished"] is True
     files = [f for f in out.rglob("*") if f.is_file()]
     assert len(files) <= 8 and (out / "extra.tgz").exists() and (out / "run.log").exists()
@@ -237,4 +238,4 @@ def test_run_sh_records_every_step_and_keeps_out_under_8_files(tmp_path):
 def test_run_sh_skips_steps_once_the_budget_is_spent(tmp_path):
     _, out = _run_sh_with_fake_python(tmp_path, MW_BUDGET_S="5")
     summary = json.loads((out / "summary.json").read_text())
-    assert [s.get("skipped") for s in summary["steps"]] == [True] * 6
+    assert [s.get("skipped") for s in summary["steps"]] == [True] * 7

@@ -151,6 +151,21 @@ def test_float32_gpu_form_meets_float32s_rule(name, regime, seed, batch, length,
     record_parity(assert_parity(f"{name}[{regime}, float32 3xTF32]", actual, expected, spec.check("float32"), same))
 
 
+def test_gpu_probe_tells_ieee_truncated_and_rounded_apart():
+    """gpu/probe_tf32.py's classifier (its graph runs in the GPU lease; here it reads IEEE everywhere)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("probe_tf32", Path(__file__).parents[1] / "gpu" / "probe_tf32.py")
+    spec.loader.exec_module(probe := importlib.util.module_from_spec(spec))
+
+    assert probe.classify(probe.LOW) == "ieee"
+    assert probe.classify(probe.tf32_trunc(probe.LOW)) == "tf32 truncated"
+    assert probe.classify(probe.tf32_round(probe.LOW)) == "tf32 rounded"
+    x = torch.from_numpy(probe.LOW)
+    assert np.array_equal(yardstick.tf32(x).numpy(), probe.tf32_trunc(probe.LOW))
+
+
 # ------------------------------------------------------------------ the table and the device parser
 def test_every_precision_has_a_form_on_every_device():
     for name, r in PRECISIONS.items():
