@@ -155,4 +155,6 @@ def mode(name: str, device: str = "cpu", emulate: str | None = None) -> str:
         how += " (truncated in the graph)" if f.marked else " (by the GPU's tensor cores)"
     elif f.products == "3xtf32":
         how += ", each operand's TF32 truncation done in the graph"
+    if UNKNOWN.get(f.target):  # what the GPU probe has yet to say
+        how += f"; TF32 or not on this device, not yet probed: {', '.join(UNKNOWN[f.target])}"
     return f"{name} ({how}; {where})"

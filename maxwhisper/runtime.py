@@ -35,7 +35,11 @@ def _session(device: str) -> tuple[engine.InferenceSession, DeviceRef]:
 
 
 def device_ref(device: str) -> DeviceRef:
-    return _session(parse_device(device).name)[1]
+    """MAX's reference to `device`, or a ValueError in the caller's spelling of it."""
+    d = parse_device(device)
+    if d.kind != "cpu" and driver.accelerator_count() == 0:
+        raise ValueError(f"device {device!r}: no MAX accelerator on this machine")
+    return _session(d.name)[1]
 
 
 def weight_data(a: np.ndarray, dtype: DType):
