@@ -76,6 +76,16 @@ def test_16bit_encode_takes_and_returns_float32(tiny_en_in, tiny_en_model, jfk_m
     assert 2.0**-12 < rel < 2.0**-4, rel  # rounded (not float32 in disguise), yet the same features
 
 
+def test_tf32_encode_takes_and_returns_float32(tiny_en_in, tiny_en_model, jfk_mel):
+    """`dtype="tf32"` through the public API: float32 in and out, TF32's error from float32 (measured 2.5e-3
+    relative on jfk.flac; float32 in disguise would be ~1e-6), the same features."""
+    out = tiny_en_in("tf32").encode(jfk_mel)
+    ref = tiny_en_model.encode(jfk_mel)
+    assert out.shape == ref.shape and out.dtype == np.float32
+    rel = np.sqrt(np.mean((out - ref) ** 2) / np.mean(ref**2))
+    assert 2.0**-12 < rel < 2.0**-6, rel
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_weight_data_rounds_as_torch(dtype):
     """Weights enter MAX rounded to nearest even, exactly as torch's `.to(dtype)` rounds them."""
