@@ -2,7 +2,7 @@
 (`maxwhisper.harness.verify`, `maxwhisper.transcribe`).
 
   maxwhisper verify [AUDIO] [--model NAME|PATH] [--device cpu|gpu|gpu:N] [--dtype float32,tf32,bfloat16,float16]
-                    [--emulate gpu] [--json PATH] [--plot PATH] [--save-trace PATH]
+                    [--emulate gpu] [--no-transcripts] [--json PATH] [--plot PATH] [--save-trace PATH]
   maxwhisper diff [BASELINE] [--factor F]
   maxwhisper transcribe FILE... [--model NAME|PATH] [--output-format txt|json|srt|vtt|tsv|all] [--output-dir DIR]
                                 [--batch-size N] [--encoder max|torch] [--decoder max|torch]
@@ -48,6 +48,12 @@ def cmd_verify(args) -> int:
     print(f"model: {args.model}  audio: {source} ({len(audio) / 16000:.2f} s)  device: {args.device}",
           flush=True)
     results = {}
+
+    def write_json():  # after every dtype and again after the transcripts: a run cut short keeps its tables
+        if args.json:
+            runs = [report(args.model, models[d], source, args.device, r) for d, r in results.items()]
+            Path(args.json).write_text(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}, indent=1) + "\n")
+
     for dtype, model in models.items():
         rows, decoder = verify_model(model, audio, reference_text(source) or DEFAULT_SENTENCE)
         result = results[dtype] = Verification(rows, decoder=decoder)
@@ -62,14 +68,15 @@ def cmd_verify(args) -> int:
         d = result.decoder
         print(f"decoder teacher-forced on {d['text']!r}: top-1 token equal to the reference's at "
               f"{d['top1_equal']}/{d['steps']} steps" + (f"; differs beyond a tie at {d['top1_failures']}"
-                                                         if d["top1_failures"] else ""))
+                                                         if d["top1_failures"] else ""), flush=True)
+        write_json()
     if args.plot:  # before the transcripts: the slow part
         from maxwhisper.harness.plot import plot_errors
 
         plot_errors({d: r.comparisons for d, r in results.items()}, args.plot,
                     f"{args.model} on {source}: MAX vs float64")
         print(f"error plot written to {args.plot}")
-    for dtype, model in models.items():
+    for dtype, model in models.items() if not args.no_transcripts else ():
         e2e = results[dtype].transcripts = end_to_end(model, audio, source)
         print(f"transcript, MAX ({dtype}): {e2e['max']}")
         print(f"transcript, PyTorch (float32): {e2e['torch']}")
@@ -77,10 +84,8 @@ def cmd_verify(args) -> int:
         if "reference" in e2e:
             line += (f"   against the reference text: MAX {100 * e2e['wer_max']:.2f}%, "
                      f"PyTorch {100 * e2e['wer_torch']:.2f}%")
-        print(line)
-    if args.json:
-        runs = [report(args.model, models[d], source, args.device, r) for d, r in results.items()]
-        Path(args.json).write_text(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}, indent=1) + "\n")
+        print(line, flush=True)
+    write_json()
     if args.save_trace:
         from maxwhisper.harness.diff import save
 
@@ -156,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--emulate", choices=["gpu"], default=None,
                    help="build each dtype in its NVIDIA GPU form on this device (float32 as 3xTF32, tf32 "
                         "truncated), the tensor cores' operand truncation done in the graph")
-    v.add_argument("--json", metavar="PATH", help="also write the table as JSON")
+    v.add_argument("--json", metavar="PATH", help="also write the table as JSON (after each dtype, then with "
+                   "the transcripts)")
+    v.add_argument("--no-transcripts", action="store_true",
+                   help="layers only: skip both pipelines' transcripts (the slow part on a CPU)")
     v.add_argument("--plot", metavar="PATH", help="also draw every layer's error, MAX's and PyTorch's, as a PNG")
     v.add_argument("--save-trace", metavar="PATH",
                    help="also write every layer's error figures (golden and seeded random mels): a diff baseline")

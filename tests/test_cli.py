@@ -44,6 +44,21 @@ def test_verify_jfk_writes_table_and_json(speech_dir, tmp_path, capsys, tiny_en_
     assert "WER MAX vs PyTorch: 0.00%" in printed
 
 
+def test_verify_tf32_layers_only(speech_dir, tmp_path, capsys):
+    """tf32 on jfk.flac, every row within the rule against the TF32 yardstick; --no-transcripts
+    writes the JSON with the layers and no transcripts; both headers say what ran."""
+    out = tmp_path / "v.json"
+    assert main(["verify", str(speech_dir / "jfk.flac"), "--dtype", "tf32", "--no-transcripts",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "MAX: tf32 (every Linear and conv matmul on operands truncated to TF32" in printed
+    assert "yardstick: torch " in printed and "operands truncated to TF32" in printed
+    assert "all 110 layers within tolerance" in printed and "transcript" not in printed
+    report = json.loads(out.read_text())
+    assert report["passed"] and report["transcripts"] == {} and len(report["layers"]) == 110
+    assert report["decoder"]["top1_failures"] == []
+
+
 def test_verify_fails_and_names_the_layer(speech_dir, capsys, monkeypatch, tiny_en_model):
     """A wrong activation gives exit 1 and names the first bad layer (the mutation tests inject
     real bugs into the graph; here the trace is doctored so that no extra graph is compiled)."""
