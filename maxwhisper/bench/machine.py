@@ -20,5 +20,8 @@ def machine() -> dict:
         flags = next((line.split(":", 1)[1].split() for line in info.splitlines()
                       if line.startswith("flags")), [])
         cpu += " (" + ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags) + ")"
+    b = torch.backends  # the numeric mode PyTorch's float32 side ran in (cuDNN convs default to TF32)
+    fp32 = {"cuda matmul": b.cuda.matmul.fp32_precision, "cudnn conv": b.cudnn.conv.fp32_precision,
+            "cpu matmul": b.mkldnn.matmul.fp32_precision, "cpu conv": b.mkldnn.conv.fp32_precision}
     return dict(cpu=cpu, cores=os.cpu_count(), torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                max=version("max"), python=platform.python_version())
+                torch_fp32_precision=fp32, max=version("max"), python=platform.python_version())
