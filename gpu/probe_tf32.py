@@ -13,6 +13,8 @@ fused attention core softmax(q k^T / 8) v. Two inputs per product:
 - random: normal data at Whisper's scale; MAX's relative RMS error against float64, beside PyTorch's in
   IEEE and in its own TF32 mode (on CUDA) and the truncation emulated in numpy.
 The attention core is fused, so only its random row is read (its error level says IEEE or TF32).
+`linear 3xtf32` is the Linear's random product as float32's GPU form computes it (`tf32.split_product`):
+IEEE-grade (~1e-7) if MAX's compiler keeps the three TF32 products apart, TF32-grade (~1e-3) if not.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from max.dtype import DType  # noqa: E402
 from max.graph import Graph, TensorType, ops  # noqa: E402
 
-from maxwhisper import layers  # noqa: E402
+from maxwhisper import layers, tf32  # noqa: E402
 from maxwhisper.device import parse_device  # noqa: E402
 from maxwhisper.runtime import Compiled, device_ref  # noqa: E402
 
@@ -63,6 +65,7 @@ def build(device: str) -> Compiled:
             a_bits, a_rand, b_bits, b_rand = xs[4 * i:4 * i + 4]
             outs += [_product(name, a_bits, b_bits), _product(name, a_rand, b_rand)]
         outs.append(layers.qkv_attention(*xs[-3:], H))
+        outs.append(tf32.split_product(xs[1], ops.transpose(xs[3], 0, 1)))  # the Linear's random operands
         g.output(*outs)
     return Compiled(g, device)
 
@@ -119,8 +122,10 @@ def main() -> int:
             row["rel_rms"] = {"max": _rel(outs[2 * i + 1], exact),
                               "emulated tf32": _rel(_np_product(n, tf32_trunc(rand[n][0]).astype(np.float64),
                                                                 tf32_trunc(rand[n][1]).astype(np.float64)), exact)}
-    core = outs[-1]
+    core, split = outs[-2], outs[-1]
     res["rows"]["attention core"] = {"rel_rms": {"max": _rel(core, _np_core(*(x.astype(np.float64) for x in qkv)))}}
+    exact = _np_product("linear", *(x.astype(np.float64) for x in rand["linear"]))
+    res["rows"]["linear 3xtf32"] = {"rel_rms": {"max": _rel(split, exact)}}
     res["torch"] = _torch_side(dev, rand)
     Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))
