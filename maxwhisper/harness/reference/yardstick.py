@@ -45,6 +45,10 @@ def tf32(t: torch.Tensor) -> torch.Tensor:
     return (t.contiguous().view(torch.int32) & -8192).view(torch.float32)  # 0xFFFFE000
 
 
+# `x @ w` reaches a function mode as TensorBase.matmul, not as __matmul__ (seen in torch 2.13)
+_PRODUCTS = (F.linear, F.conv1d, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__)
+
+
 class TF32Operands(TorchFunctionMode):
     """Linear, conv1d and matmul (the logits' `x @ E.T`) on TF32-truncated operands; SDPA, the attention
     core, is one call and stays IEEE, as `precision.TF32_PRODUCTS` marks it. `calls` counts the products."""
@@ -55,7 +59,7 @@ class TF32Operands(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in (F.linear, F.conv1d, torch.matmul, torch.Tensor.__matmul__):
+        if func in _PRODUCTS:
             self.calls += 1
             args = (tf32(args[0]), tf32(args[1]), *args[2:])
         return func(*args, **kwargs)
