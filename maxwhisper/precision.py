@@ -113,11 +113,6 @@ def dtype_of(name: str):
     return getattr(DType, row(name).storage)
 
 
-def param_storage(key: str, name: str) -> str:
-    """The dtype a parameter (by state-dict key) is stored and used in, in a graph of precision `name`."""
-    return "float32" if key.endswith(_FLOAT32_PARAMS) else row(name).storage
-
-
 # Parameters kept in float32 whatever the dtype (openai-whisper's LayerNorms and positions).
 # The decoder's token embedding too: whisper adds it to the positions in float32 before rounding (its
 # logits matmul casts it to the dtype per step, `layers.logits`).
@@ -126,7 +121,7 @@ _FLOAT32_PARAMS = ("_ln.weight", "_ln.bias", "ln_post.weight", "ln_post.bias", "
 
 
 def param_dtype(key: str, dtype):
-    """`param_storage` for a MAX dtype (the graph builders' form)."""
+    """The MAX dtype a parameter (by state-dict key) is stored and used in, in a graph of `dtype`."""
     from max.dtype import DType
 
     return DType.float32 if key.endswith(_FLOAT32_PARAMS) else dtype
