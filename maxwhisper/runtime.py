@@ -9,6 +9,10 @@ serves every input shape and every set of weight values.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -82,6 +86,20 @@ def device_buffer(array: np.ndarray, dtype: DType, device: driver.Device) -> dri
     return data.to(device)
 
 
+def log_load(graph: Graph, device: str, seconds: float) -> None:
+    """Append one line per loaded graph to $MAXWHISPER_GRAPH_LOG: the GPU run's budget counts graphs
+    from a run (each is a cold compile on a fresh machine), not from a list kept by hand. `key` tells
+    apart graphs of one name (the encoder and its trace)."""
+    path = os.environ.get("MAXWHISPER_GRAPH_LOG")
+    if path:
+        key = hashlib.sha256(str(graph).encode()).hexdigest()[:12]
+        line = dict(graph=graph.name, key=key, device=device, load_s=round(seconds, 3), pid=os.getpid(),
+                    shard=os.environ.get("MAXWHISPER_SHARD", ""), t=round(time.time(), 3),
+                    test=os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0])
+        with open(path, "a") as f:  # one short write per line: shards append to the same file safely
+            f.write(json.dumps(line) + "\n")
+
+
 class Compiled:
     """A loaded MAX model called with numpy arrays and returning numpy arrays.
 
@@ -94,7 +112,9 @@ class Compiled:
         self.output_names = list(output_names)
         kinds = weight_dtypes or {}
         registry = {k: weight_data(v, kinds.get(k, DType.float32)) for k, v in (weights or {}).items()}
+        t0 = time.perf_counter()
         self.model = session.load(graph, weights_registry=registry)
+        log_load(graph, device, time.perf_counter() - t0)
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
         buffers = [self.to_device(a) for a in arrays]

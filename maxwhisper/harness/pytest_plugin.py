@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -53,10 +54,68 @@ def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", metavar="cpu|gpu|gpu:N",
                      help="where the MAX graphs under test run (default cpu); tests that run MAX skip, "
                           "saying why, where MAX sees no accelerator")
+    parser.addoption("--dtype", metavar="NAME", default=None,
+                     help="only the tests of this precision (a test without a `dtype` parameter is float32's)")
+    parser.addoption("--shard", metavar="I/N", default=None,
+                     help="the I-th (0-based) of N shards of the selected tests: N processes compile N graphs at once")
+    parser.addoption("--shard-groups", metavar="PATH", default=None,
+                     help="with --shard: tests that share graphs, from a run's graph log (gpu/budget.py groups), "
+                          "kept in one shard, the groups balanced by graph count; else every N-th test")
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m: shards split what is selected
+def pytest_collection_modifyitems(config, items):
+    """--dtype and --shard: deselected items are counted in pytest's summary, never skipped."""
+    dtype, shard = config.getoption("--dtype"), config.getoption("--shard")
+    keep = list(items)
+    if dtype is not None:
+        from maxwhisper.precision import PRECISIONS
+
+        if dtype not in PRECISIONS:
+            raise pytest.UsageError(f"--dtype {dtype!r}: not a precision (one of {', '.join(PRECISIONS)})")
+        keep = [i for i in keep if getattr(i, "callspec", None) is None and dtype == "float32"
+                or getattr(i, "callspec", None) is not None and i.callspec.params.get("dtype", "float32") == dtype]
+    if shard is not None:
+        try:
+            index, count = (int(x) for x in shard.split("/"))
+            assert 0 <= index < count
+        except (ValueError, AssertionError):
+            raise pytest.UsageError(f"--shard {shard!r}: expected I/N with 0 <= I < N") from None
+        path = config.getoption("--shard-groups")
+        keep = shard_of(keep, index, count, json.loads(Path(path).read_text()) if path else None)
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
 
 
 def pytest_configure(config):
     config.pluginmanager.register(ParityRecorder(), NAME)
+
+
+def shard_of(items: list, index: int, count: int, groups: dict | None) -> list:
+    """Shard `index` of `count`. With `groups` ({"tests": nodeid -> group, "graphs": group -> graphs}),
+    a test absent from it (it loaded no graph of its own: it reused one) joins the group of a test of
+    its module with the same first parameter, else of the test before it in its function; groups go
+    to the least-loaded shard, most graphs first. Without `groups`, every count-th test."""
+    if groups is None:
+        return items[index::count]
+
+    def param(nodeid: str) -> tuple[str, str]:  # (module, first token of the id): `[mlp-normal]` -> mlp
+        return nodeid.split("::")[0], nodeid.partition("[")[2].split("-")[0].rstrip("]")
+
+    by_param = {param(t): g for t, g in groups["tests"].items() if "[" in t}
+    of, last = [], {}
+    for item in items:
+        function = item.nodeid.split("[")[0]
+        g = (groups["tests"].get(item.nodeid) or ("[" in item.nodeid and by_param.get(param(item.nodeid)))
+             or last.get(function) or item.nodeid)
+        last[function] = g
+        of.append(g)
+    load, where = [0] * count, {}
+    for g in sorted(dict.fromkeys(of), key=lambda g: -groups["graphs"].get(g, 1)):
+        where[g] = load.index(min(load))
+        load[where[g]] += groups["graphs"].get(g, 1)
+    return [item for item, g in zip(items, of) if where[g] == index]
 
 
 @pytest.fixture
