@@ -45,10 +45,20 @@ class _Clock:
         return timed
 
 
-def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None) -> dict:
-    """Time transcribing the LibriSpeech utterances (after one warm-up file); greedy, as the tests."""
+def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device: str = "cpu",
+                     tokens: bool = False) -> dict:
+    """Time transcribing the LibriSpeech utterances (after one warm-up file); greedy, as the tests.
+    On a GPU openai-whisper ("torch") runs on CUDA with its default fp16=True; MAX in float32's GPU
+    form. `tokens` adds each file's text and token ids (for comparing two pipelines file by file)."""
     import torch
 
+    from maxwhisper.device import parse_device
+
+    dev = parse_device(device)
+    if dev.kind != "cpu" and impl not in ("max", "torch"):
+        raise ValueError(f"{impl} runs on the CPU only here; on {device}: max or torch")
+    if tokens and impl == "faster-whisper":
+        raise ValueError("tokens: max, max-encoder and torch only (faster-whisper returns text)")
     audios = _audio(limit)
     clock = _Clock()
     if impl == "faster-whisper":
@@ -76,7 +86,10 @@ def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None) -> dic
         from maxwhisper.transcribe import MaxEncoder, pipeline_model, transcribe
 
         encoder, decoder = {"max": ("max", "max"), "max-encoder": ("max", "torch"), "torch": ("torch", "torch")}[impl]
-        model = pipeline_model(load_model(), encoder, decoder)
+        model = pipeline_model(load_model(device=device if impl == "max" else "cpu"), encoder, decoder)
+        fp16 = impl == "torch" and dev.kind == "gpu"
+        if fp16:
+            model = model.to(dev.torch)
         if encoder == "max":
             MaxEncoder.forward = clock.wrap("encoder", MaxEncoder.forward)
         else:
@@ -88,24 +101,30 @@ def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None) -> dic
 
         def one(a):
             with torch.no_grad():
-                return transcribe(model, a)["text"]
+                return transcribe(model, a, fp16=fp16)
 
         def run_all():
             if batch == 1:
                 return [one(a) for a in audios]
             with torch.no_grad():
-                return [r["text"] for r in transcribe_many(model, audios, batch)]
+                return transcribe_many(model, audios, batch)
     one(audios[0])  # warm-up: compiled graphs loaded, caches touched
     clock.spent.clear()
     t0 = time.perf_counter()
-    texts = run_all()
+    results = run_all()
     seconds = time.perf_counter() - t0
+    texts = [r if isinstance(r, str) else r["text"] for r in results]
     audio_s = sum(len(a) for a in audios) / 16000
     spent = {k: round(v, 3) for k, v in clock.spent.items()}
     if spent:  # the rest: openai-whisper's Python (logit filters, token bookkeeping), mel, copies
         spent["rest"] = round(seconds - sum(spent.values()), 3)
-    return dict(impl=impl, batch=batch, files=len(audios), audio_s=audio_s, seconds=seconds, rtf=seconds / audio_s,
-                spent=spent, texts_sha256=hashlib.sha256("\n".join(t.strip() for t in texts).encode()).hexdigest()[:16])
+    out = dict(impl=impl, batch=batch, device=device, files=len(audios), audio_s=audio_s, seconds=seconds,
+               rtf=seconds / audio_s, spent=spent,
+               texts_sha256=hashlib.sha256("\n".join(t.strip() for t in texts).encode()).hexdigest()[:16])
+    if tokens:
+        out["texts"] = [t.strip() for t in texts]
+        out["tokens"] = [[t for s in r["segments"] for t in s["tokens"]] for r in results]
+    return out
 
 
 def step_probe(impl: str, batch: int = 1, cache: int = 32, steps: int = 50) -> dict:
