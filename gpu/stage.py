@@ -4,7 +4,11 @@
   python3 gpu/stage.py plan       split them into batches under the per-call budget, write
                                   gpu/stage/manifest.json and plan.json, print the device calls
   python3 gpu/stage.py rehearse   replay those calls here with python3.12 (see stage_rehearse.py)
-  python3 gpu/stage.py all        the three in order
+  python3 gpu/stage.py speech     jfk.flac and 16 LibriSpeech files -> gpu/stage/speech/ (carried by
+                                  the measuring calls: ../shared/speech does not travel)
+  python3 gpu/stage.py rehearse-calls   the two measuring calls here (--device cpu), then the budget
+                                  check (gpu/budget.py); run it with the project's environment
+  python3 gpu/stage.py all        download, plan, rehearse
 
 gpu/stage/ holds a .gitignore of '*' (written here), so nothing staged travels uncarried.
 """
@@ -62,7 +66,12 @@ def cmd_plan(args) -> int:
     margin = int(args.margin * stage_pack.MIB)
     budget = stage_pack.budget_for(tree, margin=margin)
     manifest = stage_pack.write_batches(files, STAGE, budget, tree)
-    calls = stage_pack.calls(manifest, merge_last=not args.separate_run)
+    speech = STAGE / "speech"
+    if not (speech / "transcripts.tsv").exists():
+        print("WARNING: no gpu/stage/speech: run `python3 gpu/stage.py speech` (verify falls back to eSpeak NG "
+              "and the pipeline step has no files)")
+    calls = stage_pack.calls(manifest, merge_last=not args.separate_run,
+                             speech_bytes=stage_pack.folder_bytes(speech) if speech.exists() else 0)
     for b in manifest["batches"]:  # what is on disk, not what was intended
         on_disk = stage_pack.folder_bytes(STAGE / b["dir"])
         if on_disk + tree > stage_pack.LIMIT - margin:
@@ -85,6 +94,68 @@ def cmd_rehearse(args) -> int:
     return stage_rehearse.rehearse(ROOT, STAGE, python, keep=args.keep)
 
 
+SPEECH_FILES = 16  # LibriSpeech utterances carried: the 7 test-clean ones, then test-other's first
+
+
+def cmd_speech(args) -> int:
+    """Copy jfk.flac and SPEECH_FILES LibriSpeech utterances with their transcripts.tsv rows: a speech
+    folder `maxwhisper.harness.speech` accepts (MAXWHISPER_SPEECH_DIR), a few MiB of the 64 a call carries."""
+    import csv
+    import shutil
+
+    sys.path.insert(0, str(ROOT))
+    from maxwhisper.harness.speech import speech_dir
+
+    src = speech_dir()
+    if src is None:
+        print("no ../shared/speech here (or $MAXWHISPER_SPEECH_DIR)")
+        return 1
+    with open(src / "transcripts.tsv", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        rows, fields = list(reader), reader.fieldnames
+    chosen = [r for r in rows if r["subset"] == "jfk"] + [r for r in rows if r["subset"] == "test-clean"]
+    chosen += [r for r in rows if r["subset"] == "test-other"][:SPEECH_FILES - len(chosen) + 1]
+    dest = STAGE / "speech"
+    shutil.rmtree(dest, ignore_errors=True)
+    for r in chosen:
+        (dest / r["file"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / r["file"], dest / r["file"])
+    with open(dest / "transcripts.tsv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, delimiter="\t", lineterminator="\n")
+        w.writeheader()
+        w.writerows(chosen)
+    # the long-form groups need all 100 test-other files: the header alone says there are none here
+    header = (src / "longform_groups.tsv").read_text().splitlines()[0]
+    (dest / "longform_groups.tsv").write_text(header + "\n")
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    print(f"{len(chosen)} files ({len(chosen) - 1} LibriSpeech + jfk.flac), {size / 2**20:.2f} MiB in {dest}")
+    return 0
+
+
+def cmd_rehearse_calls(args) -> int:
+    """The measuring calls on this CPU, caps off (the budget check replays them against the caps)."""
+    import subprocess
+
+    import budget
+
+    if not (STAGE / "speech" / "transcripts.tsv").exists() and cmd_speech(args):
+        return 1
+    out = STAGE / "rehearsal"
+    env = dict(__import__("os").environ, MAXWHISPER_SPEECH_DIR=str(STAGE / "speech"))
+    for n in args.only or (1, 2):
+        env["MW_SCRATCH"] = str(out / f"scratch{n}")
+        cmd = [args.python or sys.executable, str(ROOT / "gpu" / "measure.py"), str(n), "--device", "cpu",
+               "--out", str(out / f"call{n}"), "--jobs", str(args.jobs), "--no-caps"]
+        print("+ " + " ".join(cmd), flush=True)
+        subprocess.run(cmd, env=env, cwd=ROOT)
+    lines, failures = budget.check(out)
+    text = "\n".join([*lines, *(f"FAIL {f}" for f in failures), "budget: " + ("fits" if not failures else
+                                                                             f"{len(failures)} failures")])
+    (out / "budget.txt").write_text(text + "\n")
+    print(text)
+    return 1 if failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="\n".join(
         __doc__.splitlines()[1:]), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("rehearse", help="replay the planned calls here with python3.12")
     r.add_argument("--python", help="the 3.12 interpreter (default: python3.12 or pyenv's)")
     r.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    sub.add_parser("speech", help="the speech files the measuring calls carry -> gpu/stage/speech")
+    rc = sub.add_parser("rehearse-calls", help="the measuring calls here on the CPU, then the budget check")
+    rc.add_argument("--jobs", type=int, default=2, help="shards at once here (default 2: 24 GiB of memory)")
+    rc.add_argument("--python", help="the project's interpreter (default: this one)")
+    rc.add_argument("--only", type=int, action="append", choices=[1, 2],
+                    help="rehearse this call again, keeping the other's last rehearsal")
     a = sub.add_parser("all", help="download, plan, rehearse")
     a.add_argument("--with-shmem", action="store_true")
     a.add_argument("--no-rehearsal", action="store_true")
@@ -112,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "all":
         return cmd_download(args) or cmd_plan(args) or cmd_rehearse(args)
-    return {"download": cmd_download, "plan": cmd_plan, "rehearse": cmd_rehearse}[args.cmd](args)
+    return {"download": cmd_download, "plan": cmd_plan, "rehearse": cmd_rehearse, "speech": cmd_speech,
+            "rehearse-calls": cmd_rehearse_calls}[args.cmd](args)
 
 
 if __name__ == "__main__":

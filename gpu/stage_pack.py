@@ -24,7 +24,7 @@ MARGIN = 2 * MIB            # least room left for the tree to grow between `plan
 MANIFEST_RESERVE = 64 << 10  # every batch carries the manifest; kept out of the payload budget
 MAX_COMMAND = 2000           # the device tool's limit on one command's length
 BATCH_TIMEOUT_S = 120        # a batch call moves and hashes <64 MiB: seconds, plus the transfer
-RUN_TIMEOUT_S = 540          # run.sh keeps itself inside MW_BUDGET_S (450 s, install included)
+STAGE_TIMEOUT_S = 180        # the last batch, then run.sh's rejoin + install (7 s on the H100)
 
 
 def tree_bytes(root: Path) -> int:
@@ -143,24 +143,31 @@ def write_batches(files: list[Path], out: Path, budget: int, tree: int = 0) -> d
 
 
 def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def calls(manifest: dict, stage_rel: str = "gpu/stage", merge_last: bool = True) -> list[dict]:
-    """The device calls, in order: one per batch (moves it to /tmp/mw-stage, checks its parts),
-    the last batch sharing its call with `bash gpu/run.sh` unless merge_last is off."""
+def calls(manifest: dict, stage_rel: str = "gpu/stage", merge_last: bool = True,
+          speech_bytes: int = 0) -> list[dict]:
+    """The device calls, in order: one per batch (moves it to /tmp/mw-stage, checks its parts), the
+    last batch sharing its call with `bash gpu/run.sh stage` (rejoin, install) unless merge_last is
+    off; then the measuring calls of `gpu/measure.py`, each carrying the speech folder."""
+    import measure
+
     out = []
     for b in manifest["batches"]:
         carry = f"{stage_rel}/{b['dir']}"
         out.append({"carry": [carry], "command": f"python3 gpu/rejoin.py recv {carry}",
                     "timeout_s": BATCH_TIMEOUT_S, "batch_bytes": b["bytes"]})
-    run = "bash gpu/run.sh"
+    run = "bash gpu/run.sh stage"
     if merge_last and out:
         # `;` not `&&`: a failed receive still leaves run.sh to report the machine and the stage.
         out[-1]["command"] += f"; {run}"
-        out[-1]["timeout_s"] = RUN_TIMEOUT_S
+        out[-1]["timeout_s"] = STAGE_TIMEOUT_S
     else:
-        out.append({"carry": [], "command": run, "timeout_s": RUN_TIMEOUT_S, "batch_bytes": 0})
+        out.append({"carry": [], "command": run, "timeout_s": STAGE_TIMEOUT_S, "batch_bytes": 0})
+    for c in measure.calls():
+        out.append({"carry": [f"{stage_rel}/speech"], "command": f"bash gpu/run.sh {c.number}",
+                    "timeout_s": c.timeout_s, "batch_bytes": speech_bytes})
     for c in out:
         if len(c["command"]) > MAX_COMMAND or len(c["carry"]) > 8:
             raise ValueError(f"call exceeds the device tool's limits: {c}")

@@ -4,9 +4,9 @@ Each planned call is replayed as the device tool would make it: the working tree
 (tracked + untracked-not-ignored files) is laid in scratch/repo with the call's `carry` folders,
 the call's command runs there verbatim with `python3` meaning python3.12, and the carried folders
 vanish afterwards (the tool lays the repo copy anew on every call). /tmp/mw-stage and /tmp/mw-site
-become scratch/stage and scratch/site (MW_STAGE, MW_SITE). The final call's `bash gpu/run.sh`
-runs as `MW_ONLY=stage bash gpu/run.sh`: the same rejoin, sha256 check and pip install, and none
-of the GPU steps. Then env_check.py (imports + a 4x4 MAX matmul on the CPU) runs on the result,
+become scratch/stage and scratch/site (MW_STAGE, MW_SITE). The last batch's `bash gpu/run.sh stage`
+runs as planned: the rejoin, sha256 check and pip install. The measuring calls (`bash gpu/run.sh 1|2`)
+need the GPU and torch for 3.12: `stage.py rehearse-calls` runs them here on the CPU instead. Then env_check.py (imports + a 4x4 MAX matmul on the CPU) runs on the result,
 with the packages the GPU image has and python3.12 here lacks installed beside it.
 """
 
@@ -81,10 +81,13 @@ def _rehearse(root: Path, stage_dir: Path, python: str, plan: dict, scratch: Pat
     print(f"scratch {scratch}; python3 = {python}")
     tree = lay_tree(root, repo)
     for i, call in enumerate(plan["calls"], 1):
+        if call["command"].startswith("bash gpu/run.sh ") and not call["command"].endswith(" stage"):
+            rows.append(f"call {i}: not here (measuring: `stage.py rehearse-calls`): {call['command']}")
+            continue
         for c in call["carry"]:
             shutil.copytree(stage_dir / Path(c).relative_to("gpu/stage"), repo / c)
         sent = tree + sum(f.stat().st_size for c in call["carry"] for f in (repo / c).iterdir())
-        cmd = call["command"].replace("bash gpu/run.sh", "MW_ONLY=stage bash gpu/run.sh")
+        cmd = call["command"]
         rc, wall = run(cmd, repo, env, log)
         left = [f.name for c in call["carry"] for f in (repo / c).iterdir()
                 if f.name != "manifest.json"]

@@ -164,17 +164,20 @@ def test_plan_carries_existing_batches_and_commands_fit(tmp_path):
     _, out, manifest = stage_all(tmp_path, {"a.whl": 3 * PAYLOAD, "b.whl": 10})
     for merge in (True, False):
         plan = stage_pack.calls(manifest, merge_last=merge)
-        assert len(plan) == len(manifest["batches"]) + (0 if merge else 1)
-        for call in plan:
+        staging, measuring = plan[:-2], plan[-2:]
+        assert len(staging) == len(manifest["batches"]) + (0 if merge else 1)
+        for call in staging:
             assert len(call["command"]) <= 2000 and len(call["carry"]) <= 8
             for c in call["carry"]:
                 assert (tmp_path / c).is_dir() and (tmp_path / c / "manifest.json").is_file()
                 assert f"recv {c}" in call["command"]
-        assert plan[-1]["command"].endswith("bash gpu/run.sh")
-        assert [c["carry"] for c in plan if c["carry"]] == [[f"gpu/stage/batch-{b['n']}"]
-                                                            for b in manifest["batches"]]
+        assert staging[-1]["command"].endswith("bash gpu/run.sh stage")
+        assert [c["carry"] for c in staging if c["carry"]] == [[f"gpu/stage/batch-{b['n']}"]
+                                                               for b in manifest["batches"]]
+        assert [c["command"] for c in measuring] == ["bash gpu/run.sh 1", "bash gpu/run.sh 2"]
+        assert all(c["carry"] == ["gpu/stage/speech"] and c["timeout_s"] <= 300 for c in measuring)
     text = stage_pack.describe(manifest, stage_pack.calls(manifest), tree=1000)
-    assert text.count("command: ") == len(manifest["batches"])
+    assert text.count("command: ") == len(manifest["batches"]) + 2
 
 
 def test_tree_bytes_counts_what_travels(tmp_path):
@@ -197,20 +200,16 @@ def test_tree_bytes_counts_what_travels(tmp_path):
 
 
 FAKE_PYTHON = r"""#!/usr/bin/env bash
-# stands in for the GPU machine's python3: each step's command, answered at once
+# stands in for the GPU machine's python3: answers at once, and says what it was asked
 case "$*" in
-  *"pytest -p no:cacheprovider --help"*) echo "  --device=DEVICE"; echo "  --dtype=DTYPE" ;;
-  *"-k parity"*) exec sleep 5 ;;  # over its cap: must be killed, and the next steps still run
-  *env_check.py*) echo '{"ok": true}' > "$OUT/env.json"
-                  for i in 1 2 3 4 5 6 7 8 9; do echo "$i" > "$OUT/extra-$i.txt"; done ;;
-  *"maxwhisper.cli verify"*) exit 1 ;;
+  *"rejoin.py install"*) exit "${FAKE_INSTALL_RC:-0}" ;;
 esac
 echo "fake $*"
 """
 
 
-def _run_sh_with_fake_python(tmp_path, **env):
-    """gpu/run.sh with FAKE_PYTHON as its python: (the finished process, its $OUT)."""
+def _run_sh(tmp_path, *args, **env):
+    """gpu/run.sh ARGS with FAKE_PYTHON as its python: (the finished process, its $OUT)."""
     fake = tmp_path / "python3"
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
@@ -218,24 +217,25 @@ def _run_sh_with_fake_python(tmp_path, **env):
     env = dict(os.environ, OUT=str(out), MW_PYTHON=str(fake), MW_STAGE=str(tmp_path / "stage"),
                MW_SITE=str(tmp_path / "site"), **env)
     script = Path(__file__).resolve().parent.parent / "gpu" / "run.sh"
-    return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60), out
+    return subprocess.run(["bash", str(script), *args], env=env, capture_output=True, text=True, timeout=60), out
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="bash script")
-def test_run_sh_records_every_step_and_keeps_out_under_8_files(tmp_path):
-    p, out = _run_sh_with_fake_python(tmp_path, MW_BUDGET_S="60", MW_CAP_PARITY="1")
+def test_run_sh_stage_installs_and_reports_the_machine(tmp_path):
+    p, out = _run_sh(tmp_path, "stage")
     assert p.returncode == 0, p.stdout + p.stderr
-    summary = json.loads((out / "summary.json").read_text())
-    rcs = {s["step"]: s["rc"] for s in summary["steps"]}
-    assert rcs == {"stage": 0, "env": 0, "probe_tf32": 0, "parity-float32": 124, "verify": 1, "probe16": 0,
-                   "bench": 0}
-    assert summary["finished"] is True
-    files = [f for f in out.rglob("*") if f.is_file()]
-    assert len(files) <= 8 and (out / "extra.tgz").exists() and (out / "run.log").exists()
-    assert "parity-float32: TIMED OUT" in (out / "run.log").read_text()
+    assert json.loads((out / "stage.json").read_text())["rc"] == 0
+    assert "=== stage: rc=0" in (out / "run.log").read_text()
 
 
-def test_run_sh_skips_steps_once_the_budget_is_spent(tmp_path):
-    _, out = _run_sh_with_fake_python(tmp_path, MW_BUDGET_S="5")
-    summary = json.loads((out / "summary.json").read_text())
-    assert [s.get("skipped") for s in summary["steps"]] == [True] * 7
+def test_run_sh_measuring_call_hands_over_to_measure_on_the_gpu(tmp_path):
+    p, out = _run_sh(tmp_path, "2")
+    log = (out / "run.log").read_text()
+    assert p.returncode == 0 and f"fake gpu/measure.py 2 --device gpu --out {out}" in log
+    assert not (out / "stage.json").exists()  # its line is in run.log: $OUT keeps 8 files for measure.py
+
+
+def test_run_sh_measures_nothing_on_a_failed_stage_and_refuses_a_bad_call(tmp_path):
+    p, out = _run_sh(tmp_path, "1", FAKE_INSTALL_RC="3")
+    assert p.returncode == 3 and "measure.py" not in (out / "run.log").read_text()
+    assert _run_sh(tmp_path, "3")[0].returncode == 2

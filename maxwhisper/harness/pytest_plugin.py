@@ -93,10 +93,11 @@ def pytest_configure(config):
 
 
 def shard_of(items: list, index: int, count: int, groups: dict | None) -> list:
-    """Shard `index` of `count`. With `groups` ({"tests": nodeid -> group, "graphs": group -> graphs}),
+    """Shard `index` of `count`. With `groups` ({"tests": nodeid -> group, "graphs": group -> graphs,
+    "cost": group -> seconds, else 60 per graph}),
     a test absent from it (it loaded no graph of its own: it reused one) joins the group of a test of
     its module with the same first parameter, else of the test before it in its function; groups go
-    to the least-loaded shard, most graphs first. Without `groups`, every count-th test."""
+    to the least-loaded shard, costliest first. Without `groups`, every count-th test."""
     if groups is None:
         return items[index::count]
 
@@ -111,10 +112,11 @@ def shard_of(items: list, index: int, count: int, groups: dict | None) -> list:
              or last.get(function) or item.nodeid)
         last[function] = g
         of.append(g)
-    load, where = [0] * count, {}
-    for g in sorted(dict.fromkeys(of), key=lambda g: -groups["graphs"].get(g, 1)):
+    cost = {g: groups.get("cost", {}).get(g, 60.0 * groups["graphs"].get(g, 1)) for g in of}
+    load, where = [0.0] * count, {}
+    for g in sorted(dict.fromkeys(of), key=lambda g: -cost[g]):
         where[g] = load.index(min(load))
-        load[where[g]] += groups["graphs"].get(g, 1)
+        load[where[g]] += cost[g]
     return [item for item, g in zip(items, of) if where[g] == index]
 
 
