@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     dev = parse_device(args.device)
     dims, sd = load_weights("tiny.en")
     mels = {b: random_mel(np.random.default_rng(b), dims, b) for b in batches}
+    import whisper.model as wm
+
     doc = dict(device=args.device, torch=torch.__version__, model="tiny.en", rows=[],
+               sdpa=bool(wm.SDPA_AVAILABLE and wm.MultiHeadAttention.use_sdpa),
                gpu=torch.cuda.get_device_name(dev.index) if dev.kind == "gpu" else None)
     truth: dict[int, np.ndarray] = {}
 

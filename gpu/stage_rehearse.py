@@ -96,9 +96,9 @@ def _rehearse(root: Path, stage_dir: Path, python: str, plan: dict, scratch: Pat
         rows.append(f"call {i}: rc={rc} {'ok' if ok else 'FAILED'} {wall:6.1f}s  "
                     f"sent {sent / 2**20:6.2f} MiB  {cmd}")
         shutil.rmtree(repo / "gpu" / "stage", ignore_errors=True)  # the tool re-lays the copy
-    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
-    rows.append(f"run.sh stage step: {summary.get('steps')}")
-    failed += not (summary.get("steps") and summary["steps"][0].get("rc") == 0)
+    stage = json.loads((out / "stage.json").read_text()) if (out / "stage.json").exists() else {}
+    rows.append(f"run.sh stage step: {stage or 'no stage.json'}")
+    failed += stage.get("rc") != 0
 
     # What the GPU image brings and python3.12 here lacks (numpy, click, rich, ...), installed
     # into its own folder, after the staged site on the path as the image's site-packages would be.
