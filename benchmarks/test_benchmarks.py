@@ -21,7 +21,7 @@ import torch
 
 from maxwhisper.bench.probes import GRAPHS
 from maxwhisper.harness.inputs import random_mel, random_params, random_weights
-from maxwhisper.harness.reference.modules import load, reference_encoder
+from reference.modules import load, reference_encoder
 from maxwhisper.harness.registry import SPECS, layer_flops
 from maxwhisper.harness.runners import bound_max
 from maxwhisper.model import MaxWhisper

@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from maxwhisper.device import parse_device
     from maxwhisper.harness.inputs import random_mel
-    from maxwhisper.harness.reference.modules import reference_encoder
-    from maxwhisper.harness.reference.yardstick import ieee
+    from reference.modules import reference_encoder
+    from reference.yardstick import ieee
     from maxwhisper.precision import PRECISIONS
     from maxwhisper.weights import load_weights
 

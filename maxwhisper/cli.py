@@ -33,7 +33,7 @@ def cmd_verify(args) -> int:
     from maxwhisper.harness.compare import format_table
     from maxwhisper.harness.speech import reference_text
     from maxwhisper.harness.verify import DEFAULT_SENTENCE, Verification, default_audio, end_to_end, report, verify_model
-    from maxwhisper.harness.reference.yardstick import describe
+    from reference.yardstick import describe
     from maxwhisper.precision import form, mode
     from maxwhisper.runtime import device_ref
     from maxwhisper.weights import load_weights
@@ -102,7 +102,7 @@ def cmd_diff(args) -> int:
     baseline = diff.load(args.baseline)
     if baseline["model"] != args.model:
         raise ValueError(f"{args.baseline} was written for model {baseline['model']!r}, not {args.model!r}")
-    from maxwhisper.harness.reference.yardstick import describe
+    from reference.yardstick import describe
     from maxwhisper.precision import mode
 
     model = load_model(args.model, device=args.device)

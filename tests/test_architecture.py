@@ -104,3 +104,29 @@ def test_device_gpu_skips_with_its_reason_where_max_sees_no_accelerator():
                        capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stdout[-3000:]
     assert "1 skipped" in p.stdout and "--device gpu: device 'gpu': no MAX accelerator" in p.stdout, p.stdout[-3000:]
+
+
+NO_MAX = ("import importlib.abc, sys\n"
+          "class NoMax(importlib.abc.MetaPathFinder):\n"
+          "    def find_spec(self, name, path, target=None):\n"
+          "        if name == 'max' or name.startswith('max.'):\n"
+          "            raise ImportError('MAX is not installed here: ' + name)\n"
+          "sys.meta_path.insert(0, NoMax())\n")
+
+
+def test_reference_runs_where_importing_max_raises_from_the_installed_package(tmp_path):
+    """The oracle (top-level `reference`) needs torch and openai-whisper, never MAX; run from outside the
+    tree, so `reference` is the installed distribution's (tox installs it; a dev venv maps it)."""
+    code = NO_MAX + ("import numpy as np, reference, reference.capture as c\n"
+                     "from maxwhisper.sizes import SIZES\n"
+                     "from maxwhisper.weights import expected_shapes\n"
+                     "dims = SIZES['tiny.en']\n"
+                     "rng = np.random.default_rng(0)\n"
+                     "sd = {k: rng.standard_normal(s).astype(np.float32) * 0.02 for k, s in expected_shapes(dims).items()}\n"
+                     "trace = c.reference_trace(dims, sd, rng.standard_normal((1, 80, 3000)).astype(np.float32))\n"
+                     "print(reference.__file__, len(trace), sorted(m for m in sys.modules if m.split('.')[0] == 'max'))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    where, count, loaded = p.stdout.split(maxsplit=2)
+    assert int(count) == len(layers.encoder_trace(DIMS.n_audio_layer)) and loaded.strip() == "[]"
+    assert Path(where).parent.name == "reference"

@@ -17,7 +17,7 @@ import torch
 from maxwhisper.harness import golden as g
 from maxwhisper.harness.compare import Check, assert_parity, compare_traces, first_failure
 from maxwhisper.harness.pytest_plugin import axis
-from maxwhisper.harness.reference.capture import layer_ids, reference_trace
+from reference.capture import layer_ids, reference_trace
 from maxwhisper.harness.registry import check_of, golden_cases, input_of
 from maxwhisper.harness.runners import run_max, run_reference, torch_device
 from maxwhisper.layers import encoder_trace

@@ -22,7 +22,7 @@ from maxwhisper.harness import golden_decoder as gd
 from maxwhisper.harness.compare import assert_parity, compare, compare_traces, first_failure
 from maxwhisper.harness.golden import StaleFixtureError, load_fixture as load_encoder_fixture, save_npz
 from maxwhisper.harness.pytest_plugin import axis
-from maxwhisper.harness.reference.capture import reference_decoder_trace
+from reference.capture import reference_decoder_trace
 from maxwhisper.harness.registry import check_of, input_of
 from maxwhisper.harness.runners import torch_device
 from maxwhisper.harness.verify import TOP1_TIE, teacher_tokens

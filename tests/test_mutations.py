@@ -18,7 +18,7 @@ from max.graph import Graph
 
 from maxwhisper.harness import golden as g
 from maxwhisper.harness.compare import Check, compare_traces
-from maxwhisper.harness.reference.capture import reference_trace
+from reference.capture import reference_trace
 from maxwhisper.harness.registry import check_of, input_of
 from maxwhisper.harness.runners import torch_device
 from maxwhisper.model import emit_encoder, mel_type

@@ -19,7 +19,7 @@ from whisper.model import ModelDimensions
 from maxwhisper import MaxWhisper
 from maxwhisper.harness.compare import assert_parity
 from maxwhisper.harness.inputs import random_mel, random_weights
-from maxwhisper.harness.reference.modules import reference_encoder
+from reference.modules import reference_encoder
 from maxwhisper.harness.registry import SPECS
 from maxwhisper.harness.runners import torch_device
 from maxwhisper.sizes import SIZES

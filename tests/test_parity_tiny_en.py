@@ -13,7 +13,7 @@ import torch
 
 from maxwhisper.harness.compare import Check, assert_parity, compare, compare_traces, first_failure
 from maxwhisper.harness.pytest_plugin import axis
-from maxwhisper.harness.reference.capture import layer_ids, reference_trace
+from reference.capture import layer_ids, reference_trace
 from maxwhisper.harness.registry import ENCODER_OUTPUT, check_of, input_of
 from maxwhisper.harness.runners import torch_device
 from maxwhisper.sizes import SIZES

@@ -21,7 +21,7 @@ from maxwhisper import tf32
 from maxwhisper.device import parse_device
 from maxwhisper.harness.compare import assert_parity
 from maxwhisper.harness.inputs import random_params
-from maxwhisper.harness.reference import yardstick
+from reference import yardstick
 from maxwhisper.harness.registry import SPECS
 from maxwhisper.harness.runners import run_max, run_reference, torch_device
 from maxwhisper.precision import PRECISIONS, form, mode, row

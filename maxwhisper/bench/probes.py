@@ -56,7 +56,7 @@ def rss_probe(impl: str, config: str, batch: int, device: str = "cpu") -> dict:
         model = MaxWhisper(dims, sd, device)
         run = lambda: model.encode(mel)
     elif impl == "torch":
-        from maxwhisper.harness.reference.modules import reference_encoder
+        from reference.modules import reference_encoder
 
         from maxwhisper.device import parse_device
 

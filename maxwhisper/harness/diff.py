@@ -20,7 +20,7 @@ import torch
 from maxwhisper.harness import golden
 from maxwhisper.harness.inputs import random_mel
 from maxwhisper.harness.judge import errors
-from maxwhisper.harness.reference.capture import reference_trace
+from reference.capture import reference_trace
 from maxwhisper.harness.registry import governing, input_of
 from maxwhisper.harness.runners import torch_device
 from maxwhisper.model import MaxWhisper

@@ -34,11 +34,11 @@ import whisper
 
 from maxwhisper.audio import SAMPLE_RATE, load_audio, log_mel
 from maxwhisper.harness import golden
-from maxwhisper.harness.reference.capture import layer_ids, trace_encoder
-from maxwhisper.harness.reference.modules import reference_encoder
+from reference.capture import layer_ids, trace_encoder
+from reference.modules import reference_encoder
 from maxwhisper.harness.registry import golden_cases
 from maxwhisper.harness.speech import speech_dir
-from maxwhisper.layers import decoder_trace, encoder_trace
+from maxwhisper.trace import decoder_trace, encoder_trace
 from maxwhisper.weights import load_weights, weights_hash
 
 N_SPREAD = 20  # evenly spread positions; with the boundary pair, the peak and HARD_FRAME: 24
@@ -179,7 +179,7 @@ def build_decoder() -> dict[str, np.ndarray]:
     the encoder fixture's mel, rounded to the float32 features MAX receives (the reference decoder
     then reads those exact features, upcast). The speech folder is needed for the transcript only."""
     from maxwhisper.harness import golden_decoder as gd
-    from maxwhisper.harness.reference.capture import reference_decoder_trace
+    from reference.capture import reference_decoder_trace
     from maxwhisper.harness.speech import reference_text
     from maxwhisper.harness.verify import teacher_tokens
 

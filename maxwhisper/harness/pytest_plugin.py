@@ -35,7 +35,7 @@ class ParityRecorder:
             line += (f"; largest MAX/torch error ratio: {worst.layer} "
                      + " ".join(f"{f} {r:.2f}" for f, r in worst.ratios.items()) + f" (k: {worst.check.rule})")
         terminalreporter.write_line(line)
-        from maxwhisper.harness.reference.yardstick import describe
+        from reference.yardstick import describe
         from maxwhisper.precision import mode
 
         device = config.getoption("--device")

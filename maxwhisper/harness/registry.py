@@ -24,7 +24,7 @@ from maxwhisper import layers
 from maxwhisper.harness import inputs
 from maxwhisper.harness.compare import Check, Tolerance
 from maxwhisper.harness.judge import Rule
-from maxwhisper.harness.reference import modules as ref
+from reference import modules as ref
 from maxwhisper.layers import Traced
 from maxwhisper.precision import PRECISIONS
 

@@ -17,8 +17,8 @@ from max.dtype import DType
 from whisper.model import ModelDimensions
 
 from maxwhisper.device import parse_device
-from maxwhisper.harness.reference import modules as ref
-from maxwhisper.harness.reference.yardstick import setup
+from reference import modules as ref
+from reference.yardstick import setup
 from maxwhisper.harness.registry import SPECS, LayerSpec
 from maxwhisper.precision import dtype_of, form
 from maxwhisper.runtime import Compiled, device_ref, functional_graph

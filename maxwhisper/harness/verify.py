@@ -10,12 +10,12 @@ import numpy as np
 
 from maxwhisper.audio import load_audio, log_mel, synthesize
 from maxwhisper.harness.compare import Comparison, compare, compare_traces, first_failure, top1_failures
-from maxwhisper.harness.reference.capture import reference_decoder_trace, reference_trace
+from reference.capture import reference_decoder_trace, reference_trace
 from maxwhisper.harness.registry import ENCODER_OUTPUT, check_of, input_of
 from maxwhisper.harness.runners import torch_device
 from maxwhisper.harness.speech import reference_text, speech_dir
 from maxwhisper.model import MaxWhisper
-from maxwhisper.harness.reference.yardstick import describe
+from reference.yardstick import describe
 from maxwhisper.precision import mode
 
 # Spoken by eSpeak NG when the shared speech data (and so jfk.flac) is absent.

@@ -14,9 +14,9 @@ import torch
 import whisper.model as wm
 from torch.nn import functional as F
 
-from maxwhisper.harness.reference.modules import reference_decoder, reference_encoder
-from maxwhisper.harness.reference.yardstick import setup
-from maxwhisper.layers import decoder_trace, encoder_trace
+from reference.modules import reference_decoder, reference_encoder
+from reference.yardstick import setup
+from maxwhisper.trace import decoder_trace, encoder_trace
 
 
 def layer_ids(n_layer: int) -> list[str]:
