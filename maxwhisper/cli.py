@@ -30,18 +30,17 @@ def _dtypes(values: list[str] | None) -> list[str]:
 
 def cmd_verify(args) -> int:
     from maxwhisper import MaxWhisper
+    from maxwhisper.harness import verify
     from maxwhisper.harness.compare import format_table
     from maxwhisper.harness.speech import reference_text
-    from maxwhisper.harness.verify import DEFAULT_SENTENCE, Verification, default_audio, end_to_end, report, verify_model
-    from reference.yardstick import describe
-    from maxwhisper.precision import form, mode
+    from maxwhisper.precision import form
     from maxwhisper.runtime import device_ref
     from maxwhisper.weights import load_weights
 
     dtypes = _dtypes(args.dtype)
     for d in dtypes:
         form(d, args.device, args.emulate)  # a bad device or emulation: exit 2 before any work
-    source, audio = default_audio(args.audio)
+    source, audio = verify.default_audio(args.audio)
     device_ref(args.device)
     dims, state_dict = load_weights(args.model)
     models = {d: MaxWhisper(dims, state_dict, args.device, d, args.emulate) for d in dtypes}
@@ -51,13 +50,12 @@ def cmd_verify(args) -> int:
 
     def write_json():  # after every dtype and again after the transcripts: a run cut short keeps its tables
         if args.json:
-            runs = [report(args.model, models[d], source, args.device, r) for d, r in results.items()]
+            runs = [verify.report(args.model, models[d], source, args.device, r) for d, r in results.items()]
             Path(args.json).write_text(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}, indent=1) + "\n")
 
     for dtype, model in models.items():
-        rows, decoder = verify_model(model, audio, reference_text(source) or DEFAULT_SENTENCE)
-        result = results[dtype] = Verification(rows, decoder=decoder)
-        print(f"\nMAX: {mode(dtype, args.device, args.emulate)}\nyardstick: {describe(dtype, args.device)}"
+        result = results[dtype] = verify.run(model, audio, reference_text(source) or verify.DEFAULT_SENTENCE)
+        print(f"\nMAX: {result.mode}\nyardstick: {result.yardstick}"
               f"\nMAX/torch: MAX's error over the yardstick's, both against float64")
         print(format_table(result.comparisons))
         bad = result.first_failure
@@ -76,8 +74,8 @@ def cmd_verify(args) -> int:
         plot_errors({d: r.comparisons for d, r in results.items()}, args.plot,
                     f"{args.model} on {source}: MAX vs float64")
         print(f"error plot written to {args.plot}")
-    for dtype, model in models.items() if not args.no_transcripts else ():
-        e2e = results[dtype].transcripts = end_to_end(model, audio, source)
+    for dtype, result in results.items() if not args.no_transcripts else ():
+        e2e = verify.add_transcripts(result, models[dtype], audio, source)
         print(f"transcript, MAX ({dtype}): {e2e['max']}")
         print(f"transcript, PyTorch (float32): {e2e['torch']}")
         line = f"WER MAX vs PyTorch: {100 * e2e['wer_max_vs_torch']:.2f}%"

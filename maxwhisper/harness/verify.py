@@ -10,13 +10,13 @@ import numpy as np
 
 from maxwhisper.audio import load_audio, log_mel, synthesize
 from maxwhisper.harness.compare import Comparison, compare, compare_traces, first_failure, top1_failures
-from reference.capture import reference_decoder_trace, reference_trace
 from maxwhisper.harness.registry import ENCODER_OUTPUT, check_of, input_of
 from maxwhisper.harness.runners import torch_device
 from maxwhisper.harness.speech import reference_text, speech_dir
 from maxwhisper.model import MaxWhisper
-from reference.yardstick import describe
 from maxwhisper.precision import mode
+from reference.capture import reference_decoder_trace, reference_trace
+from reference.yardstick import describe
 
 # Spoken by eSpeak NG when the shared speech data (and so jfk.flac) is absent.
 DEFAULT_SENTENCE = "And so my fellow Americans, ask not what your country can do for you."
@@ -32,9 +32,16 @@ TOP1_TIE = 1e-3
 
 @dataclass
 class Verification:
+    """One precision's verification: every layer's comparison, the decoder's top-1 agreement, what
+    each side ran (MAX's mode, the yardstick's), and, once `add_transcripts` ran, both transcripts."""
+
     comparisons: list[Comparison]
+    decoder: dict  # teacher-forced text, steps, top1_equal, top1_failures
+    dtype: str = "float32"
+    device: str = "cpu"
+    mode: str = ""  # MAX's numeric mode (precision.mode)
+    yardstick: str = ""  # PyTorch's, read back from its flags (reference.yardstick.describe)
     transcripts: dict = field(default_factory=dict)
-    decoder: dict = field(default_factory=dict)  # teacher-forced text and top-1 agreement
 
     @property
     def first_failure(self) -> Comparison | None:
@@ -55,16 +62,6 @@ def default_audio(path: str | None = None) -> tuple[str, np.ndarray]:
     return f"eSpeak NG: {DEFAULT_SENTENCE!r}", synthesize(DEFAULT_SENTENCE)
 
 
-def verify_layers(model: MaxWhisper, audio: np.ndarray) -> list[Comparison]:
-    """Trace the MAX encoder and the reference on the first 30 s of `audio` and compare every layer.
-
-    The last row, `encoder`, is the production graph (no trace outputs), which users actually run.
-    In the model's dtype, the yardstick is openai-whisper's encoder in that dtype (its own mixed
-    precision: `maxwhisper.precision`) and the check is that dtype's (no absolute guard in 16-bit).
-    """
-    return verify_model(model, audio)[0]
-
-
 def teacher_tokens(dims, text: str) -> np.ndarray:
     """(1, T): the start-of-transcript sequence (no timestamps), `text`'s tokens, end of text."""
     from whisper.tokenizer import get_tokenizer
@@ -74,8 +71,25 @@ def teacher_tokens(dims, text: str) -> np.ndarray:
     return np.array([[*tok.sot_sequence_including_notimestamps, *tok.encode(" " + text.strip()), tok.eot]])
 
 
+def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE) -> Verification:
+    """`maxwhisper verify` for one model (one precision): `verify_model`'s rows and decoder agreement,
+    with the numeric modes MAX and the yardstick ran in."""
+    rows, decoder = verify_model(model, audio, text)
+    return Verification(rows, decoder, model.dtype, model.device, mode(model.dtype, model.device, model.form.target),
+                        describe(model.dtype, model.device))
+
+
+def add_transcripts(result: Verification, model: MaxWhisper, audio: np.ndarray, source: str) -> dict:
+    """Both pipelines' transcripts (`end_to_end`) into `result`: the slow part, run after every table."""
+    result.transcripts = end_to_end(model, audio, source)
+    return result.transcripts
+
+
 def verify_model(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE) -> tuple[list[Comparison], dict]:
-    """Encoder rows (as `verify_layers`), then decoder rows: the MAX decoder teacher-forced on `text`
+    """Encoder rows: the MAX encoder traced and the reference on the first 30 s of `audio`, every layer
+    compared; the last row, `encoder`, is the production graph (no trace outputs), which users run.
+    In the model's dtype the yardstick is openai-whisper's in that dtype (`maxwhisper.precision`) and
+    the check is that dtype's. Then decoder rows: the MAX decoder teacher-forced on `text`
     (the prompt in one step, then one token per step, through the KV cache) over the float64
     reference encoder's features, against openai-whisper's decoder on the same features; plus every
     step's top-1 token compared."""
@@ -121,7 +135,7 @@ def report(model_name: str, model: MaxWhisper, source: str, device: str, result:
 
     bad = result.first_failure
     return {"model": model_name, "weights_sha256": weights_hash(model.state_dict), "audio": source,
-            "device": device, "dtype": model.dtype, "mode": mode(model.dtype, device, model.form.target),
-            "yardstick": describe(model.dtype, device), "passed": result.passed,
+            "device": device, "dtype": result.dtype, "mode": result.mode,
+            "yardstick": result.yardstick, "passed": result.passed,
             "first_failure": bad.layer if bad else None, "transcripts": result.transcripts,
             "decoder": result.decoder, "layers": [c.row() for c in result.comparisons]}
