@@ -53,7 +53,7 @@ def test_flop_counts_add_up_and_skip_elementwise_layers():
     assert layer_flops("gelu", dims) is None and layer_flops("layer_norm", dims) is None
     assert layer_flops("block", dims) == layer_flops("attention", dims) + layer_flops("mlp", dims)
     assert layer_flops("encoder", dims, 4) == 4 * (layer_flops("conv_stem", dims) + 4 * layer_flops("block", dims))
-    assert layer_flops("encoder", dims) == pytest.approx(36.94e9, rel=1e-3)  # the figure in the README
+    assert layer_flops("encoder", dims) == pytest.approx(36.94e9, rel=1e-3)  # the figure in benchmarks/README.md
 
 
 def test_memory_lines_show_growth_over_the_baseline():

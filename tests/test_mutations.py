@@ -76,7 +76,7 @@ def _guard_only(dims):
 @pytest.mark.parametrize("bug", NEAR_THRESHOLD)
 def test_mutation_near_threshold_needs_the_derived_rule(bug, mutant_traces):
     """What the absolute guard alone (the rule before the derived one) makes of each near-threshold
-    mutant at its layer; the README lists the ones it misses. This pins that list: a change in which
+    mutant at its layer; docs/judging.md lists the ones it misses. This pins that list: a change in which
     mutants the guard misses is a change to the documented margins."""
     traces, expected, torch32, dims = mutant_traces
     where = BUGS[bug][1]
