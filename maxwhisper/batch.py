@@ -12,6 +12,7 @@ temperature fallback, timestamp rules and prompts stay openai-whisper's, per fil
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -103,11 +104,12 @@ class DecodeBatcher:
 
 
 def transcribe_many(model: whisper.model.Whisper, audios: Sequence[np.ndarray], batch_size: int = 8,
-                    **options) -> list[dict]:
+                    rounds: list | None = None, **options) -> list[dict]:
     """`maxwhisper.transcribe.transcribe` of every audio, their decodes batched `batch_size` at a time.
 
     Returns one openai-whisper result dict per audio, in order; each equals that file's own
-    sequential transcription (the tests check it token for token).
+    sequential transcription (the tests check it token for token). `rounds`, if given, receives the
+    batch sizes decoded in each round. `model` is not modified.
     """
     from maxwhisper.transcribe import transcribe
 
@@ -117,6 +119,10 @@ def transcribe_many(model: whisper.model.Whisper, audios: Sequence[np.ndarray], 
         if not isinstance(a, np.ndarray) or a.ndim != 1 or a.size == 0 or not np.isfinite(a).all():
             raise ValueError(f"audio {i} must be non-empty, finite, 1-D float32 samples at 16 kHz")
     batcher = DecodeBatcher(model, batch_size)
+    # whisper.transcribe calls model.decode: the workers get a shallow copy (same modules and weights)
+    # whose decode is the batcher's, so the caller's model is never patched
+    view = copy.copy(model)
+    view.decode = batcher.decode
     results: list[dict | None] = [None] * len(audios)
     errors: list[BaseException] = []
     queue = list(range(len(audios)))[::-1]
@@ -130,26 +136,23 @@ def transcribe_many(model: whisper.model.Whisper, audios: Sequence[np.ndarray], 
                         return
                     i = queue.pop()
                 try:
-                    results[i] = transcribe(model, audios[i], **options)
+                    results[i] = transcribe(view, audios[i], **options)
                 except BaseException as e:
                     with lock:
                         errors.append(e)
         finally:
             batcher.leave()
 
-    model.decode = batcher.decode  # an instance attribute: whisper.transcribe calls model.decode
-    try:
-        workers = [threading.Thread(target=work, daemon=True) for _ in range(min(batch_size, len(audios)))]
-        for w in workers:
-            batcher.enter()
-        for w in workers:
-            w.start()
-        batcher.serve()
-        for w in workers:
-            w.join()
-    finally:
-        del model.decode
+    workers = [threading.Thread(target=work, daemon=True) for _ in range(min(batch_size, len(audios)))]
+    for w in workers:
+        batcher.enter()
+    for w in workers:
+        w.start()
+    batcher.serve()
+    for w in workers:
+        w.join()
+    if rounds is not None:
+        rounds.extend(batcher.rounds)
     if errors:
         raise errors[0]
-    model.batch_rounds = batcher.rounds
     return results

@@ -71,11 +71,14 @@ class MaxDecoderWhisper(Whisper):
     detection of multilingual models and word timestamps (cross-attention alignment).
     """
 
-    max_decoder: MaxDecoder
+    max_decoder: MaxDecoder | None = None
     decode = decode
 
 
-def use_max_decoder(model: Whisper, decoder: MaxDecoder) -> MaxDecoderWhisper:
-    model.__class__ = MaxDecoderWhisper  # same modules and weights; only `decode` differs
+def with_max_decoder(decoder: MaxDecoder, state_dict) -> MaxDecoderWhisper:
+    """openai-whisper's model on `state_dict`, built as `MaxDecoderWhisper`, deciding with `decoder`."""
+    from maxwhisper.weights import to_torch_model
+
+    model = to_torch_model(decoder.dims, state_dict, MaxDecoderWhisper)
     model.max_decoder = decoder
     return model

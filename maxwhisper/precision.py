@@ -40,7 +40,7 @@ class Row:
     guard: bool               # float32's absolute target applies on real speech (registry)
     products: dict            # device kind -> how TF32_PRODUCTS are computed: ieee | tf32 | 3xtf32 | 16bit
     yardstick: str            # PyTorch in `storage` with IEEE float32 products ("ieee"), or their operands
-                              # truncated to TF32 first ("tf32 operands"): harness.reference.yardstick
+                              # truncated to TF32 first ("tf32 operands"): reference.yardstick
     emulated: tuple[str, ...] = ()   # ops in float32 on 16-bit values (MAX's 16-bit kernel errs 9-13x torch's)
     # test family (records: one-layer property and golden tests; golden: the golden traces; tiny_en: tiny.en
     # on jfk.flac; pipeline: transcripts) -> whether CI runs it (False: pytest --thorough only)
@@ -61,9 +61,8 @@ PRECISIONS = {r.name: r for r in [
     Row("bfloat16", "bfloat16", 2.0**-7, False, {"cpu": "16bit", "gpu": "16bit"}, "ieee", _16BIT_EMULATED,
         dict.fromkeys(("records", "golden", "tiny_en", "pipeline"), True),
         why="openai-whisper's fp16=True policy in bfloat16"),
-    # float16 in CI only with --thorough: on the CPU every (graph, dtype) is a cold compile in a fresh CI
-    # cache, measured at 32-156 s per one-layer decoder graph and 427 s for the float16 decoder's trace and
-    # cross K/V graphs; bfloat16 is the CPU's 16-bit type, float16 a GPU's.
+    # float16 in CI only with --thorough: every (graph, dtype) is a cold compile in a fresh CI cache
+    # (docs/precision.md has the measured costs); bfloat16 is the CPU's 16-bit type, float16 a GPU's.
     Row("float16", "float16", 2.0**-10, False, {"cpu": "16bit", "gpu": "16bit"}, "ieee", _16BIT_EMULATED,
         dict.fromkeys(("records", "golden", "tiny_en", "pipeline"), False), why="openai-whisper's fp16=True policy"),
 ]}

@@ -17,7 +17,7 @@ import whisper
 from torch import nn
 
 from maxwhisper.audio import load_audio
-from maxwhisper.inference import use_max_decoder
+from maxwhisper.inference import with_max_decoder
 from maxwhisper.model import MaxWhisper
 from maxwhisper.weights import to_torch_model
 
@@ -43,11 +43,10 @@ def pipeline_model(model: MaxWhisper, encoder: str = "max", decoder: str = "max"
     for part, value in (("encoder", encoder), ("decoder", decoder)):
         if value not in ("max", "torch"):
             raise ValueError(f"{part} must be 'max' or 'torch', got {value!r}")
-    torch_model = to_torch_model(model.dims, model.state_dict)
+    torch_model = (with_max_decoder(model.decoder, model.state_dict) if decoder == "max"
+                   else to_torch_model(model.dims, model.state_dict))
     if encoder == "max":
-        torch_model.encoder = MaxEncoder(model)
-    if decoder == "max":
-        torch_model = use_max_decoder(torch_model, model.decoder)
+        torch_model.encoder = MaxEncoder(model)  # a submodule of the model built here, not the caller's
     return torch_model
 
 

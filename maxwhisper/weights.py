@@ -144,10 +144,10 @@ def load_weights(name_or_path: str | os.PathLike = "tiny.en") -> tuple[ModelDime
     return _load_pt(p)
 
 
-def to_torch_model(dims: ModelDimensions, state_dict: dict[str, np.ndarray]) -> Whisper:
-    """openai-whisper's PyTorch model, float32, eval mode, every weight loaded."""
+def to_torch_model(dims: ModelDimensions, state_dict: dict[str, np.ndarray], cls: type[Whisper] = Whisper) -> Whisper:
+    """openai-whisper's PyTorch model (or a subclass `cls` of it), float32, eval mode, every weight loaded."""
     check_state_dict(dims, state_dict, "state dict")
-    model = Whisper(dims)
+    model = cls(dims)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()}, strict=True)
     return model.float().eval()
 

@@ -22,7 +22,7 @@ from maxwhisper import layers
 from maxwhisper.decoder import is_cross
 from maxwhisper.harness import golden_decoder as gd
 from maxwhisper.harness.compare import compare_traces
-from maxwhisper.harness.golden import StaleFixtureError
+from maxwhisper.harness.fixture import StaleFixtureError
 from reference.capture import reference_decoder_trace
 from maxwhisper.harness.registry import check_of, input_of
 from maxwhisper.harness.runners import torch_device

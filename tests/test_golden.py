@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from maxwhisper.harness import golden as g
+from maxwhisper.harness import fixture, golden as g
 from maxwhisper.harness.compare import Check, assert_parity, compare_traces, first_failure
-from maxwhisper.harness.pytest_plugin import axis
+from maxwhisper.harness.pytest_plugin import axis, fresh
 from reference.capture import layer_ids, reference_trace
 from maxwhisper.harness.registry import check_of, golden_cases, input_of
 from maxwhisper.harness.runners import run_max, run_reference, torch_device
@@ -52,10 +52,7 @@ def raw_golden():
 @pytest.fixture(scope="module")
 def golden(raw_golden, tiny_en):
     """The checked-in fixture, refused (every dependent test fails) unless fresh."""
-    try:
-        g.check_fresh(raw_golden, weights_hash(tiny_en[1]))
-    except g.StaleFixtureError as e:
-        pytest.fail(str(e), pytrace=False)
+    fresh(g.check_fresh, raw_golden, weights_hash(tiny_en[1]))
     return raw_golden
 
 
@@ -73,20 +70,14 @@ def torch32_trace(golden, tiny_en, device):
 # ------------------------------------------------------------------ freshness
 def test_golden_fixture_fresh(raw_golden, tiny_en):
     """Format version and weights hash match the current code and tiny.en weights."""
-    try:
-        g.check_fresh(raw_golden, weights_hash(tiny_en[1]))
-    except g.StaleFixtureError as e:
-        pytest.fail(str(e), pytrace=False)
+    fresh(g.check_fresh, raw_golden, weights_hash(tiny_en[1]))
 
 
 def test_golden_fixture_input_fresh(raw_golden, tiny_en, jfk_mel):
     """The stored mel is the log-mel of jfk.flac computed now, within MEL_ATOL (skipped without the
     speech folder)."""
     assert jfk_mel.shape == raw_golden.mel.shape and jfk_mel.dtype == raw_golden.mel.dtype
-    try:
-        g.check_fresh(raw_golden, weights_hash(tiny_en[1]), jfk_mel)
-    except g.StaleFixtureError as e:
-        pytest.fail(str(e), pytrace=False)
+    fresh(g.check_fresh, raw_golden, weights_hash(tiny_en[1]), jfk_mel)
 
 
 def test_golden_fixture_complete(golden, tiny_en):
@@ -112,14 +103,14 @@ def _doctor(fixture_path, tmp_path, **changes):
     arrays["meta/format_version"] = np.int64(g.FORMAT_VERSION)
     arrays.update({k: np.asarray(v) for k, v in changes.items()})
     path = tmp_path / "doctored.npz"
-    g.save_npz(path, arrays)
+    fixture.save_npz(path, arrays)
     return g.load_fixture(path)
 
 
-def _doctored_mel(fixture):
-    mel = fixture.mel.copy()
+def _doctored_mel(fx):
+    mel = fx.mel.copy()
     mel[0, 0, 0] += 0.5
-    return {"mel": mel, "meta/mel_hash": g.float32_hash(mel)}
+    return {"mel": mel, "meta/mel_hash": fixture.float32_hash(mel)}
 
 
 STALE = {  # reason -> (changed entries, text the message must hold)
@@ -139,7 +130,7 @@ def test_golden_check_fresh_refuses(reason, raw_golden, tmp_path):
     g.check_fresh(base, raw_golden.weights_hash, raw_golden.mel)  # the undoctored copy passes
     g.check_fresh(base, raw_golden.weights_hash)                  # the input is optional
     doctored = _doctor(raw_golden.path, tmp_path, **changes(raw_golden))
-    with pytest.raises(g.StaleFixtureError) as e:
+    with pytest.raises(fixture.StaleFixtureError) as e:
         g.check_fresh(doctored, raw_golden.weights_hash, raw_golden.mel)
     msg = str(e.value)
     assert says in msg and g.REGENERATE in msg and str(doctored.path) in msg, msg
@@ -156,27 +147,27 @@ def test_golden_check_fresh_mel_tolerance(raw_golden, shift, fresh):
     if fresh:
         g.check_fresh(raw_golden, raw_golden.weights_hash, mel)
     else:
-        with pytest.raises(g.StaleFixtureError, match="input mel differs"):
+        with pytest.raises(fixture.StaleFixtureError, match="input mel differs"):
             g.check_fresh(raw_golden, raw_golden.weights_hash, mel)
-    with pytest.raises(g.StaleFixtureError, match="input mel shape"):
+    with pytest.raises(fixture.StaleFixtureError, match="input mel shape"):
         g.check_fresh(raw_golden, raw_golden.weights_hash, raw_golden.mel[..., :-1])
 
 
 def test_golden_check_fresh_names_every_reason(raw_golden):
-    with pytest.raises(g.StaleFixtureError) as e:
+    with pytest.raises(fixture.StaleFixtureError) as e:
         g.check_fresh(replace(raw_golden, version=-1), "0" * 64, raw_golden.mel + 1.0)
     assert all(s in str(e.value) for _, s in STALE.values()) and g.REGENERATE in str(e.value)
 
 
 def test_golden_load_refuses_missing_and_corrupt(raw_golden, tmp_path):
-    with pytest.raises(g.StaleFixtureError, match=re.escape(g.REGENERATE)):
+    with pytest.raises(fixture.StaleFixtureError, match=re.escape(g.REGENERATE)):
         g.load_fixture(tmp_path / "absent.npz")
     mel = raw_golden.mel.copy()
     mel[0, 1, 2] = 7.0  # changed without updating its hash
-    with pytest.raises(g.StaleFixtureError, match="corrupt"):
+    with pytest.raises(fixture.StaleFixtureError, match="corrupt"):
         _doctor(raw_golden.path, tmp_path, mel=mel)
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(g.StaleFixtureError, match="unreadable"):
+    with pytest.raises(fixture.StaleFixtureError, match="unreadable"):
         g.load_fixture(tmp_path / "junk.npz")
 
 
@@ -248,6 +239,6 @@ def test_golden_fixture_consistent(spec, case, golden, tiny_en):
 
 def test_repo_files_resolve_beside_the_source_or_under_the_working_directory(tmp_path, monkeypatch):
     """An installed (non-editable) package, run from the repository root, still finds the fixtures."""
-    assert g.repo_file("fixtures/tiny_en_jfk.npz") == g.FIXTURE and g.FIXTURE.is_file()
+    assert fixture.repo_file("fixtures/tiny_en_jfk.npz") == g.FIXTURE and g.FIXTURE.is_file()
     monkeypatch.chdir(tmp_path)
-    assert g.repo_file("fixtures/absent.json") == tmp_path / "fixtures" / "absent.json"
+    assert fixture.repo_file("fixtures/absent.json") == tmp_path / "fixtures" / "absent.json"

@@ -19,16 +19,17 @@ import torch
 
 from maxwhisper.decoder import is_cross
 from maxwhisper.harness import golden_decoder as gd
-from maxwhisper.harness.compare import assert_parity, compare, compare_traces, first_failure
-from maxwhisper.harness.golden import StaleFixtureError, load_fixture as load_encoder_fixture, save_npz
-from maxwhisper.harness.pytest_plugin import axis
-from reference.capture import reference_decoder_trace
+from maxwhisper.harness.compare import TOP1_TIE, assert_parity, compare, compare_traces, first_failure, top1_tie
+from maxwhisper.harness.fixture import AUDIO, StaleFixtureError, save_npz
+from maxwhisper.harness.golden import load_fixture as load_encoder_fixture
+from maxwhisper.harness.inputs import teacher_tokens
+from maxwhisper.harness.pytest_plugin import axis, fresh
 from maxwhisper.harness.registry import check_of, input_of
 from maxwhisper.harness.runners import torch_device
-from maxwhisper.harness.verify import TOP1_TIE, teacher_tokens
-from maxwhisper.layers import decoder_trace
 from maxwhisper.sizes import SIZES
+from maxwhisper.trace import decoder_trace
 from maxwhisper.weights import weights_hash
+from reference.capture import reference_decoder_trace
 
 TINY_EN = SIZES[gd.MODEL]
 LAYERS = [t.id for t in decoder_trace(TINY_EN.n_text_layer)]
@@ -44,10 +45,7 @@ def raw_golden_decoder():
 @pytest.fixture(scope="module")
 def golden_decoder(raw_golden_decoder, tiny_en):
     """The checked-in fixture, refused (every dependent test fails) unless fresh."""
-    try:
-        gd.check_fresh(raw_golden_decoder, weights_hash(tiny_en[1]))
-    except StaleFixtureError as e:
-        pytest.fail(str(e), pytrace=False)
+    fresh(gd.check_fresh, raw_golden_decoder, weights_hash(tiny_en[1]))
     return raw_golden_decoder
 
 
@@ -74,20 +72,14 @@ def stored(fx: gd.DecoderFixture, trace: dict[str, np.ndarray]) -> dict[str, np.
 # ------------------------------------------------------------------ freshness
 def test_golden_decoder_fixture_fresh(raw_golden_decoder, tiny_en):
     """Format version, weights hash, layer ids and the tokenizer's tokens match the current code."""
-    try:
-        gd.check_fresh(raw_golden_decoder, weights_hash(tiny_en[1]))
-    except StaleFixtureError as e:
-        pytest.fail(str(e), pytrace=False)
+    fresh(gd.check_fresh, raw_golden_decoder, weights_hash(tiny_en[1]))
 
 
 def test_golden_decoder_fixture_text_fresh(raw_golden_decoder, tiny_en, speech_dir):
     """The stored transcript is jfk.flac's in the speech data now (skipped without the speech folder)."""
     from maxwhisper.harness.speech import reference_text
 
-    try:
-        gd.check_fresh(raw_golden_decoder, weights_hash(tiny_en[1]), reference_text(speech_dir / gd.AUDIO))
-    except StaleFixtureError as e:
-        pytest.fail(str(e), pytrace=False)
+    fresh(gd.check_fresh, raw_golden_decoder, weights_hash(tiny_en[1]), reference_text(speech_dir / AUDIO))
 
 
 def test_golden_decoder_fixture_made_from_the_encoder_fixture(golden_decoder):
@@ -243,6 +235,6 @@ def test_golden_decoder_trace_axis(dtype, golden_decoder, tiny_en, tiny_en_in, d
     assert bad is None, bad.report()
     assert len(rows) == len(LAYERS)
     # PyTorch's own logit error per step, on the stored columns (the top 16 among them)
-    tie = np.maximum(TOP1_TIE, 2 * np.abs(fx.select(gd.LOGITS, same[gd.LOGITS]) - fx.layers[gd.LOGITS])[0].max(-1))
+    tie = top1_tie(fx.select(gd.LOGITS, same[gd.LOGITS])[0], fx.layers[gd.LOGITS][0])
     failures = fx.top1_failures(trace[gd.LOGITS], tie)
     assert not failures, f"{dtype}: top-1 differs at steps {failures} beyond ties of {tie[failures].tolist()}"

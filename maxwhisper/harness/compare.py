@@ -197,3 +197,14 @@ def top1_failures(logits: np.ndarray, top1: np.ndarray, top2_gap: np.ndarray, ti
     tie = np.broadcast_to(np.asarray(tie, np.float64), np.shape(top1))
     differ = np.flatnonzero(np.asarray(logits).argmax(-1) != top1)
     return [int(i) for i in differ if top2_gap[i] > tie[i]]
+
+
+# A top-1 difference is a failure unless the reference's own top two logits lie within this of each
+# other (float32 rounding may break such a tie either way: logits err ~5e-5 against float64 on jfk.flac).
+TOP1_TIE = 1e-3
+
+
+def top1_tie(same_logits: np.ndarray, reference_logits: np.ndarray) -> np.ndarray:
+    """Per step, the tie below which a top-1 difference is no evidence against MAX: TOP1_TIE, widened to
+    twice the yardstick's own largest logit error at that step (in 16-bit a margin PyTorch itself could flip)."""
+    return np.maximum(TOP1_TIE, 2 * np.abs(np.asarray(same_logits) - reference_logits).max(-1))

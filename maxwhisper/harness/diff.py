@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maxwhisper.harness import golden
+from maxwhisper.harness import fixture, golden
 from maxwhisper.harness.inputs import random_mel
 from maxwhisper.harness.judge import errors
 from reference.capture import reference_trace
@@ -25,7 +25,7 @@ from maxwhisper.harness.registry import governing, input_of
 from maxwhisper.harness.runners import torch_device
 from maxwhisper.model import MaxWhisper
 
-BASELINE = golden.repo_file("fixtures/encoder_errors_baseline.json")
+BASELINE = fixture.repo_file("fixtures/encoder_errors_baseline.json")
 FORMAT = 1
 RANDOM_SEEDS = (0, 1)
 # A layer regresses when its error (rms or max) grows past this factor. On one machine MAX's figures

@@ -3,7 +3,7 @@
 `python -m maxwhisper.harness.make_fixtures decoder` writes it (see `make_fixtures.build_decoder` for
 what is inside); tests load it with `load_fixture()` and run the MAX decoder on its stored features
 and tokens, with neither the reference encoder nor the speech folder. Stale and missing files are
-refused as the encoder's fixture is (`golden.StaleFixtureError`, naming the regenerating command).
+refused as the encoder's fixture is (`fixture.StaleFixtureError`, naming the regenerating command).
 
 A layer is stored at a subset of its positions (and the logits at a subset of columns), so a test
 takes the same subset of MAX's and PyTorch's full traces with `select`, the one place that knows how.
@@ -11,7 +11,6 @@ takes the same subset of MAX's and PyTorch's full traces with `select`, the one 
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,16 +18,27 @@ import numpy as np
 
 from maxwhisper.decoder import is_cross  # a cross-attention key or value: one row per audio frame
 from maxwhisper.harness.compare import top1_failures
-from maxwhisper.harness.golden import MODEL, StaleFixtureError, float32_hash, repo_file
-from maxwhisper.layers import decoder_trace
+from maxwhisper.harness.fixture import (AUDIO, MODEL, REGENERATE as _ALL, check_hash, common_reasons, raise_if_stale,
+                                        read, repo_file)
+from maxwhisper.harness.inputs import teacher_tokens
 from maxwhisper.sizes import SIZES
+from maxwhisper.trace import decoder_trace
 
 # Bump when the file's layout or what it holds changes (keys, positions, columns, how it is made).
 FORMAT_VERSION = 1
 FIXTURE = repo_file("fixtures/tiny_en_jfk_decoder.npz")
-REGENERATE = "python -m maxwhisper.harness.make_fixtures decoder"
-AUDIO = "jfk.flac"
+REGENERATE = _ALL + " decoder"
+WHAT = "golden decoder fixture"
 LOGITS = "decoder.logits"
+
+
+def select(layer: str, full: np.ndarray, token_positions: np.ndarray, frame_positions: np.ndarray,
+           logit_columns: np.ndarray) -> np.ndarray:
+    """The stored part of `layer`'s full activation (batch, T or frames, channels): cross-attention keys
+    and values at `frame_positions`, the logits at `logit_columns` per step, the rest at `token_positions`."""
+    if layer == LOGITS:
+        return np.take_along_axis(full, logit_columns[None], axis=-1)
+    return full[:, frame_positions if is_cross(layer) else token_positions]
 
 
 @dataclass(frozen=True)
@@ -41,9 +51,9 @@ class DecoderFixture:
     whisper_version: str        # informational: openai-whisper and torch that made the file
     torch_version: str
     features: np.ndarray        # (1, n_audio_ctx, n_audio_state) float32: the decoder's input
-    tokens: np.ndarray          # (1, T) int64: verify.teacher_tokens(dims, text)
+    tokens: np.ndarray          # (1, T) int64: inputs.teacher_tokens(dims, text)
     prompt: int                 # tokens in the first step (the rest: one per step through the cache)
-    layer_ids: tuple[str, ...]  # as maxwhisper.layers.decoder_trace
+    layer_ids: tuple[str, ...]  # as maxwhisper.trace.decoder_trace
     token_positions: np.ndarray     # the stored token positions of every per-token layer (sorted)
     frame_positions: np.ndarray     # the stored audio frames of the cross-attention keys and values
     layers: dict[str, np.ndarray]   # id -> (1, positions, channels) float32; logits: (1, T, columns)
@@ -54,10 +64,8 @@ class DecoderFixture:
     top2_gap: np.ndarray            # (T,) float64: its largest logit minus its second largest
 
     def select(self, layer: str, full: np.ndarray) -> np.ndarray:
-        """The stored part of `layer`'s full activation (batch, T or frames, channels) from any producer."""
-        if layer == LOGITS:
-            return np.take_along_axis(full, self.logit_columns[None], axis=-1)
-        return full[:, self.frame_positions if is_cross(layer) else self.token_positions]
+        """The stored part of `layer`'s full activation from any producer (`select`)."""
+        return select(layer, full, self.token_positions, self.frame_positions, self.logit_columns)
 
     def top1_failures(self, logits: np.ndarray, tie: float | np.ndarray) -> list[int]:
         """Steps where `logits`' (1, T, n_vocab) argmax differs from the reference's, save near-ties
@@ -68,28 +76,22 @@ class DecoderFixture:
 
 def load_fixture(path: str | Path = FIXTURE) -> DecoderFixture:
     """Read the fixture; a missing, unreadable or self-inconsistent file raises StaleFixtureError."""
-    path = Path(path)
-    if not path.is_file():
-        raise StaleFixtureError(f"golden decoder fixture {path} is missing: regenerate it with `{REGENERATE}`")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            ids = tuple(str(s) for s in z["layer_ids"])
-            fx = DecoderFixture(
-                path=path, version=int(z["meta/format_version"]), weights_hash=str(z["meta/weights_hash"]),
-                mel_hash=str(z["meta/mel_hash"]), text=str(z["meta/text"]),
-                whisper_version=str(z["meta/whisper_version"]), torch_version=str(z["meta/torch_version"]),
-                features=z["features"], tokens=z["tokens"], prompt=int(z["meta/prompt"]), layer_ids=ids,
-                token_positions=z["positions/tokens"], frame_positions=z["positions/frames"],
-                layers={k: z[f"act/{k}"] for k in ids}, logit_columns=z["logits/columns"],
-                full_steps=z["logits/full_steps"], full_logits=z["logits/full"], top1=z["logits/top1"],
-                top2_gap=z["logits/top2_gap"])
-            recorded = str(z["meta/features_hash"])
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
-        raise StaleFixtureError(f"golden decoder fixture {path} is unreadable or incomplete ({e}): "
-                                f"regenerate it with `{REGENERATE}`") from e
-    if float32_hash(fx.features) != recorded:
-        raise StaleFixtureError(f"golden decoder fixture {path} is corrupt: its features do not hash to "
-                                f"their recorded hash: regenerate it with `{REGENERATE}`")
+
+    def build(path: Path, z) -> tuple[DecoderFixture, str]:
+        fx = DecoderFixture(
+            path=path, version=int(z["meta/format_version"]), weights_hash=str(z["meta/weights_hash"]),
+            mel_hash=str(z["meta/mel_hash"]), text=str(z["meta/text"]),
+            whisper_version=str(z["meta/whisper_version"]), torch_version=str(z["meta/torch_version"]),
+            features=z["features"], tokens=z["tokens"], prompt=int(z["meta/prompt"]),
+            layer_ids=tuple(str(s) for s in z["layer_ids"]),
+            token_positions=z["positions/tokens"], frame_positions=z["positions/frames"],
+            layers={k: z[f"act/{k}"] for k in (str(s) for s in z["layer_ids"])}, logit_columns=z["logits/columns"],
+            full_steps=z["logits/full_steps"], full_logits=z["logits/full"], top1=z["logits/top1"],
+            top2_gap=z["logits/top2_gap"])
+        return fx, str(z["meta/features_hash"])
+
+    fx, recorded = read(path, WHAT, REGENERATE, build)
+    check_hash(fx.features, recorded, fx.path, WHAT, "features", REGENERATE)
     return fx
 
 
@@ -100,21 +102,13 @@ def check_fresh(fixture: DecoderFixture, weights_hash: str, text: str | None = N
     and the tokens, which openai-whisper's tokenizer must still make from the stored text.
     `text`, when given, is jfk.flac's transcript read now (it needs the speech folder, so it is optional).
     """
-    from maxwhisper.harness.verify import teacher_tokens
-
-    reasons = []
-    if fixture.version != FORMAT_VERSION:
-        reasons.append(f"format version {fixture.version} != current FORMAT_VERSION {FORMAT_VERSION}")
-    if fixture.weights_hash != weights_hash:
-        reasons.append(f"weights hash {fixture.weights_hash[:12]}.. != current {MODEL} weights {weights_hash[:12]}..")
+    reasons = common_reasons(fixture.version, FORMAT_VERSION, fixture.weights_hash, weights_hash)
     ids = tuple(t.id for t in decoder_trace(SIZES[MODEL].n_text_layer))
     if fixture.layer_ids != ids:
-        reasons.append(f"layer ids differ from layers.decoder_trace ({len(fixture.layer_ids)} stored, {len(ids)} now)")
+        reasons.append(f"layer ids differ from trace.decoder_trace ({len(fixture.layer_ids)} stored, {len(ids)} now)")
     now = teacher_tokens(SIZES[MODEL], fixture.text)
     if now.shape != fixture.tokens.shape or (now != fixture.tokens).any():
         reasons.append(f"tokens differ from teacher_tokens of the stored text computed now ({now.shape[1]} tokens)")
     if text is not None and text != fixture.text:
         reasons.append(f"stored text {fixture.text!r} != {AUDIO}'s transcript now {text!r}")
-    if reasons:
-        raise StaleFixtureError(f"golden decoder fixture {fixture.path} is stale: " + "; ".join(reasons)
-                                + f". Regenerate it with `{REGENERATE}`")
+    raise_if_stale(reasons, WHAT, fixture.path, REGENERATE)

@@ -102,3 +102,17 @@ def step_lengths(rng, length: int) -> tuple[int, int]:
     """(n_cache, n_tok) for a step openai-whisper takes: the prompt (`length` tokens, empty cache)
     or one token after `length` cached ones, half the time each."""
     return (0, length) if rng.random() < 0.5 else (length, 1)
+
+
+# openai-whisper's first decoding step takes its initial tokens at once: sot, notimestamps
+PROMPT = 2
+
+
+def teacher_tokens(dims, text: str) -> np.ndarray:
+    """(1, T): the start-of-transcript sequence (no timestamps), `text`'s tokens, end of text: what
+    the decoder is teacher-forced on (verify, the golden decoder fixture)."""
+    from whisper.tokenizer import get_tokenizer
+
+    # openai-whisper's Whisper.is_multilingual and num_languages, from the vocabulary size
+    tok = get_tokenizer(dims.n_vocab >= 51865, num_languages=dims.n_vocab - 51765 - int(dims.n_vocab >= 51865))
+    return np.array([[*tok.sot_sequence_including_notimestamps, *tok.encode(" " + text.strip()), tok.eot]])

@@ -19,7 +19,7 @@ receives, as float32:
   and torch versions (informational).
 
 The float64 -> float32 rounding costs ~6e-8 relative, far below any tolerance. The output is
-byte-reproducible (`golden.save_npz` fixes the zip timestamps that np.savez_compressed would stamp).
+byte-reproducible (`fixture.save_npz` fixes the zip timestamps that np.savez_compressed would stamp).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 import whisper
 
 from maxwhisper.audio import SAMPLE_RATE, load_audio, log_mel
-from maxwhisper.harness import golden
+from maxwhisper.harness import fixture, golden
 from reference.capture import layer_ids, trace_encoder
 from reference.modules import reference_encoder
 from maxwhisper.harness.registry import golden_cases
@@ -58,12 +58,12 @@ def positions(frames: int, boundary: int, *special: int, spread: int = N_SPREAD)
 @torch.no_grad()
 def build() -> dict[str, np.ndarray]:
     where = speech_dir()
-    if where is None or not (where / golden.AUDIO).is_file():
-        sys.exit(f"make_fixtures: the speech data is absent: {golden.AUDIO} not found in ../shared/speech "
+    if where is None or not (where / fixture.AUDIO).is_file():
+        sys.exit(f"make_fixtures: the speech data is absent: {fixture.AUDIO} not found in ../shared/speech "
                  "(or $MAXWHISPER_SPEECH_DIR); the golden fixture cannot be (re)generated without it")
-    audio = load_audio(where / golden.AUDIO)
+    audio = load_audio(where / fixture.AUDIO)
     mel = log_mel(audio)[None]
-    dims, state_dict = load_weights(golden.MODEL)
+    dims, state_dict = load_weights(fixture.MODEL)
     encoder = reference_encoder(dims, state_dict)  # float64
 
     # inputs the golden cases need that no traced value holds, captured as the model computed them
@@ -97,10 +97,10 @@ def build() -> dict[str, np.ndarray]:
 
     out: dict[str, np.ndarray] = {
         "meta/format_version": np.array(golden.FORMAT_VERSION, dtype=np.int64),
-        "meta/model": np.array(golden.MODEL),
-        "meta/audio": np.array(golden.AUDIO),
+        "meta/model": np.array(fixture.MODEL),
+        "meta/audio": np.array(fixture.AUDIO),
         "meta/weights_hash": np.array(weights_hash(state_dict)),
-        "meta/mel_hash": np.array(golden.float32_hash(mel)),
+        "meta/mel_hash": np.array(fixture.float32_hash(mel)),
         "meta/n_samples": np.array(audio.size, dtype=np.int64),
         "meta/sample_rate": np.array(SAMPLE_RATE, dtype=np.int64),
         "meta/whisper_version": np.array(whisper.__version__),
@@ -120,7 +120,7 @@ def build() -> dict[str, np.ndarray]:
 def main() -> None:
     which = sys.argv[1:] or ["encoder", "decoder"]  # the decoder's features come from the encoder fixture
     if not set(which) <= {"encoder", "decoder"}:
-        sys.exit(f"usage: {golden.REGENERATE} [encoder] [decoder] (both when none is named)")
+        sys.exit(f"usage: {fixture.REGENERATE} [encoder] [decoder] (both when none is named)")
     if "encoder" in which:
         write_encoder()
     if "decoder" in which:
@@ -130,7 +130,7 @@ def main() -> None:
 def write_encoder() -> None:
     arrays = build()
     golden.FIXTURE.parent.mkdir(parents=True, exist_ok=True)
-    golden.save_npz(golden.FIXTURE, arrays)
+    fixture.save_npz(golden.FIXTURE, arrays)
     fx = golden.load_fixture()  # what the tests will read: it must load and be fresh
     golden.check_fresh(fx, str(arrays["meta/weights_hash"]), arrays["mel"])
     raw = sum(a.nbytes for a in arrays.values())
@@ -181,18 +181,18 @@ def build_decoder() -> dict[str, np.ndarray]:
     from maxwhisper.harness import golden_decoder as gd
     from reference.capture import reference_decoder_trace
     from maxwhisper.harness.speech import reference_text
-    from maxwhisper.harness.verify import teacher_tokens
+    from maxwhisper.harness.inputs import PROMPT, teacher_tokens
 
     where = speech_dir()
-    text = reference_text(where / gd.AUDIO) if where is not None else None
+    text = reference_text(where / fixture.AUDIO) if where is not None else None
     if text is None:
-        sys.exit(f"make_fixtures: {gd.AUDIO}'s transcript is absent (../shared/speech/transcripts.tsv or "
+        sys.exit(f"make_fixtures: {fixture.AUDIO}'s transcript is absent (../shared/speech/transcripts.tsv or "
                  "$MAXWHISPER_SPEECH_DIR); the decoder fixture cannot be (re)generated without it")
-    dims, state_dict = load_weights(golden.MODEL)
+    dims, state_dict = load_weights(fixture.MODEL)
     enc = golden.load_fixture()
     golden.check_fresh(enc, weights_hash(state_dict))
     features = reference_encoder(dims, state_dict)(torch.from_numpy(enc.mel).double()).numpy().astype(np.float32)
-    tokens, prompt = teacher_tokens(dims, text), 2  # sot, notimestamps in one step, as verify decodes
+    tokens, prompt = teacher_tokens(dims, text), PROMPT
     trace = reference_decoder_trace(dims, state_dict, tokens, features.astype(np.float64))
     ids = [t.id for t in decoder_trace(dims.n_text_layer)]
     assert list(trace) == ids, "reference decoder trace ids differ from layers.decoder_trace"
@@ -202,22 +202,18 @@ def build_decoder() -> dict[str, np.ndarray]:
     gap = top2[:, 1] - top2[:, 0]
     n_tok = tokens.shape[1]
     ties = np.argsort(gap, kind="stable")[:N_NEAR_TIES]
-    fx = gd.DecoderFixture(  # only what `select` reads
-        path=gd.FIXTURE, version=0, weights_hash="", mel_hash="", text="", whisper_version="", torch_version="",
-        features=features, tokens=tokens, prompt=prompt, layer_ids=tuple(ids),
-        token_positions=positions(n_tok, prompt, *ties, spread=N_TOKEN_SPREAD),
-        frame_positions=enc.positions[dims.n_audio_ctx], layers={},
-        logit_columns=logit_columns(logits, np.random.default_rng(LOGIT_SEED)),
-        full_steps=np.array([prompt - 1, n_tok - 2]), full_logits=np.empty(0), top1=logits.argmax(-1),
-        top2_gap=gap)
+    token_positions = positions(n_tok, prompt, *ties, spread=N_TOKEN_SPREAD)
+    frame_positions = enc.positions[dims.n_audio_ctx]
+    columns = logit_columns(logits, np.random.default_rng(LOGIT_SEED))
+    full_steps = np.array([prompt - 1, n_tok - 2])
     out: dict[str, np.ndarray] = {
         "meta/format_version": np.array(gd.FORMAT_VERSION, dtype=np.int64),
-        "meta/model": np.array(golden.MODEL),
-        "meta/audio": np.array(gd.AUDIO),
+        "meta/model": np.array(fixture.MODEL),
+        "meta/audio": np.array(fixture.AUDIO),
         "meta/text": np.array(text),
         "meta/weights_hash": np.array(weights_hash(state_dict)),
         "meta/mel_hash": np.array(enc.mel_hash),
-        "meta/features_hash": np.array(golden.float32_hash(features)),
+        "meta/features_hash": np.array(fixture.float32_hash(features)),
         "meta/prompt": np.array(prompt, dtype=np.int64),
         "meta/logit_seed": np.array(LOGIT_SEED, dtype=np.int64),
         "meta/whisper_version": np.array(whisper.__version__),
@@ -225,16 +221,17 @@ def build_decoder() -> dict[str, np.ndarray]:
         "features": features,
         "tokens": tokens.astype(np.int64),
         "layer_ids": np.array(ids),
-        "positions/tokens": fx.token_positions,
-        "positions/frames": fx.frame_positions,
-        "logits/columns": fx.logit_columns,
-        "logits/full_steps": fx.full_steps,
-        "logits/full": np.ascontiguousarray(trace[gd.LOGITS][:, fx.full_steps], dtype=np.float32),
-        "logits/top1": fx.top1.astype(np.int64),
+        "positions/tokens": token_positions,
+        "positions/frames": frame_positions,
+        "logits/columns": columns,
+        "logits/full_steps": full_steps,
+        "logits/full": np.ascontiguousarray(trace[gd.LOGITS][:, full_steps], dtype=np.float32),
+        "logits/top1": logits.argmax(-1).astype(np.int64),
         "logits/top2_gap": gap,
     }
     for k in ids:
-        out[f"act/{k}"] = np.ascontiguousarray(fx.select(k, trace[k]), dtype=np.float32)
+        out[f"act/{k}"] = np.ascontiguousarray(gd.select(k, trace[k], token_positions, frame_positions, columns),
+                                               dtype=np.float32)
     return out
 
 
@@ -242,7 +239,7 @@ def write_decoder() -> None:
     from maxwhisper.harness import golden_decoder as gd
 
     arrays = build_decoder()
-    golden.save_npz(gd.FIXTURE, arrays)
+    fixture.save_npz(gd.FIXTURE, arrays)
     fx = gd.load_fixture()  # what the tests will read: it must load and be fresh
     gd.check_fresh(fx, str(arrays["meta/weights_hash"]), fx.text)
     print(f"wrote {gd.FIXTURE} ({gd.FIXTURE.stat().st_size / 1e6:.2f} MB, "

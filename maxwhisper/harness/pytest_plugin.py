@@ -140,6 +140,17 @@ def device(request) -> str:
     return name
 
 
+def fresh(check, *args) -> None:
+    """Run a golden fixture's `check_fresh(*args)`; a stale fixture fails the test with its message
+    (which names the reason and the command that regenerates it)."""
+    from maxwhisper.harness.fixture import StaleFixtureError
+
+    try:
+        check(*args)
+    except StaleFixtureError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
 def require(what: str) -> None:
     """A test input is missing: skip where that is expected, fail under CI=true (CI has it all, so a
     skip there would hide the failure the test exists to catch)."""

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from maxwhisper.audio import load_audio, log_mel, synthesize
-from maxwhisper.harness.compare import Comparison, compare, compare_traces, first_failure, top1_failures
+from maxwhisper.harness.compare import Comparison, compare, compare_traces, first_failure, top1_failures, top1_tie
+from maxwhisper.harness.inputs import PROMPT, teacher_tokens
 from maxwhisper.harness.registry import ENCODER_OUTPUT, check_of, input_of
 from maxwhisper.harness.runners import torch_device
 from maxwhisper.harness.speech import reference_text, speech_dir
@@ -20,14 +21,6 @@ from reference.yardstick import describe
 
 # Spoken by eSpeak NG when the shared speech data (and so jfk.flac) is absent.
 DEFAULT_SENTENCE = "And so my fellow Americans, ask not what your country can do for you."
-
-
-# A position where MAX's top-1 token differs from the reference's is a failure unless the reference's
-# own top two logits lie within this of each other (a tie float32 rounding may break either way:
-# logits err ~5e-5 against float64 on jfk.flac, MAX and PyTorch float32 alike). In a 16-bit dtype
-# the tie widens to twice PyTorch's own largest logit error at that step in the same dtype: a margin
-# the yardstick itself could flip is no evidence against MAX.
-TOP1_TIE = 1e-3
 
 
 @dataclass
@@ -62,15 +55,6 @@ def default_audio(path: str | None = None) -> tuple[str, np.ndarray]:
     return f"eSpeak NG: {DEFAULT_SENTENCE!r}", synthesize(DEFAULT_SENTENCE)
 
 
-def teacher_tokens(dims, text: str) -> np.ndarray:
-    """(1, T): the start-of-transcript sequence (no timestamps), `text`'s tokens, end of text."""
-    from whisper.tokenizer import get_tokenizer
-
-    # openai-whisper's Whisper.is_multilingual and num_languages, from the vocabulary size
-    tok = get_tokenizer(dims.n_vocab >= 51865, num_languages=dims.n_vocab - 51765 - int(dims.n_vocab >= 51865))
-    return np.array([[*tok.sot_sequence_including_notimestamps, *tok.encode(" " + text.strip()), tok.eot]])
-
-
 def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE) -> Verification:
     """`maxwhisper verify` for one model (one precision): `verify_model`'s rows and decoder agreement,
     with the numeric modes MAX and the yardstick ran in."""
@@ -102,15 +86,14 @@ def verify_model(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTE
     rows.append(compare(ENCODER_OUTPUT, model.encode(mel), expected["encoder.ln_post"], check(ENCODER_OUTPUT),
                         same["encoder.ln_post"]))
     features, tokens = expected["encoder.ln_post"], teacher_tokens(model.dims, text)
-    prompt = 2  # sot, notimestamps: openai-whisper's first step takes its initial tokens at once
-    actual = model.decoder.trace(tokens, features.astype(np.float32), prompt)
+    actual = model.decoder.trace(tokens, features.astype(np.float32), PROMPT)
     ref = reference_decoder_trace(model.dims, model.state_dict, tokens, features)
     same = reference_decoder_trace(model.dims, model.state_dict, tokens, features.astype(np.float32),
                                    model.dtype, device)
     rows += compare_traces(actual, ref, check, same, input_of(model.dims))
     logits, got = ref["decoder.logits"][0], actual["decoder.logits"][0]
     top2 = np.sort(logits, axis=-1)[:, -2:]
-    tie = np.maximum(TOP1_TIE, 2 * np.abs(same["decoder.logits"][0] - logits).max(-1))
+    tie = top1_tie(same["decoder.logits"][0], logits)
     failures = top1_failures(got, logits.argmax(-1), top2[:, 1] - top2[:, 0], tie)
     equal = int((got.argmax(-1) == logits.argmax(-1)).sum())
     return rows, dict(text=text, steps=int(tokens.shape[1]), top1_equal=equal, top1_failures=failures)
