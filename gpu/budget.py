@@ -120,7 +120,8 @@ def check(rehearsal: Path) -> tuple[list[str], list[str]]:
                          f"replayed {r['wall_s']:.0f} s, graphs x {COLD_S:.0f} s / processes {naive:.0f} s; "
                          f"cap {step.cap_s} s")
             if r["wall_s"] > step.cap_s or naive > step.cap_s:
-                failures.append(f"call {call.number} step {step.name}: {max(r['wall_s'], naive):.0f} s > cap {step.cap_s} s")
+                worst = max(r["wall_s"], naive)
+                failures.append(f"call {call.number} step {step.name}: {worst:.0f} s > cap {step.cap_s} s")
             t += r["wall_s"]
         lines.append(f"call {call.number}: replayed {t:.0f} s of its {call.budget_s} s (timeout_s {call.timeout_s})")
         if t > call.budget_s:
@@ -136,7 +137,7 @@ def order_failures(call: measure.Call, summary: dict) -> list[str]:
         out.append(f"call {call.number}: summary.json not written first")
     last_end = 0.0
     for step in call.steps:
-        mine = [seen[o] for o in [*(o for sh in step.shards for o in sh.outputs), *step.outputs] if o in seen]
+        mine = [seen[o] for o in measure.step_outputs(step) if o in seen]
         if mine and min(mine) < last_end:
             out.append(f"call {call.number} step {step.name}: an output appeared before the previous step's")
         last_end = max([last_end, *mine])

@@ -72,7 +72,12 @@ class Call:
 
     @property
     def outputs(self) -> list[str]:
-        return ["summary.json", *(o for s in self.steps for o in [*(o for sh in s.shards for o in sh.outputs), *s.outputs])]
+        return ["summary.json", *(o for s in self.steps for o in step_outputs(s))]
+
+
+def step_outputs(step: Step) -> list[str]:
+    """A step's files in $OUT: its shards' own, then what measure.py merges from them."""
+    return [*(o for sh in step.shards for o in sh.outputs), *step.outputs]
 
 
 def _verify(dtype: str) -> Shard:
@@ -99,13 +104,14 @@ def calls() -> list[Call]:
     probe = Shard("probe", [["{py}", "gpu/env_check.py", "--need", "{device}", "--json", "{out}/env.json"],
                             ["{py}", "gpu/probe_tf32.py", "--device", "{device}", "--json", "{out}/probe_tf32.json"]],
                   ["env.json", "probe_tf32.json"])
-    first = Step("verify", 255, [probe, *(_verify(d) for d in _precisions()), *(_warm_decoder(d) for d in _precisions())])
+    dtypes = _precisions()
+    first = Step("verify", 255, [probe, *(_verify(d) for d in dtypes), *(_warm_decoder(d) for d in dtypes)])
     parity = Step("parity-float32", 180, [
         *(_parity("float32", i, PARITY_SHARDS) for i in range(PARITY_SHARDS)),
         Shard("warm-pipeline", [["{py}", "gpu/pipeline.py", "warm", "--device", "{device}"]])],
                   ["parity-float32.json"])
-    bench = Step("bench", 40, [Shard("bench", [["{py}", "gpu/bench_encoder.py", "--device", "{device}",
-                                                "--batches", "{batches}", "--json", "{out}/bench-gpu.json"]], ["bench-gpu.json"])])
+    bench = Step("bench", 40, [Shard("bench", [["{py}", "gpu/bench_encoder.py", "--device", "{device}", "--batches",
+                                                "{batches}", "--json", "{out}/bench-gpu.json"]], ["bench-gpu.json"])])
     pipeline = Step("pipeline", 60, [Shard("pipeline", [["{py}", "gpu/pipeline.py", "run", "--device", "{device}",
                                                          "--json", "{out}/pipeline-gpu.json"]], ["pipeline-gpu.json"])])
     return [Call(1, 300, 280, [first]), Call(2, 300, 290, [parity, bench, pipeline])]

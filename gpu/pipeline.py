@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         doc["runs"][impl] = probe(impl, args.device, args.limit)
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
         r = doc["runs"][impl]
-        print(f"{impl}: " + (r["error"][-500:] if "error" in r else
-                             f"{r['files']} files, {r['audio_s']:.0f} s audio in {r['seconds']:.1f} s (RTF {r['rtf']:.4f})"),
-              flush=True)
+        line = (r["error"][-500:] if "error" in r else
+                f"{r['files']} files, {r['audio_s']:.0f} s audio in {r['seconds']:.1f} s (RTF {r['rtf']:.4f})")
+        print(f"{impl}: {line}", flush=True)
     if all("tokens" in r for r in doc["runs"].values()):
         doc["compare"] = compare(doc["runs"], references)
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")

@@ -6,8 +6,9 @@ the call's command runs there verbatim with `python3` meaning python3.12, and th
 vanish afterwards (the tool lays the repo copy anew on every call). /tmp/mw-stage and /tmp/mw-site
 become scratch/stage and scratch/site (MW_STAGE, MW_SITE). The last batch's `bash gpu/run.sh stage`
 runs as planned: the rejoin, sha256 check and pip install. The measuring calls (`bash gpu/run.sh 1|2`)
-need the GPU and torch for 3.12: `stage.py rehearse-calls` runs them here on the CPU instead. Then env_check.py (imports + a 4x4 MAX matmul on the CPU) runs on the result,
-with the packages the GPU image has and python3.12 here lacks installed beside it.
+need the GPU and torch for 3.12: `stage.py rehearse-calls` runs them here on the CPU instead. Then
+env_check.py (imports + a 4x4 MAX matmul on the CPU) runs on the result, with the packages the GPU
+image has and python3.12 here lacks installed beside it.
 """
 
 from __future__ import annotations

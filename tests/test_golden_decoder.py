@@ -15,21 +15,18 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from maxwhisper.decoder import is_cross
-from maxwhisper.harness import golden_decoder as gd
-from maxwhisper.harness.compare import TOP1_TIE, assert_parity, compare, compare_traces, first_failure, top1_tie
+from maxwhisper.harness import golden_decoder as gd, producers
+from maxwhisper.harness.compare import TOP1_TIE, assert_parity, compare, first_failure, top1_tie
 from maxwhisper.harness.fixture import AUDIO, StaleFixtureError, save_npz
 from maxwhisper.harness.golden import load_fixture as load_encoder_fixture
 from maxwhisper.harness.inputs import teacher_tokens
 from maxwhisper.harness.pytest_plugin import axis, fresh
 from maxwhisper.harness.registry import check_of, input_of
-from maxwhisper.harness.runners import torch_device
 from maxwhisper.sizes import SIZES
 from maxwhisper.trace import decoder_trace
 from maxwhisper.weights import weights_hash
-from reference.capture import reference_decoder_trace
 
 TINY_EN = SIZES[gd.MODEL]
 LAYERS = [t.id for t in decoder_trace(TINY_EN.n_text_layer)]
@@ -54,19 +51,24 @@ def golden_decoder_trace(golden_decoder, tiny_en_model):
     """The MAX decoder teacher-forced as verify runs it: the prompt in one step, then one token per
     step through the KV cache."""
     fx = golden_decoder
-    return tiny_en_model.decoder.trace(fx.tokens, fx.features, fx.prompt)
+    return producers.max_decoder(tiny_en_model, fx.tokens, fx.features, fx.prompt)
 
 
 @pytest.fixture(scope="module")
 def decoder_torch32(golden_decoder, tiny_en, device):
     """The yardstick: openai-whisper's float32 decoder on the stored (float32) features."""
     fx = golden_decoder
-    return reference_decoder_trace(*tiny_en, fx.tokens, fx.features, torch.float32, torch_device(device))
+    return producers.torch_decoder(*tiny_en, fx.tokens, fx.features, "float32", device)
 
 
-def stored(fx: gd.DecoderFixture, trace: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def stored(fx: gd.DecoderFixture, trace: producers.Trace) -> producers.Trace:
     """A full trace cut to what the fixture stores, in the trace's own (execution) order."""
-    return {k: fx.select(k, v) for k, v in trace.items()}
+    return producers.Trace(trace.ran, {k: fx.select(k, v) for k, v in trace.arrays.items()})
+
+
+def judged(fx: gd.DecoderFixture, trace: producers.Trace, same: producers.Trace, check) -> list:
+    """MAX's stored part against the fixture's float64 reference, in units of the yardstick's error."""
+    return producers.judge(stored(fx, trace), producers.golden(fx.layers, str(fx.path)), stored(fx, same), check, INPUT)
 
 
 # ------------------------------------------------------------------ freshness
@@ -175,16 +177,16 @@ def test_golden_decoder_load_refuses_missing_and_corrupt(raw_golden_decoder, tmp
 def test_golden_decoder_trace(layer, golden_decoder, golden_decoder_trace, decoder_torch32, record_parity):
     """Each layer within its record's derived rule (and the absolute guard) at the stored positions."""
     fx, src = golden_decoder, INPUT(layer)
-    record_parity(assert_parity(f"golden decoder:{layer}", fx.select(layer, golden_decoder_trace[layer]),
-                                fx.layers[layer], CHECK(layer), fx.select(layer, decoder_torch32[layer]),
+    record_parity(assert_parity(f"golden decoder:{layer}", fx.select(layer, golden_decoder_trace.arrays[layer]),
+                                fx.layers[layer], CHECK(layer), fx.select(layer, decoder_torch32.arrays[layer]),
                                 fx.layers[src] if src else None))
 
 
 def test_golden_decoder_trace_in_order(golden_decoder, golden_decoder_trace, decoder_torch32):
     """The whole trace judged in execution order: the first failing layer is where a bug lives."""
     fx = golden_decoder
-    assert list(golden_decoder_trace) == LAYERS
-    rows = compare_traces(stored(fx, golden_decoder_trace), fx.layers, CHECK, stored(fx, decoder_torch32), INPUT)
+    assert list(golden_decoder_trace.arrays) == LAYERS
+    rows = judged(fx, golden_decoder_trace, decoder_torch32, CHECK)
     bad = first_failure(rows)
     assert bad is None, bad.report()
     assert len(rows) == len(LAYERS)
@@ -193,8 +195,8 @@ def test_golden_decoder_trace_in_order(golden_decoder, golden_decoder_trace, dec
 def test_golden_decoder_logits_whole_rows(golden_decoder, golden_decoder_trace, decoder_torch32, record_parity):
     """The two steps stored over the whole vocabulary (51864 columns), by the logits record's rule."""
     fx, at = golden_decoder, golden_decoder.full_steps
-    c = compare(f"golden decoder:{gd.LOGITS} steps {at.tolist()}", golden_decoder_trace[gd.LOGITS][:, at],
-                fx.full_logits, CHECK(gd.LOGITS), decoder_torch32[gd.LOGITS][:, at])
+    c = compare(f"golden decoder:{gd.LOGITS} steps {at.tolist()}", golden_decoder_trace.arrays[gd.LOGITS][:, at],
+                fx.full_logits, CHECK(gd.LOGITS), decoder_torch32.arrays[gd.LOGITS][:, at])
     assert c.passed, c.report()
     record_parity(c)
 
@@ -202,8 +204,8 @@ def test_golden_decoder_logits_whole_rows(golden_decoder, golden_decoder_trace, 
 def test_golden_decoder_top1(golden_decoder, golden_decoder_trace):
     """Every step's top-1 token (whole vocabulary) is the float64 reference's, near-ties excepted."""
     fx = golden_decoder
-    failures = fx.top1_failures(golden_decoder_trace[gd.LOGITS], TOP1_TIE)
-    got = golden_decoder_trace[gd.LOGITS][0].argmax(-1)
+    failures = fx.top1_failures(golden_decoder_trace.arrays[gd.LOGITS], TOP1_TIE)
+    got = golden_decoder_trace.arrays[gd.LOGITS][0].argmax(-1)
     assert not failures, (f"top-1 differs from the reference at steps {failures}: MAX {got[failures].tolist()}, "
                           f"reference {fx.top1[failures].tolist()} (top-two gaps {fx.top2_gap[failures].tolist()})")
 
@@ -224,10 +226,9 @@ def test_golden_decoder_trace_axis(dtype, golden_decoder, tiny_en, tiny_en_in, d
     against the stored float64 reference; every step's top-1 token the reference's unless the
     reference's top two lie within twice PyTorch's own logit error in that dtype."""
     fx = golden_decoder
-    trace = tiny_en_in(dtype).decoder.trace(fx.tokens, fx.features, fx.prompt)
-    same = reference_decoder_trace(*tiny_en, fx.tokens, fx.features, dtype, torch_device(device))
-    check = check_of(TINY_EN, dtype, guard=True)
-    rows = compare_traces(stored(fx, trace), fx.layers, check, stored(fx, same), INPUT)
+    trace = producers.max_decoder(tiny_en_in(dtype), fx.tokens, fx.features, fx.prompt)
+    same = producers.torch_decoder(*tiny_en, fx.tokens, fx.features, dtype, device)
+    rows = judged(fx, trace, same, check_of(TINY_EN, dtype, guard=True))
     for c in rows:
         c.layer = f"golden decoder {dtype}:{c.layer}"
         record_parity(c)
@@ -235,6 +236,6 @@ def test_golden_decoder_trace_axis(dtype, golden_decoder, tiny_en, tiny_en_in, d
     assert bad is None, bad.report()
     assert len(rows) == len(LAYERS)
     # PyTorch's own logit error per step, on the stored columns (the top 16 among them)
-    tie = top1_tie(fx.select(gd.LOGITS, same[gd.LOGITS])[0], fx.layers[gd.LOGITS][0])
-    failures = fx.top1_failures(trace[gd.LOGITS], tie)
+    tie = top1_tie(fx.select(gd.LOGITS, same.arrays[gd.LOGITS])[0], fx.layers[gd.LOGITS][0])
+    failures = fx.top1_failures(trace.arrays[gd.LOGITS], tie)
     assert not failures, f"{dtype}: top-1 differs at steps {failures} beyond ties of {tie[failures].tolist()}"

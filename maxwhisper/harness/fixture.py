@@ -69,7 +69,8 @@ def common_reasons(version: int, current: int, stored_weights: str, weights_hash
 
 def raise_if_stale(reasons: list[str], what: str, path: Path, regenerate: str) -> None:
     if reasons:
-        raise StaleFixtureError(f"{what} {path} is stale: " + "; ".join(reasons) + f". Regenerate it with `{regenerate}`")
+        raise StaleFixtureError(f"{what} {path} is stale: " + "; ".join(reasons)
+                                + f". Regenerate it with `{regenerate}`")
 
 
 def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:

@@ -9,15 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from maxwhisper.audio import load_audio, log_mel, synthesize
-from maxwhisper.harness.compare import Comparison, compare, compare_traces, first_failure, top1_failures, top1_tie
+from maxwhisper.harness import producers
+from maxwhisper.harness.compare import Comparison, first_failure, top1_failures, top1_tie
 from maxwhisper.harness.inputs import PROMPT, teacher_tokens
-from maxwhisper.harness.registry import ENCODER_OUTPUT, check_of, input_of
-from maxwhisper.harness.runners import torch_device
+from maxwhisper.harness.registry import check_of, input_of
 from maxwhisper.harness.speech import reference_text, speech_dir
 from maxwhisper.model import MaxWhisper
-from maxwhisper.precision import mode
-from reference.capture import reference_decoder_trace, reference_trace
-from reference.yardstick import describe
 
 # Spoken by eSpeak NG when the shared speech data (and so jfk.flac) is absent.
 DEFAULT_SENTENCE = "And so my fellow Americans, ask not what your country can do for you."
@@ -56,47 +53,35 @@ def default_audio(path: str | None = None) -> tuple[str, np.ndarray]:
 
 
 def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE) -> Verification:
-    """`maxwhisper verify` for one model (one precision): `verify_model`'s rows and decoder agreement,
-    with the numeric modes MAX and the yardstick ran in."""
-    rows, decoder = verify_model(model, audio, text)
-    return Verification(rows, decoder, model.dtype, model.device, mode(model.dtype, model.device, model.form.target),
-                        describe(model.dtype, model.device))
+    """`maxwhisper verify` for one model (one precision). Encoder rows: the MAX encoder traced and the
+    reference on the first 30 s of `audio`, every layer compared; the row `encoder` is the production
+    graph (no trace outputs), which users run. Then decoder rows: the MAX decoder teacher-forced on
+    `text` (the prompt in one step, then one token per step, through the KV cache) over the float64
+    reference encoder's features, against openai-whisper's decoder on the same features; plus every
+    step's top-1 token compared. The yardstick is openai-whisper in the model's precision
+    (`maxwhisper.precision`), the check that precision's; every trace comes from a `producers` producer."""
+    dims, sd, dtype, device = model.dims, model.state_dict, model.dtype, model.device
+    check, inputs = check_of(dims, dtype, guard=True), input_of(dims)
+    mel = log_mel(audio, dims.n_mels)[None]
+    encoder = [producers.max_encoder(model, mel), producers.torch_encoder(dims, sd, mel),
+               producers.torch_encoder(dims, sd, mel, dtype, device)]
+    features, tokens = encoder[1].arrays["encoder.ln_post"], teacher_tokens(dims, text)
+    decoder = [producers.max_decoder(model, tokens, features, PROMPT),
+               producers.torch_decoder(dims, sd, tokens, features),
+               producers.torch_decoder(dims, sd, tokens, features, dtype, device)]
+    rows = producers.judge(*encoder, check, inputs) + producers.judge(*decoder, check, inputs)
+    got, logits, same = (t.arrays["decoder.logits"][0] for t in decoder)
+    top2 = np.sort(logits, axis=-1)[:, -2:]
+    failures = top1_failures(got, logits.argmax(-1), top2[:, 1] - top2[:, 0], top1_tie(same, logits))
+    equal = int((got.argmax(-1) == logits.argmax(-1)).sum())
+    agreement = dict(text=text, steps=int(tokens.shape[1]), top1_equal=equal, top1_failures=failures)
+    return Verification(rows, agreement, dtype, device, encoder[0].ran.mode, encoder[2].ran.mode)
 
 
 def add_transcripts(result: Verification, model: MaxWhisper, audio: np.ndarray, source: str) -> dict:
     """Both pipelines' transcripts (`end_to_end`) into `result`: the slow part, run after every table."""
     result.transcripts = end_to_end(model, audio, source)
     return result.transcripts
-
-
-def verify_model(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE) -> tuple[list[Comparison], dict]:
-    """Encoder rows: the MAX encoder traced and the reference on the first 30 s of `audio`, every layer
-    compared; the last row, `encoder`, is the production graph (no trace outputs), which users run.
-    In the model's dtype the yardstick is openai-whisper's in that dtype (`maxwhisper.precision`) and
-    the check is that dtype's. Then decoder rows: the MAX decoder teacher-forced on `text`
-    (the prompt in one step, then one token per step, through the KV cache) over the float64
-    reference encoder's features, against openai-whisper's decoder on the same features; plus every
-    step's top-1 token compared."""
-    mel = log_mel(audio, model.dims.n_mels)[None]
-    expected = reference_trace(model.dims, model.state_dict, mel)
-    device = torch_device(model.device)
-    same = reference_trace(model.dims, model.state_dict, mel, model.dtype, device)
-    check = check_of(model.dims, model.dtype, guard=True)
-    rows = compare_traces(model.encode_trace(mel), expected, check, same, input_of(model.dims))
-    rows.append(compare(ENCODER_OUTPUT, model.encode(mel), expected["encoder.ln_post"], check(ENCODER_OUTPUT),
-                        same["encoder.ln_post"]))
-    features, tokens = expected["encoder.ln_post"], teacher_tokens(model.dims, text)
-    actual = model.decoder.trace(tokens, features.astype(np.float32), PROMPT)
-    ref = reference_decoder_trace(model.dims, model.state_dict, tokens, features)
-    same = reference_decoder_trace(model.dims, model.state_dict, tokens, features.astype(np.float32),
-                                   model.dtype, device)
-    rows += compare_traces(actual, ref, check, same, input_of(model.dims))
-    logits, got = ref["decoder.logits"][0], actual["decoder.logits"][0]
-    top2 = np.sort(logits, axis=-1)[:, -2:]
-    tie = top1_tie(same["decoder.logits"][0], logits)
-    failures = top1_failures(got, logits.argmax(-1), top2[:, 1] - top2[:, 0], tie)
-    equal = int((got.argmax(-1) == logits.argmax(-1)).sum())
-    return rows, dict(text=text, steps=int(tokens.shape[1]), top1_equal=equal, top1_failures=failures)
 
 
 def end_to_end(model: MaxWhisper, audio: np.ndarray, source: str) -> dict:

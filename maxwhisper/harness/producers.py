@@ -1,0 +1,99 @@
+"""The producer contract: whatever the harness compares comes from a producer, in one form.
+
+A producer takes named inputs and returns a `Trace`: {layer id: array} in execution order, plus `Ran`,
+what it ran (which side, precision, device, numeric mode). `judge` consumes the triple (MAX, the
+float64 reference, PyTorch in MAX's precision) and returns one `Comparison` per layer, which reports,
+plots, `diff` and the tests read.
+
+Producers: `max_encoder`, `max_decoder` (a `MaxWhisper`'s graphs), `torch_encoder`, `torch_decoder`
+(openai-whisper's modules: float64 the reference, a precision name the yardstick), `golden` (a stored
+fixture's float64 arrays).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from maxwhisper.harness.compare import Check, Comparison, compare_traces
+from maxwhisper.harness.registry import ENCODER_OUTPUT
+from maxwhisper.harness.runners import torch_device
+from maxwhisper.precision import mode
+
+REFERENCE = "float64"
+
+
+@dataclass(frozen=True)
+class Ran:
+    side: str     # "max" | "reference" (float64) | "yardstick" (PyTorch in MAX's precision) | "golden"
+    dtype: str    # a precision name, or "float64"
+    device: str
+    mode: str     # MAX's numeric mode (precision.mode) or PyTorch's flags (reference.yardstick.describe)
+
+
+@dataclass
+class Trace:
+    ran: Ran
+    arrays: dict[str, np.ndarray]
+
+
+def max_encoder(model, mel: np.ndarray) -> Trace:
+    """Every traced encoder activation, then `encoder`: the production graph's output (no trace outputs)."""
+    arrays = model.encode_trace(mel)
+    arrays[ENCODER_OUTPUT] = model.encode(mel)
+    return Trace(Ran("max", model.dtype, model.device, mode(model.dtype, model.device, model.form.target)), arrays)
+
+
+def max_decoder(model, tokens: np.ndarray, features: np.ndarray, prompt: int) -> Trace:
+    """The MAX decoder teacher-forced on `tokens`: `prompt` tokens in one step, then one per step."""
+    arrays = model.decoder.trace(tokens, features.astype(np.float32), prompt)
+    return Trace(Ran("max", model.dtype, model.device, mode(model.dtype, model.device, model.form.target)), arrays)
+
+
+def _torch_ran(dtype: str, device: str) -> Ran:
+    from reference.yardstick import describe
+
+    if dtype == REFERENCE:
+        return Ran("reference", REFERENCE, "cpu", "torch float64 (the reference)")
+    return Ran("yardstick", dtype, device, describe(dtype, device))
+
+
+def torch_encoder(dims, state_dict, mel: np.ndarray, dtype: str = REFERENCE, device: str = "cpu") -> Trace:
+    """openai-whisper's encoder on `mel`, every activation, with `encoder` (its ln_post) for the production row."""
+    from reference.capture import reference_trace
+
+    import torch
+
+    arrays = reference_trace(dims, state_dict, mel, torch.float64 if dtype == REFERENCE else dtype,
+                             "cpu" if dtype == REFERENCE else torch_device(device))
+    arrays[ENCODER_OUTPUT] = arrays["encoder.ln_post"]
+    return Trace(_torch_ran(dtype, device), arrays)
+
+
+def torch_decoder(dims, state_dict, tokens: np.ndarray, features: np.ndarray, dtype: str = REFERENCE,
+                  device: str = "cpu") -> Trace:
+    """openai-whisper's decoder over all of `tokens` at once (teacher forcing, no cache), every activation."""
+    from reference.capture import reference_decoder_trace
+
+    if dtype == REFERENCE:
+        return Trace(_torch_ran(dtype, device), reference_decoder_trace(dims, state_dict, tokens, features))
+    arrays = reference_decoder_trace(dims, state_dict, tokens, features.astype(np.float32), dtype, torch_device(device))
+    return Trace(_torch_ran(dtype, device), arrays)
+
+
+def golden(layers: dict[str, np.ndarray], what: str) -> Trace:
+    """A golden fixture's stored float64 reference activations (`what`: its path)."""
+    return Trace(Ran("golden", REFERENCE, "cpu", f"stored float64 reference ({what})"), dict(layers))
+
+
+def judge(actual: Trace, reference: Trace, yardstick: Trace, check_of: Callable[[str], Check],
+          input_of: Callable[[str], str | None] = lambda layer: None) -> list[Comparison]:
+    """One Comparison per layer of `actual` (MAX), against `reference` (float64), judged in units of
+    `yardstick`'s own error (PyTorch in MAX's precision)."""
+    if actual.ran.side != "max" or reference.ran.dtype != REFERENCE or yardstick.ran.side != "yardstick":
+        raise ValueError(f"judge takes (MAX, float64, yardstick), got ({actual.ran}, {reference.ran}, {yardstick.ran})")
+    if yardstick.ran.dtype != actual.ran.dtype:
+        raise ValueError(f"the yardstick ran in {yardstick.ran.dtype}, MAX in {actual.ran.dtype}: not one precision")
+    return compare_traces(actual.arrays, reference.arrays, check_of, yardstick.arrays, input_of)
