@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from maxwhisper.harness import fixture, golden as g
-from maxwhisper.harness.compare import Check, assert_parity, compare_traces, first_failure
+from maxwhisper.harness import fixture, golden as g, producers
+from maxwhisper.harness.compare import Check, assert_parity, first_failure
 from maxwhisper.harness.pytest_plugin import axis, fresh
-from reference.capture import layer_ids, reference_trace
 from maxwhisper.harness.registry import check_of, golden_cases, input_of
 from maxwhisper.harness.runners import run_max, run_reference, torch_device
-from maxwhisper.layers import encoder_trace
 from maxwhisper.sizes import SIZES
+from maxwhisper.trace import encoder_trace
 from maxwhisper.weights import weights_hash
+from reference.capture import layer_ids
 
 TINY_EN = SIZES[g.MODEL]
 LAYERS = layer_ids(TINY_EN.n_audio_layer)
@@ -58,13 +58,18 @@ def golden(raw_golden, tiny_en):
 
 @pytest.fixture(scope="module")
 def golden_trace(golden, tiny_en_model):
-    return tiny_en_model.encode_trace(golden.mel)
+    return producers.max_encoder(tiny_en_model, golden.mel, production=False)
 
 
 @pytest.fixture(scope="module")
 def torch32_trace(golden, tiny_en, device):
     """The yardstick: openai-whisper's float32 encoder on the stored mel (computed: it needs only torch)."""
-    return reference_trace(*tiny_en, golden.mel, torch.float32, torch_device(device))
+    return producers.torch_encoder(*tiny_en, golden.mel, "float32", device, production=False)
+
+
+def stored(golden, trace: producers.Trace) -> producers.Trace:
+    """A full trace at the positions the fixture stores, in execution order."""
+    return producers.Trace(trace.ran, {k: trace.arrays[k][:, golden.positions_of(k)] for k in LAYERS})
 
 
 # ------------------------------------------------------------------ freshness
@@ -178,12 +183,12 @@ def test_golden_trace(layer, golden, golden_trace, torch32_trace, record_parity)
         pytest.fail(f"{golden.path} holds no {layer}: regenerate it with `{g.REGENERATE}`", pytrace=False)
     at = golden.positions_of(layer)
     x = golden.layers[INPUT(layer)] if INPUT(layer) else None
-    record_parity(assert_parity(f"golden:{layer}", golden_trace[layer][:, at], golden.layers[layer], CHECK(layer),
-                                torch32_trace[layer][:, at], x))
+    record_parity(assert_parity(f"golden:{layer}", golden_trace.arrays[layer][:, at], golden.layers[layer],
+                                CHECK(layer), torch32_trace.arrays[layer][:, at], x))
 
 
 def test_golden_trace_complete(golden, golden_trace):
-    assert list(golden_trace) == LAYERS
+    assert list(golden_trace.arrays) == LAYERS
 
 
 # ------------------------------------------------------------------ one-layer graphs alone
@@ -201,13 +206,12 @@ def test_golden_one_layer(spec, case, golden, tiny_en, device, record_parity):
 def test_golden_trace_axis(dtype, golden, tiny_en, tiny_en_in, device, record_parity):
     """tiny.en's encoder in `dtype` on the stored mel: every layer within the derived rule of
     openai-whisper's encoder in the same dtype (its own mixed precision), both against float64."""
-    trace = tiny_en_in(dtype).encode_trace(golden.mel)
-    same = reference_trace(*tiny_en, golden.mel, dtype, torch_device(device))
+    trace = producers.max_encoder(tiny_en_in(dtype), golden.mel, production=False)
+    same = producers.torch_encoder(*tiny_en, golden.mel, dtype, device, production=False)
     check = check_of(TINY_EN, dtype, guard=True)
     assert check(LAYERS[0]).guard is None  # the rule alone (precision.Row.guard, registry.NO_GUARD)
-    at = {layer: golden.positions_of(layer) for layer in LAYERS}
-    rows = compare_traces({k: trace[k][:, at[k]] for k in LAYERS}, golden.layers, check,
-                          {k: same[k][:, at[k]] for k in LAYERS}, INPUT)
+    rows = producers.judge(stored(golden, trace), producers.golden(golden.layers, str(golden.path)),
+                           stored(golden, same), check, INPUT)
     for c in rows:
         c.layer = f"golden {dtype}:{c.layer}"
         record_parity(c)

@@ -25,6 +25,10 @@ def test_judge_compares_max_with_the_reference_in_units_of_the_yardstick():
     mx.arrays["x"] = mx.arrays["x"] + noise
     (row,) = p.judge(mx, ref, same, lambda layer: CHECK)
     assert row.layer == "x" and row.passed
+    # errors are measured against the float64 side, and the yardstick's error is the scale
+    assert row.max_abs == pytest.approx(np.abs(noise).max())
+    mx.arrays["x"] = ref.arrays["x"] + 0.0
+    assert p.judge(mx, ref, same, lambda layer: CHECK)[0].max_abs == 0.0  # MAX equals the reference, not the yardstick
     mx.arrays["x"] = mx.arrays["x"] + 1e-3  # 10^4 x the yardstick's error
     assert not p.judge(mx, ref, same, lambda layer: CHECK)[0].passed
 

@@ -39,10 +39,12 @@ class Trace:
     arrays: dict[str, np.ndarray]
 
 
-def max_encoder(model, mel: np.ndarray) -> Trace:
-    """Every traced encoder activation, then `encoder`: the production graph's output (no trace outputs)."""
+def max_encoder(model, mel: np.ndarray, production: bool = True) -> Trace:
+    """Every traced encoder activation, then (with `production`) `encoder`: the production graph's
+    output (no trace outputs), which users run."""
     arrays = model.encode_trace(mel)
-    arrays[ENCODER_OUTPUT] = model.encode(mel)
+    if production:
+        arrays[ENCODER_OUTPUT] = model.encode(mel)
     return Trace(Ran("max", model.dtype, model.device, mode(model.dtype, model.device, model.form.target)), arrays)
 
 
@@ -60,15 +62,18 @@ def _torch_ran(dtype: str, device: str) -> Ran:
     return Ran("yardstick", dtype, device, describe(dtype, device))
 
 
-def torch_encoder(dims, state_dict, mel: np.ndarray, dtype: str = REFERENCE, device: str = "cpu") -> Trace:
-    """openai-whisper's encoder on `mel`, every activation, with `encoder` (its ln_post) for the production row."""
+def torch_encoder(dims, state_dict, mel: np.ndarray, dtype: str = REFERENCE, device: str = "cpu",
+                  production: bool = True) -> Trace:
+    """openai-whisper's encoder on `mel`, every activation, and (with `production`) `encoder`: its
+    ln_post again, for the production graph's row."""
     from reference.capture import reference_trace
 
     import torch
 
     arrays = reference_trace(dims, state_dict, mel, torch.float64 if dtype == REFERENCE else dtype,
                              "cpu" if dtype == REFERENCE else torch_device(device))
-    arrays[ENCODER_OUTPUT] = arrays["encoder.ln_post"]
+    if production:
+        arrays[ENCODER_OUTPUT] = arrays["encoder.ln_post"]
     return Trace(_torch_ran(dtype, device), arrays)
 
 
