@@ -31,19 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _precisions() -> list[str]:
-    """The precision table's rows, read without importing the package (whose __init__ loads MAX and
-    openai-whisper: `plan` and the tests here need neither)."""
-    import importlib.util
-    import types
+    """The precision table's rows (maxwhisper/__init__ imports lazily: no MAX, no torch here)."""
+    sys.path.insert(0, str(ROOT))
+    from maxwhisper.precision import PRECISIONS
 
-    if "maxwhisper" not in sys.modules:
-        sys.modules["maxwhisper"] = types.ModuleType("maxwhisper")
-        sys.modules["maxwhisper"].__path__ = [str(ROOT / "maxwhisper")]
-    spec = importlib.util.spec_from_file_location("maxwhisper.precision", ROOT / "maxwhisper" / "precision.py")
-    module = sys.modules.setdefault("maxwhisper.precision", importlib.util.module_from_spec(spec))
-    if not hasattr(module, "PRECISIONS"):
-        spec.loader.exec_module(module)
-    return list(module.PRECISIONS)
+    return list(PRECISIONS)
+
 
 PARITY_SHARDS = 12  # float32's parity tests over 12 processes (+1 beside them, on 16 cores): 15 graphs, at most 2 each
 
