@@ -4,7 +4,7 @@ Every layer is a plain function of graph values and a `Scope`, which looks up pa
 openai-whisper's state-dict names and records intermediate activations under the same names.
 One function therefore serves the fused encoder graph (parameters are `Weight`s) and the
 one-layer graphs the parity suite compiles (parameters are graph inputs, so new random weights
-need no recompile).
+need no recompile). `@seam` marks where the mutation catalog may inject a bug (`maxwhisper.seams`).
 
 Activations are channels-last, (batch, time, channels), the layout Whisper's transformer uses;
 the conv stem is computed in that layout too, so no transpose sits between the stem and block 0.
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from max.dtype import DType
 from max.graph import TensorValue, ops
 
+from maxwhisper.seams import seam
 from maxwhisper.trace import Traced, decoder_trace, encoder_trace  # noqa: F401  (the table of what layers record)
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which openai-whisper keeps
@@ -30,6 +31,7 @@ class Scope:
         self.lookup, self.prefix, self.trace = lookup, prefix, trace
         self.product = product or matmul  # (a, b, kind) -> a @ b in the precision's form (`tf32`)
 
+    @seam
     def __call__(self, name: str) -> TensorValue:
         return self.lookup(self.prefix + name)
 
@@ -53,6 +55,7 @@ def cast(x: TensorValue, dtype: DType) -> TensorValue:
     return x if x.dtype == dtype else ops.cast(x, dtype)
 
 
+@seam
 def gelu(x: TensorValue, s: Scope | None = None) -> TensorValue:
     # openai-whisper uses F.gelu / nn.GELU, the exact erf form; the tanh form is off by up to 3e-4.
     # Recorded here (when scoped): an element-wise layer is judged element by element.
@@ -60,6 +63,7 @@ def gelu(x: TensorValue, s: Scope | None = None) -> TensorValue:
     return s.record(y) if s is not None else y
 
 
+@seam
 def linear(x: TensorValue, s: Scope, bias: bool = True) -> TensorValue:
     # x @ W.T with W in torch's (out, in) layout: MAX matches this as a transposed-B matmul.
     # Weights in the activations' dtype (whisper's Linear casts them per call; `precision`).
@@ -67,13 +71,15 @@ def linear(x: TensorValue, s: Scope, bias: bool = True) -> TensorValue:
     return y + cast(s("bias"), x.dtype) if bias else y
 
 
-def layer_norm(x: TensorValue, s: Scope) -> TensorValue:
+@seam
+def layer_norm(x: TensorValue, s: Scope, eps: float = LN_EPS) -> TensorValue:
     # In float32 with float32 gain and bias, whatever the activations' dtype: whisper's LayerNorm.
     f32 = DType.float32
-    y = ops.layer_norm(cast(x, f32), cast(s("weight"), f32), cast(s("bias"), f32), epsilon=LN_EPS)
+    y = ops.layer_norm(cast(x, f32), cast(s("weight"), f32), cast(s("bias"), f32), epsilon=eps)
     return s.record(cast(y, x.dtype))
 
 
+@seam
 def conv1d(x: TensorValue, s: Scope, stride: int = 1) -> TensorValue:
     """Conv1d(kernel k, padding 1) on channels-last (batch, time, c_in) -> (batch, time', c_out).
 
@@ -108,6 +114,7 @@ def conv_stem(mel: TensorValue, s: Scope) -> TensorValue:
     return x
 
 
+@seam
 def qkv_attention(q: TensorValue, k: TensorValue, v: TensorValue, n_head: int,
                   mask: TensorValue | None = None) -> TensorValue:
     """softmax(q k^T / sqrt(head_dim) + mask) v over heads; q (batch, time, n_state), k and v
@@ -179,6 +186,7 @@ def encoder(mel: TensorValue, s: Scope, n_head: int, n_layer: int) -> TensorValu
 # compiled graph serves every step, position and batch size.
 
 
+@seam
 def causal_mask(n_cache, n_tok, ref) -> TensorValue:
     """(n_tok, n_cache + n_tok): 0 where query i (at position n_cache + i) may see key j, else -inf."""
     start = ops.reshape(ops.shape_to_tensor([n_cache]), [])
@@ -190,6 +198,7 @@ def causal_mask(n_cache, n_tok, ref) -> TensorValue:
                      ops.constant(0.0, DType.float32, ref))
 
 
+@seam
 def token_embedding(tokens: TensorValue, n_cache, s: Scope, dtype: DType = DType.float32) -> TensorValue:
     """Token embedding plus the positional embedding at positions n_cache ... n_cache + n_tok - 1,
     rounded to `dtype` once: whisper adds the float32 tables, then `x.to(xa.dtype)`."""
@@ -201,6 +210,7 @@ def token_embedding(tokens: TensorValue, n_cache, s: Scope, dtype: DType = DType
     return s.record(cast(x + pos, dtype), "positional_embedding")
 
 
+@seam
 def cached_attention(x: TensorValue, cache: tuple[TensorValue, TensorValue], s: Scope, n_head: int,
                      mask: TensorValue) -> tuple[TensorValue, tuple[TensorValue, TensorValue]]:
     """Causal self-attention over the cached keys/values plus this step's; returns the output and
@@ -232,6 +242,7 @@ def decoder_block(x: TensorValue, cache: tuple[TensorValue, TensorValue], cross:
     return s.record(x), cache
 
 
+@seam
 def logits(x: TensorValue, s: Scope) -> TensorValue:
     """Final LayerNorm, then logits through the tied token embedding: x @ E^T."""
     x = layer_norm(x, s.sub("ln"))

@@ -1,6 +1,6 @@
 """The mutation catalog: bugs injected into the MAX encoder while `model.emit_encoder` builds it, and
-into the decoder while its graphs are built (by patching `maxwhisper.layers`), each with the layer id
-where the harness must first catch it.
+into the decoder while its graphs are built, each through a named seam (`maxwhisper.seams`: nothing is
+patched), each with the layer id where the harness must first catch it.
 
 The first eight are gross bugs the public MAX Whisper attempt shipped or could have shipped. The
 rest are near-threshold: their effect is only a few to a few hundred times float32 noise, the bugs
@@ -15,11 +15,8 @@ from collections.abc import Callable, Iterator
 from max.dtype import DType
 from max.graph import ops
 
-from maxwhisper import layers
+from maxwhisper import layers, seams
 from maxwhisper.tf32 import tf32_product
-
-_ORIGINAL_QKV = layers.qkv_attention
-
 
 def assert_caught_at(comparisons, bug: str, where: str | None, record_parity, model: str = "encoder") -> None:
     """The first failing comparison is at `where` (none for the clean build); recorded with its margin."""
@@ -37,18 +34,8 @@ def assert_caught_at(comparisons, bug: str, where: str | None, record_parity, mo
 
 
 def _patch(name: str, make: Callable[[Callable], Callable]) -> Callable[[], contextlib.AbstractContextManager]:
-    """A bug that replaces `layers.<name>` with `make(original)` while a graph is being built."""
-
-    @contextlib.contextmanager
-    def inject() -> Iterator[None]:
-        original = getattr(layers, name)
-        setattr(layers, name, make(original))
-        try:
-            yield
-        finally:
-            setattr(layers, name, original)
-
-    return inject
+    """A bug that replaces seam `layers.<name>` with `make(original)` while a graph is being built."""
+    return lambda: seams.inject(f"layers.{name}", make)
 
 
 def _gelu_variant(approximate: str | None = "tanh", only: str | None = None, relu: bool = False):
@@ -63,14 +50,15 @@ def _gelu_variant(approximate: str | None = "tanh", only: str | None = None, rel
     return make
 
 
-def _scaled_twice(q, k, v, n_head):
-    # head_dim**-0.5 on q AND on k (Whisper puts head_dim**-0.25 on each)
-    head_dim = int(q.shape[2]) // n_head
-    return _ORIGINAL_QKV(q * head_dim**-0.5, k * head_dim**-0.5, v, n_head)
+def _scaled_twice(qkv_attention):
+    def buggy(q, k, v, n_head):  # head_dim**-0.5 on q AND on k (Whisper puts head_dim**-0.25 on each)
+        head_dim = int(q.shape[2]) // n_head
+        return qkv_attention(q * head_dim**-0.5, k * head_dim**-0.5, v, n_head)
+    return buggy
 
 
-def _scale_off_1pct(q, k, v, n_head):
-    return _ORIGINAL_QKV(q * 1.01, k, v, n_head)
+def _scale_off_1pct(qkv_attention):
+    return lambda q, k, v, n_head: qkv_attention(q * 1.01, k, v, n_head)
 
 
 def _softmax_wrong_axis(q, k, v, n_head):
@@ -123,15 +111,7 @@ def _conv2_stride1_wrong_offset(conv1d):
 
 def _scope_patch(change: Callable[[str, object], object]):
     """A bug in how parameters are read: `change(name, value)` for every parameter lookup."""
-    @contextlib.contextmanager
-    def inject() -> Iterator[None]:
-        original = layers.Scope.__call__
-        layers.Scope.__call__ = lambda self, name: change(self.prefix + name, original(self, name))
-        try:
-            yield
-        finally:
-            layers.Scope.__call__ = original
-    return inject
+    return _patch("Scope.__call__", lambda original: lambda self, name: change(self.prefix + name, original(self, name)))
 
 
 def _pos_shift(name, value):  # frame t gets position t + 1
@@ -142,6 +122,10 @@ def _pos_shift(name, value):  # frame t gets position t + 1
 
 def _transposed(weight: str):
     return lambda name, value: ops.transpose(value, 0, 1) if name == weight else value
+
+
+def _eps(eps: float):
+    return lambda layer_norm: lambda x, s, _=None: layer_norm(x, s, eps)
 
 
 def _no_ln_post(layer_norm):
@@ -157,18 +141,18 @@ BUGS = {
     "gelu_tanh": (_patch("gelu", _gelu_variant("tanh")), "encoder.conv1.gelu"),
     "relu_for_gelu": (_patch("gelu", _gelu_variant(relu=True)), "encoder.conv1.gelu"),
     "no_ln_post": (_patch("layer_norm", _no_ln_post), "encoder.ln_post"),
-    "layer_norm_eps_1e-3": (_patch("LN_EPS", lambda eps: 1e-3), f"{B}.0.attn_ln"),
-    "attn_scale_on_q_and_k": (_patch("qkv_attention", lambda f: _scaled_twice), f"{B}.0.attn"),
+    "layer_norm_eps_1e-3": (_patch("layer_norm", _eps(1e-3)), f"{B}.0.attn_ln"),
+    "attn_scale_on_q_and_k": (_patch("qkv_attention", _scaled_twice), f"{B}.0.attn"),
     "nonzero_key_bias": (_patch("linear", _linear_where(f"{B}.0.attn.key.", _key_bias)), f"{B}.0.attn.key"),
     "conv2_stride1_wrong_offset": (_patch("conv1d", _conv2_stride1_wrong_offset), "encoder.conv2"),
     "positional_embedding_shift": (_scope_patch(_pos_shift), "encoder.positional_embedding"),
     # near-threshold
-    "layer_norm_eps_1e-6": (_patch("LN_EPS", lambda eps: 1e-6), f"{B}.0.attn_ln"),
+    "layer_norm_eps_1e-6": (_patch("layer_norm", _eps(1e-6)), f"{B}.0.attn_ln"),
     "gelu_tanh_block0_mlp": (_patch("gelu", _gelu_variant("tanh", f"{B}.0.mlp.1.")), f"{B}.0.mlp.1"),
     "gelu_tanh_block3_mlp": (_patch("gelu", _gelu_variant("tanh", f"{B}.3.mlp.1.")), f"{B}.3.mlp.1"),
     "bf16_operands_block1_mlp0": (_patch("linear", _linear_where(f"{B}.1.mlp.0.", _bf16_operands)), f"{B}.1.mlp.0"),
     "tf32_operands_block1_mlp0": (_patch("linear", _linear_where(f"{B}.1.mlp.0.", _tf32_operands)), f"{B}.1.mlp.0"),
-    "attn_scale_off_1pct": (_patch("qkv_attention", lambda f: _scale_off_1pct), f"{B}.0.attn"),
+    "attn_scale_off_1pct": (_patch("qkv_attention", _scale_off_1pct), f"{B}.0.attn"),
     "softmax_wrong_axis": (_patch("qkv_attention", lambda f: _softmax_wrong_axis), f"{B}.0.attn"),
     "transposed_query_weight_block2": (_scope_patch(_transposed(f"{B}.2.attn.query.weight")), f"{B}.2.attn.query"),
 }

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from max.graph import ops
 
-from maxwhisper import layers
+from maxwhisper import seams
 from maxwhisper.harness.compare import compare
 from maxwhisper.harness.inputs import random_params
 from maxwhisper.harness.registry import SPECS
@@ -43,7 +43,7 @@ def attention_case():
     return spec, spec.draw(rng, TINY_EN, 1, 300, "normal"), params
 
 
-def test_bf16_attention_with_16bit_scores_fails_the_rule(attention_case, device, monkeypatch, record_parity):
+def test_bf16_attention_with_16bit_scores_fails_the_rule(attention_case, device, record_parity):
     spec, x, params = attention_case
     dtype = "bfloat16"
     expected = run_reference(spec, TINY_EN, x, params)
@@ -52,10 +52,10 @@ def test_bf16_attention_with_16bit_scores_fails_the_rule(attention_case, device,
                     spec.check(dtype), same)
     assert clean.passed, clean.report()
 
-    monkeypatch.setattr(layers, "qkv_attention", _scores_in_dtype)
-    graph, _ = functional_graph("attention_bf16_scores", lambda xs, s: spec.build(xs, s, TINY_EN),
-                                spec.input_shapes(TINY_EN), spec.param_shapes(TINY_EN), device_ref(device),
-                                dtype_of(dtype))
+    with seams.inject("layers.qkv_attention", lambda original: _scores_in_dtype):
+        graph, _ = functional_graph("attention_bf16_scores", lambda xs, s: spec.build(xs, s, TINY_EN),
+                                    spec.input_shapes(TINY_EN), spec.param_shapes(TINY_EN), device_ref(device),
+                                    dtype_of(dtype))
     bugged = Compiled(graph, device)(x["x"], *(params[k] for k in spec.param_shapes(TINY_EN)))[0]
     c = compare("mutant attention scores in bfloat16", bugged, expected, spec.check(dtype), same)
     record_parity(c)
