@@ -10,7 +10,7 @@ Results first: `summary.json` is written before any shard starts and rewritten w
 (rc, wall, the graphs each shard loaded with their load seconds, each output file's first sighting);
 every shard writes its own JSON as soon as it has one. A step past its cap is interrupted (SIGINT,
 then SIGKILL 15 s later) and the next step still runs; the call ends within `--budget-s`.
-The same calls run on this CPU with `--device cpu` (`gpu/stage.py rehearse-calls`), and `gpu/budget.py`
+The same calls run on this CPU with `--device cpu` (`gpu/offline_bundle/stage.py rehearse-calls`), and `gpu/budget.py`
 turns that run's graph log into the cold-GPU estimate each step's cap is checked against.
 """
 

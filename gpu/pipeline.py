@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     where = speech_dir()
     if where is None:
-        print("no speech data: carry gpu/stage/speech (python3 gpu/stage.py speech) or set MAXWHISPER_SPEECH_DIR")
+        print("no speech data: carry gpu/stage/speech (python3 gpu/offline_bundle/stage.py speech) or set MAXWHISPER_SPEECH_DIR")
         return 2
     references = [r["text"] for r in transcripts(where) if r["subset"] != "jfk"][:args.limit]
     doc = dict(device=args.device, speech=str(where), runs={})

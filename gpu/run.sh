@@ -25,7 +25,7 @@ exec > >(tee -a "$OUT/run.log") 2>&1
 
 echo "=== run.sh $WHAT $(date -u +%FT%TZ) root=$ROOT out=$OUT stage=$STAGE site=$SITE py=$(command -v "$PY")"
 t=$(date +%s)
-timeout -k 10 150 "$PY" gpu/rejoin.py install --site "$SITE" --python "$PY"; rc=$?
+timeout -k 10 150 "$PY" gpu/offline_bundle/rejoin.py install --site "$SITE" --python "$PY"; rc=$?
 echo "=== stage: rc=$rc wall=$(( $(date +%s) - t ))s"
 printf '{"step": "stage", "rc": %s, "wall_s": %s}\n' "$rc" "$(( $(date +%s) - t ))" >"$OUT/stage.json"
 case "$WHAT" in

@@ -104,6 +104,17 @@ def trace_decoder(decoder: wm.TextDecoder, tokens: torch.Tensor, xa: torch.Tenso
     return {k: _numpy(out[k]) for k in ids}
 
 
+@torch.no_grad()
+def reference_encode(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray], mel: np.ndarray,
+                     dtype: torch.dtype | str = torch.float64, device: str = "cpu") -> np.ndarray:
+    """openai-whisper's encoder output alone (no hooks), as `reference_trace` computes it."""
+    dtype, weights, numerics = setup(dtype)
+    encoder = reference_encoder(dims, state_dict, weights).to(device)
+    with numerics:
+        out = encoder(torch.from_numpy(np.asarray(mel)).to(device, dtype))
+    return out.cpu().numpy() if out.dtype in (torch.float32, torch.float64) else out.float().cpu().numpy()
+
+
 def reference_decoder_trace(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray], tokens: np.ndarray,
                             features: np.ndarray, dtype: torch.dtype | str = torch.float64,
                             device: str = "cpu") -> dict[str, np.ndarray]:

@@ -29,9 +29,14 @@ class LayerNorm(wm.LayerNorm):
 
 
 def precise(module: nn.Module) -> nn.Module:
-    for m in module.modules():
-        if isinstance(m, wm.LayerNorm):
-            m.__class__ = LayerNorm  # same parameters, same state-dict keys
+    """`module` with each of whisper's LayerNorms replaced by a `LayerNorm` of the same shape (same
+    state-dict keys; the weights are loaded afterwards)."""
+    if type(module) is wm.LayerNorm:
+        return LayerNorm(module.normalized_shape, module.eps)
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is wm.LayerNorm:
+                setattr(parent, name, LayerNorm(child.normalized_shape, child.eps))
     return module
 
 

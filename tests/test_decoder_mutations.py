@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from max.dtype import DType
 from max.graph import Graph, TensorType
 
 from maxwhisper import layers
 from maxwhisper.decoder import is_cross
 from maxwhisper.harness import golden_decoder as gd
-from maxwhisper.harness.compare import compare_traces
+from maxwhisper.harness import producers as P
 from maxwhisper.harness.fixture import StaleFixtureError
-from reference.capture import reference_decoder_trace
 from maxwhisper.harness.registry import check_of, input_of
-from maxwhisper.harness.runners import torch_device
+from maxwhisper.precision import mode
 from maxwhisper.runtime import Compiled, device_ref, weight_lookup
 from maxwhisper.weights import weights_hash
 from mutants import DECODER_BUGS, assert_caught_at
@@ -100,13 +98,16 @@ def decoder_mutant_traces(tiny_en, device):
                 traces[bug].setdefault(i, []).append(o.to_numpy())
             at += 2 * n + len(ids)
     # each trace cut to the positions and logit columns the fixture stores
-    traces = {bug: {i: fx.select(i, np.concatenate(v, axis=1)) for i, v in t.items()} for bug, t in traces.items()}
-    torch32 = reference_decoder_trace(dims, state_dict, tokens, features, torch.float32, torch_device(device))
-    return traces, fx.layers, {i: fx.select(i, v) for i, v in torch32.items()}, dims
+    ran = P.Ran("max", "float32", device, mode("float32", device))
+    traces = {bug: P.Trace(ran, {i: fx.select(i, np.concatenate(v, axis=1)) for i, v in t.items()})
+              for bug, t in traces.items()}
+    torch32 = P.torch_decoder(dims, state_dict, tokens, features, "float32", device)
+    torch32 = P.Trace(torch32.ran, {i: fx.select(i, v) for i, v in torch32.arrays.items()})
+    return traces, P.golden(fx.layers, str(fx.path)), torch32, dims
 
 
 @pytest.mark.parametrize("bug", DECODER_BUGS)
 def test_decoder_mutation_is_caught_at_its_layer(bug, decoder_mutant_traces, record_parity):
     traces, expected, torch32, dims = decoder_mutant_traces
-    comparisons = compare_traces(traces[bug], expected, check_of(dims, guard=True), torch32, input_of(dims), True)
+    comparisons = P.judge(traces[bug], expected, torch32, check_of(dims, guard=True), input_of(dims), True)
     assert_caught_at(comparisons, bug, DECODER_BUGS[bug][1], record_parity, "decoder")

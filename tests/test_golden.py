@@ -12,13 +12,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from maxwhisper.harness import fixture, golden as g, producers
-from maxwhisper.harness.compare import Check, assert_parity, first_failure
-from maxwhisper.harness.pytest_plugin import axis, fresh
+from maxwhisper.harness.compare import Check, compare, passed
+from maxwhisper.harness.pytest_plugin import assert_in_order, axis, fresh, golden_fixtures
 from maxwhisper.harness.registry import check_of, golden_cases, input_of
-from maxwhisper.harness.runners import run_max, run_reference, torch_device
 from maxwhisper.sizes import SIZES
 from maxwhisper.trace import encoder_trace
 from maxwhisper.weights import weights_hash
@@ -43,17 +41,7 @@ def _one_layer_case(spec, case, fixture, tiny_en):
     return fixture.input_of(case.first), fixture.layers[case.last], params
 
 
-@pytest.fixture(scope="module")
-def raw_golden():
-    """The checked-in fixture as read, fresh or not."""
-    return g.load_fixture()
-
-
-@pytest.fixture(scope="module")
-def golden(raw_golden, tiny_en):
-    """The checked-in fixture, refused (every dependent test fails) unless fresh."""
-    fresh(g.check_fresh, raw_golden, weights_hash(tiny_en[1]))
-    return raw_golden
+raw_golden_fixture, golden_fixture = golden_fixtures(g, "raw_golden", "golden")
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +58,14 @@ def torch32_trace(golden, tiny_en, device):
 def stored(golden, trace: producers.Trace) -> producers.Trace:
     """A full trace at the positions the fixture stores, in execution order."""
     return producers.Trace(trace.ran, {k: trace.arrays[k][:, golden.positions_of(k)] for k in LAYERS})
+
+
+@pytest.fixture(scope="module")
+def judged(golden, golden_trace, torch32_trace):
+    """{layer: Comparison} of MAX against the stored float64 activations, in units of PyTorch float32's error."""
+    rows = producers.judge(stored(golden, golden_trace), producers.golden(golden.layers, str(golden.path)),
+                           stored(golden, torch32_trace), CHECK, INPUT)
+    return {c.layer: c for c in rows}
 
 
 # ------------------------------------------------------------------ freshness
@@ -101,15 +97,8 @@ def test_golden_fixture_complete(golden, tiny_en):
     assert UNTRACED_INPUTS == [f"encoder.blocks.{i}.mlp_ln" for i in range(dims.n_audio_layer)]
 
 
-def _doctor(fixture_path, tmp_path, **changes):
-    """A copy of the fixture file, made fresh in format version, with some entries replaced."""
-    with np.load(fixture_path) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays["meta/format_version"] = np.int64(g.FORMAT_VERSION)
-    arrays.update({k: np.asarray(v) for k, v in changes.items()})
-    path = tmp_path / "doctored.npz"
-    fixture.save_npz(path, arrays)
-    return g.load_fixture(path)
+def _doctor(path, tmp_path, **changes):
+    return fixture.doctored_copy(g, path, tmp_path, **changes)
 
 
 def _doctored_mel(fx):
@@ -178,13 +167,12 @@ def test_golden_load_refuses_missing_and_corrupt(raw_golden, tmp_path):
 
 # ------------------------------------------------------------------ MAX encoder, layer by layer
 @pytest.mark.parametrize("layer", LAYERS)
-def test_golden_trace(layer, golden, golden_trace, torch32_trace, record_parity):
+def test_golden_trace(layer, golden, judged, record_parity):
     if layer not in golden.layers:
         pytest.fail(f"{golden.path} holds no {layer}: regenerate it with `{g.REGENERATE}`", pytrace=False)
-    at = golden.positions_of(layer)
-    x = golden.layers[INPUT(layer)] if INPUT(layer) else None
-    record_parity(assert_parity(f"golden:{layer}", golden_trace.arrays[layer][:, at], golden.layers[layer],
-                                CHECK(layer), torch32_trace.arrays[layer][:, at], x))
+    c = judged[layer]
+    c.layer = f"golden:{layer}"
+    record_parity(passed(c))
 
 
 def test_golden_trace_complete(golden, golden_trace):
@@ -196,9 +184,10 @@ def test_golden_trace_complete(golden, golden_trace):
 def test_golden_one_layer(spec, case, golden, tiny_en, device, record_parity):
     """The layer's own MAX graph on the stored input (24 positions: the layers are position-wise)."""
     x, expected, params = _one_layer_case(spec, case, golden, tiny_en)
-    out = run_max(spec, tiny_en[0], x, params, device=device)
-    torch32 = run_reference(spec, tiny_en[0], x, params, dtype=torch.float32, device=torch_device(device))
-    record_parity(assert_parity(f"golden:{spec.name} {case.last}", out, expected, spec.check(guard=True), torch32, x))
+    out = producers.max_layer(spec, tiny_en[0], x, params, device=device)
+    torch32 = producers.torch_layer(spec, tiny_en[0], x, params, "float32", device)
+    record_parity(passed(producers.judge_layer(out, producers.golden({spec.name: expected}, str(golden.path)), torch32,
+                                               spec.check(guard=True), x, f"golden:{spec.name} {case.last}")))
 
 
 # ------------------------------------------------------------------ the precision axis (tf32, bfloat16, float16)
@@ -212,22 +201,17 @@ def test_golden_trace_axis(dtype, golden, tiny_en, tiny_en_in, device, record_pa
     assert check(LAYERS[0]).guard is None  # the rule alone (precision.Row.guard, registry.NO_GUARD)
     rows = producers.judge(stored(golden, trace), producers.golden(golden.layers, str(golden.path)),
                            stored(golden, same), check, INPUT)
-    for c in rows:
-        c.layer = f"golden {dtype}:{c.layer}"
-        record_parity(c)
-    bad = first_failure(rows)
-    assert bad is None, bad.report()
-    assert len(rows) == len(LAYERS)
+    assert_in_order(rows, f"golden {dtype}", record_parity, LAYERS)
 
 
 @pytest.mark.parametrize("dtype", axis("records"))
 @pytest.mark.parametrize("spec,case", ONE_LAYER, ids=ONE_LAYER_IDS)
 def test_golden_one_layer_axis(spec, case, dtype, golden, tiny_en, device, record_parity):
     x, expected, params = _one_layer_case(spec, case, golden, tiny_en)
-    out = run_max(spec, tiny_en[0], x, params, dtype, device)
-    same = run_reference(spec, tiny_en[0], x, params, dtype=dtype, device=torch_device(device))
-    record_parity(assert_parity(f"golden {dtype}:{spec.name} {case.last}", out, expected,
-                                spec.check(dtype, guard=True), same, x))
+    out = producers.max_layer(spec, tiny_en[0], x, params, dtype, device)
+    same = producers.torch_layer(spec, tiny_en[0], x, params, dtype, device)
+    record_parity(passed(producers.judge_layer(out, producers.golden({spec.name: expected}, str(golden.path)), same,
+                                               spec.check(dtype, guard=True), x, f"golden {dtype}:{spec.name} {case.last}")))
 
 
 @pytest.mark.parametrize("spec,case", ONE_LAYER, ids=ONE_LAYER_IDS)
@@ -237,8 +221,8 @@ def test_golden_fixture_consistent(spec, case, golden, tiny_en):
     A failure here is a bad fixture (wrong input entry, wrong weights), not a MAX bug.
     """
     x, expected, params = _one_layer_case(spec, case, golden, tiny_en)
-    assert_parity(f"golden fixture {case.last}", run_reference(spec, tiny_en[0], x, params), expected,
-                  Check(guard=spec.tol()))
+    reference = producers.torch_layer(spec, tiny_en[0], x, params).arrays[spec.name]
+    passed(compare(f"golden fixture {case.last}", reference, expected, Check(guard=spec.tol())))
 
 
 def test_repo_files_resolve_beside_the_source_or_under_the_working_directory(tmp_path, monkeypatch):

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from maxwhisper.decoder import is_cross
-from maxwhisper.harness import golden_decoder as gd, producers
-from maxwhisper.harness.compare import TOP1_TIE, assert_parity, compare, first_failure, top1_tie
+from maxwhisper.harness import fixture, golden_decoder as gd, producers
+from maxwhisper.harness.compare import TOP1_TIE, first_failure, passed, top1_tie
 from maxwhisper.harness.fixture import AUDIO, StaleFixtureError, save_npz
 from maxwhisper.harness.golden import load_fixture as load_encoder_fixture
 from maxwhisper.harness.inputs import teacher_tokens
-from maxwhisper.harness.pytest_plugin import axis, fresh
+from maxwhisper.harness.pytest_plugin import assert_in_order, axis, fresh, golden_fixtures
 from maxwhisper.harness.registry import check_of, input_of
 from maxwhisper.sizes import SIZES
 from maxwhisper.trace import decoder_trace
@@ -33,17 +33,7 @@ LAYERS = [t.id for t in decoder_trace(TINY_EN.n_text_layer)]
 CHECK, INPUT = check_of(TINY_EN, guard=True), input_of(TINY_EN)
 
 
-@pytest.fixture(scope="module")
-def raw_golden_decoder():
-    """The checked-in fixture as read, fresh or not."""
-    return gd.load_fixture()
-
-
-@pytest.fixture(scope="module")
-def golden_decoder(raw_golden_decoder, tiny_en):
-    """The checked-in fixture, refused (every dependent test fails) unless fresh."""
-    fresh(gd.check_fresh, raw_golden_decoder, weights_hash(tiny_en[1]))
-    return raw_golden_decoder
+raw_golden_decoder_fixture, golden_decoder_fixture = golden_fixtures(gd, "raw_golden_decoder", "golden_decoder")
 
 
 @pytest.fixture(scope="module")
@@ -117,14 +107,7 @@ def test_golden_decoder_fixture_complete(golden_decoder, tiny_en):
 
 
 def _doctor(path, tmp_path, **changes):
-    """A copy of the fixture file, made current in format version, with some entries replaced."""
-    with np.load(path) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays["meta/format_version"] = np.int64(gd.FORMAT_VERSION)
-    arrays.update({k: np.asarray(v) for k, v in changes.items()})
-    out = tmp_path / "doctored.npz"
-    save_npz(out, arrays)
-    return gd.load_fixture(out)
+    return fixture.doctored_copy(gd, path, tmp_path, **changes)
 
 
 STALE = {  # reason -> (changed entries, text the message must hold)
@@ -173,13 +156,17 @@ def test_golden_decoder_load_refuses_missing_and_corrupt(raw_golden_decoder, tmp
 
 
 # ------------------------------------------------------------------ the MAX decoder, layer by layer
+@pytest.fixture(scope="module")
+def by_layer(golden_decoder, golden_decoder_trace, decoder_torch32) -> dict:
+    return {c.layer: c for c in judged(golden_decoder, golden_decoder_trace, decoder_torch32, CHECK)}
+
+
 @pytest.mark.parametrize("layer", LAYERS)
-def test_golden_decoder_trace(layer, golden_decoder, golden_decoder_trace, decoder_torch32, record_parity):
+def test_golden_decoder_trace(layer, by_layer, record_parity):
     """Each layer within its record's derived rule (and the absolute guard) at the stored positions."""
-    fx, src = golden_decoder, INPUT(layer)
-    record_parity(assert_parity(f"golden decoder:{layer}", fx.select(layer, golden_decoder_trace.arrays[layer]),
-                                fx.layers[layer], CHECK(layer), fx.select(layer, decoder_torch32.arrays[layer]),
-                                fx.layers[src] if src else None))
+    c = by_layer[layer]
+    c.layer = f"golden decoder:{layer}"
+    record_parity(passed(c))
 
 
 def test_golden_decoder_trace_in_order(golden_decoder, golden_decoder_trace, decoder_torch32):
@@ -195,10 +182,10 @@ def test_golden_decoder_trace_in_order(golden_decoder, golden_decoder_trace, dec
 def test_golden_decoder_logits_whole_rows(golden_decoder, golden_decoder_trace, decoder_torch32, record_parity):
     """The two steps stored over the whole vocabulary (51864 columns), by the logits record's rule."""
     fx, at = golden_decoder, golden_decoder.full_steps
-    c = compare(f"golden decoder:{gd.LOGITS} steps {at.tolist()}", golden_decoder_trace.arrays[gd.LOGITS][:, at],
-                fx.full_logits, CHECK(gd.LOGITS), decoder_torch32.arrays[gd.LOGITS][:, at])
-    assert c.passed, c.report()
-    record_parity(c)
+    rows = lambda t: producers.Trace(t.ran, {gd.LOGITS: t.arrays[gd.LOGITS][:, at]})  # noqa: E731
+    c = producers.judge_layer(rows(golden_decoder_trace), producers.golden({gd.LOGITS: fx.full_logits}, str(fx.path)),
+                              rows(decoder_torch32), CHECK(gd.LOGITS), label=f"golden decoder:{gd.LOGITS} steps {at.tolist()}")
+    record_parity(passed(c))
 
 
 def test_golden_decoder_top1(golden_decoder, golden_decoder_trace):
@@ -229,12 +216,7 @@ def test_golden_decoder_trace_axis(dtype, golden_decoder, tiny_en, tiny_en_in, d
     trace = producers.max_decoder(tiny_en_in(dtype), fx.tokens, fx.features, fx.prompt)
     same = producers.torch_decoder(*tiny_en, fx.tokens, fx.features, dtype, device)
     rows = judged(fx, trace, same, check_of(TINY_EN, dtype, guard=True))
-    for c in rows:
-        c.layer = f"golden decoder {dtype}:{c.layer}"
-        record_parity(c)
-    bad = first_failure(rows)
-    assert bad is None, bad.report()
-    assert len(rows) == len(LAYERS)
+    assert_in_order(rows, f"golden decoder {dtype}", record_parity, LAYERS)
     # PyTorch's own logit error per step, on the stored columns (the top 16 among them)
     tie = top1_tie(fx.select(gd.LOGITS, same.arrays[gd.LOGITS])[0], fx.layers[gd.LOGITS][0])
     failures = fx.top1_failures(trace.arrays[gd.LOGITS], tie)

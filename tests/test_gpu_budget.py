@@ -193,7 +193,7 @@ def test_committed_rehearsal_is_of_todays_plan_and_fits():
         summary = json.loads((where / f"call{call.number}" / "summary.json").read_text())
         ran = {s["shard"] for s in summary["shards"]}
         planned = {sh.name for s in call.steps for sh in s.shards}
-        assert ran == planned, f"call {call.number}: rehearse again (python gpu/stage.py rehearse-calls)"
+        assert ran == planned, f"call {call.number}: rehearse again (python gpu/offline_bundle/stage.py rehearse-calls)"
     lines, failures = budget.check(where)
     assert failures == [], "\n".join(lines + failures)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gpu"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gpu" / "offline_bundle"))
 
 import rejoin  # noqa: E402
 import stage_pack  # noqa: E402

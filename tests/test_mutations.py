@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from max.graph import Graph
 
 from maxwhisper.harness import golden as g
-from maxwhisper.harness.compare import Check, compare_traces
-from reference.capture import reference_trace
+from maxwhisper.harness import producers as P
+from maxwhisper.harness.compare import Check
 from maxwhisper.harness.registry import check_of, input_of
-from maxwhisper.harness.runners import torch_device
+from maxwhisper.precision import mode
 from maxwhisper.model import emit_encoder, mel_type
 from maxwhisper.runtime import Compiled, device_ref, weight_lookup
 from mutants import BUGS, NEAR_THRESHOLD, assert_caught_at
@@ -50,16 +49,16 @@ def mutant_traces(tiny_en, device):
             outputs += list(trace.values())
         graph.output(*outputs)
     results = Compiled(graph, device, weights)(mel)
-    traces: dict[str, dict] = {bug: {} for bug in BUGS}
+    ran = P.Ran("max", "float32", device, mode("float32", device))
+    traces = {bug: P.Trace(ran, {}) for bug in BUGS}
     for (bug, layer), value in zip(names, results):
-        traces[bug][layer] = value
-    return (traces, reference_trace(dims, state_dict, mel),
-            reference_trace(dims, state_dict, mel, torch.float32, torch_device(device)), dims)
+        traces[bug].arrays[layer] = value
+    return (traces, P.torch_encoder(dims, state_dict, mel, production=False),
+            P.torch_encoder(dims, state_dict, mel, "float32", device, production=False), dims)
 
 
 def _judge(traces, expected, torch32, dims, bug, check_of=check_of, until_first_failure=True):
-    return compare_traces(traces[bug], expected, check_of(dims, guard=True), torch32, input_of(dims),
-                          until_first_failure)
+    return P.judge(traces[bug], expected, torch32, check_of(dims, guard=True), input_of(dims), until_first_failure)
 
 
 @pytest.mark.parametrize("bug", BUGS)
@@ -80,7 +79,7 @@ def test_mutation_near_threshold_needs_the_derived_rule(bug, mutant_traces):
     mutants the guard misses is a change to the documented margins."""
     traces, expected, torch32, dims = mutant_traces
     where = BUGS[bug][1]
-    guard = next(c for c in _judge(traces, expected, None, dims, bug, lambda d, guard: _guard_only(d), False)
+    guard = next(c for c in _judge(traces, expected, torch32, dims, bug, lambda d, guard: _guard_only(d), False)
                  if c.layer == where)
     assert guard.passed == (bug in GUARD_MISSES), f"{bug}: the absolute guard alone {'passes' if guard.passed else 'fails'} it"
 
@@ -89,5 +88,5 @@ def test_mutation_key_bias_is_invisible_downstream(mutant_traces):
     """Why the key trace matters: a key bias adds q.b to every score of a row, which softmax
     cancels, so the attention output (and the transcript) cannot reveal it."""
     traces, expected, _, _ = mutant_traces
-    bugged = traces["nonzero_key_bias"]
+    bugged, expected = traces["nonzero_key_bias"].arrays, expected.arrays
     assert np.abs(bugged["encoder.blocks.0.attn"] - expected["encoder.blocks.0.attn"]).max() < 1e-4

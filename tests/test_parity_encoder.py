@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from whisper.model import ModelDimensions
 
 from maxwhisper import MaxWhisper
-from maxwhisper.harness.compare import assert_parity
+from maxwhisper.harness import producers as P
+from maxwhisper.harness.compare import passed
 from maxwhisper.harness.inputs import random_mel, random_weights
-from reference.modules import reference_encoder
-from maxwhisper.harness.registry import SPECS
-from maxwhisper.harness.runners import torch_device
+from maxwhisper.harness.registry import ENCODER_OUTPUT, SPECS
 from maxwhisper.sizes import SIZES
 
 ENCODER = SPECS["encoder"]
@@ -38,17 +36,12 @@ SIZES = [pytest.param(TINY, id=_id("tiny", TINY)), pytest.param(BASE, id=_id("ba
 EXAMPLES = max(3, settings().max_examples // 10)  # ci: 3; thorough: 10
 
 
-@torch.no_grad()
-def reference(dims: ModelDimensions, state_dict, mel: np.ndarray, dtype=torch.float64, device="cpu") -> np.ndarray:
-    enc = reference_encoder(dims, state_dict, dtype).to(device)
-    return enc(torch.from_numpy(mel).to(device, dtype)).cpu().numpy()
-
-
-def _judge(label, dims, state_dict, mel, actual, record_parity, device):
+def _judge(label, dims, state_dict, mel, actual: P.Trace, record_parity, device):
     """The derived rule: MAX's error within k times openai-whisper float32's (on the same kind of
     device), both against float64."""
-    record_parity(assert_parity(label, actual, reference(dims, state_dict, mel), ENCODER.check(),
-                                reference(dims, state_dict, mel, torch.float32, torch_device(device))))
+    expected = P.torch_encoder(dims, state_dict, mel, layers=False)
+    same = P.torch_encoder(dims, state_dict, mel, "float32", device, layers=False)
+    record_parity(passed(P.judge_layer(actual, expected, same, ENCODER.check(), label=label)))
 
 
 @pytest.mark.parametrize("dims", SIZES)
@@ -62,7 +55,7 @@ def test_encoder_parity(dims, seed, batch, device, record_parity):
     rng = np.random.default_rng(seed)
     state_dict = random_weights(rng, dims)
     mel = random_mel(rng, dims, batch)
-    actual = MaxWhisper(dims, state_dict, device).encode(mel)
+    actual = P.max_encoder(MaxWhisper(dims, state_dict, device), mel, layers=False)
     name = f"encoder[{dims.n_audio_state}w {dims.n_audio_layer}L]"
     _judge(name, dims, state_dict, mel, actual, record_parity, device)
 
@@ -74,10 +67,11 @@ def test_encoder_parity_batch_independent(device, record_parity):
     state_dict = random_weights(rng, TINY)
     mel = random_mel(rng, TINY, 3)
     model = MaxWhisper(TINY, state_dict, device)
-    together = model.encode(mel)
-    alone = np.concatenate([model.encode(mel[i:i + 1]) for i in range(3)])
+    together = P.max_encoder(model, mel, layers=False)
+    alone = P.Trace(together.ran, {ENCODER_OUTPUT: np.concatenate([model.encode(mel[i:i + 1]) for i in range(3)])})
     if device == "cpu":
-        np.testing.assert_array_equal(together, alone, err_msg="batch of 3 != its items encoded alone")
+        np.testing.assert_array_equal(together.arrays[ENCODER_OUTPUT], alone.arrays[ENCODER_OUTPUT],
+                                      err_msg="batch of 3 != its items encoded alone")
     _judge("encoder[items alone]", TINY, state_dict, mel, alone, record_parity, device)
     _judge("encoder[batch of 3]", TINY, state_dict, mel, together, record_parity, device)
 
@@ -88,6 +82,6 @@ def test_encoder_parity_128_mels(device, record_parity):
     state_dict = random_weights(rng, MELS_128)
     mel = random_mel(rng, MELS_128, 2)
     assert mel.shape == (2, 128, 3000)
-    actual = MaxWhisper(MELS_128, state_dict, device).encode(mel)
-    assert actual.shape == (2, 1500, 64)
+    actual = P.max_encoder(MaxWhisper(MELS_128, state_dict, device), mel, layers=False)
+    assert actual.arrays[ENCODER_OUTPUT].shape == (2, 1500, 64)
     _judge("encoder[128 mels, 64w 1L]", MELS_128, state_dict, mel, actual, record_parity, device)

@@ -19,11 +19,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from maxwhisper.harness.compare import assert_parity
+from maxwhisper.harness import producers as P
+from maxwhisper.harness.compare import passed
 from maxwhisper.harness.inputs import random_params
 from maxwhisper.harness.pytest_plugin import axis
 from maxwhisper.harness.registry import SPECS
-from maxwhisper.harness.runners import run_max, run_reference, torch_device
 from maxwhisper.sizes import SIZES
 
 TINY_EN = SIZES["tiny.en"]
@@ -34,13 +34,13 @@ CASES = [pytest.param(name, regime, id=f"{name}-{regime}") for name in LAYERS fo
 MAX_FRAMES, SHORT = TINY_EN.n_audio_ctx, 48
 
 
-def _judge(label, spec, x, params, actual, record_parity, device="cpu", dtype="float32"):
+def _judge(label, spec, x, params, actual: P.Trace, record_parity, device="cpu", dtype="float32"):
     """MAX's `actual` against float64, in units of PyTorch's error in the same dtype on the same inputs
     (on the same kind of device); an element-wise record is scaled by its (single) input."""
-    expected = run_reference(spec, TINY_EN, x, params)
-    same = run_reference(spec, TINY_EN, x, params, dtype=dtype, device=torch_device(device))
+    expected = P.torch_layer(spec, TINY_EN, x, params)
+    same = P.torch_layer(spec, TINY_EN, x, params, dtype, device)
     first = next(iter(x.values())) if len(x) == 1 else None
-    record_parity(assert_parity(label, actual, expected, spec.check(dtype), same, first))
+    record_parity(passed(P.judge_layer(actual, expected, same, spec.check(dtype), first, label)))
 
 
 def _input(spec, rng, batch: int, length: int, regime: str, odd_frames: bool = False) -> dict:
@@ -51,6 +51,15 @@ def _input(spec, rng, batch: int, length: int, regime: str, odd_frames: bool = F
     return spec.draw(rng, TINY_EN, batch, length, regime)
 
 
+def _case(name, regime, seed, batch, length, long_length, odd_frames=False):
+    """(record, inputs, params) of one drawn example; a long-rows regime takes `long_length`."""
+    spec = SPECS[name]
+    rng = np.random.default_rng(seed)
+    params = random_params(rng, spec.param_shapes(TINY_EN))
+    length = long_length if regime in spec.long_rows else length
+    return spec, _input(spec, rng, batch, length, regime, odd_frames), params
+
+
 @pytest.mark.parametrize("name, regime", CASES)
 @given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 3), length=st.integers(1, SHORT),
        long_length=st.one_of(st.just(MAX_FRAMES), st.integers(SHORT + 1, MAX_FRAMES),
@@ -58,13 +67,8 @@ def _input(spec, rng, batch: int, length: int, regime: str, odd_frames: bool = F
        odd_frames=st.booleans())  # conv_stem only: a mel of 2 * length + 1 frames
 @example(seed=1628, batch=3, length=38, long_length=278, odd_frames=False)  # attention-extreme's worst seen (rel 5.4e-5)
 def test_layer_parity(name, regime, seed, batch, length, long_length, odd_frames, device, record_parity):
-    spec = SPECS[name]
-    if regime in spec.long_rows:
-        length = long_length
-    rng = np.random.default_rng(seed)
-    params = random_params(rng, spec.param_shapes(TINY_EN))
-    x = _input(spec, rng, batch, length, regime, odd_frames)
-    _judge(f"{name}[{regime}]", spec, x, params, run_max(spec, TINY_EN, x, params, device=device), record_parity,
+    spec, x, params = _case(name, regime, seed, batch, length, long_length, odd_frames)
+    _judge(f"{name}[{regime}]", spec, x, params, P.max_layer(spec, TINY_EN, x, params, device=device), record_parity,
            device)
 
 
@@ -81,13 +85,8 @@ CASES_AXIS = [pytest.param(name, regime, p.values[0], marks=p.marks, id=f"{name}
 @given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 3), length=st.integers(1, SHORT),
        long_length=st.one_of(st.just(MAX_FRAMES), st.integers(SHORT + 1, MAX_FRAMES)))
 def test_layer_parity_axis(name, regime, dtype, seed, batch, length, long_length, device, record_parity):
-    spec = SPECS[name]
-    if regime in spec.long_rows:
-        length = long_length
-    rng = np.random.default_rng(seed)
-    params = random_params(rng, spec.param_shapes(TINY_EN))
-    x = _input(spec, rng, batch, length, regime)
-    _judge(f"{name}[{regime}, {dtype}]", spec, x, params, run_max(spec, TINY_EN, x, params, dtype, device),
+    spec, x, params = _case(name, regime, seed, batch, length, long_length)
+    _judge(f"{name}[{regime}, {dtype}]", spec, x, params, P.max_layer(spec, TINY_EN, x, params, dtype, device),
            record_parity, device, dtype)
 
 
@@ -103,11 +102,11 @@ def test_layer_parity_batch_independent(name, device, record_parity):
     params = random_params(rng, spec.param_shapes(TINY_EN))
     for length in ODD_LENGTHS:
         x = spec.draw(rng, TINY_EN, 3, length, "normal")
-        together = run_max(spec, TINY_EN, x, params, device=device)
-        alone = np.concatenate([run_max(spec, TINY_EN, {k: v[i:i + 1] for k, v in x.items()}, params, device=device)
-                                for i in range(3)])
-        assert together.shape == alone.shape
-        np.testing.assert_allclose(together, alone, rtol=1e-6, atol=1e-6,
+        together = P.max_layer(spec, TINY_EN, x, params, device=device)
+        alone = np.concatenate([P.max_layer(spec, TINY_EN, {k: v[i:i + 1] for k, v in x.items()}, params,
+                                            device=device).arrays[name] for i in range(3)])
+        assert together.arrays[name].shape == alone.shape
+        np.testing.assert_allclose(together.arrays[name], alone, rtol=1e-6, atol=1e-6,
                                    err_msg=f"{name}, length {length}: batch of 3 != items alone")
         _judge(f"{name}[length {length}]", spec, x, params, together, record_parity, device)
 
@@ -120,6 +119,6 @@ def test_conv_stem_parity_odd_frames(frames, device, record_parity):
     params = random_params(rng, spec.param_shapes(TINY_EN))
     mel = _input(spec, rng, 2, frames // 2, "normal", odd_frames=True)
     assert mel["mel"].shape[-1] == frames
-    actual = run_max(spec, TINY_EN, mel, params, device=device)
-    assert actual.shape == (2, (frames + 1) // 2, TINY_EN.n_audio_state)
+    actual = P.max_layer(spec, TINY_EN, mel, params, device=device)
+    assert actual.arrays["conv_stem"].shape == (2, (frames + 1) // 2, TINY_EN.n_audio_state)
     _judge(f"conv_stem[{frames} frames]", spec, mel, params, actual, record_parity, device)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from maxwhisper.harness.compare import Check, assert_parity, compare, compare_traces, first_failure
-from maxwhisper.harness.pytest_plugin import axis
-from reference.capture import layer_ids, reference_trace
+from maxwhisper.harness import producers as P
+from maxwhisper.harness.compare import Check, compare, passed
+from maxwhisper.harness.pytest_plugin import assert_in_order, axis
+from reference.capture import layer_ids
 from maxwhisper.harness.registry import ENCODER_OUTPUT, check_of, input_of
-from maxwhisper.harness.runners import torch_device
 from maxwhisper.sizes import SIZES
 from maxwhisper.weights import to_torch_model
 
@@ -29,29 +29,31 @@ DRIFT_FACTOR = 10.0
 
 @pytest.fixture(scope="module")
 def traces(tiny_en, tiny_en_model, jfk_mel, device):
+    """(MAX, float64, PyTorch float32) traces, each ending with the production graph's row `encoder`."""
     dims, state_dict = tiny_en
     assert dims == TINY_EN
-    return (tiny_en_model.encode_trace(jfk_mel), reference_trace(dims, state_dict, jfk_mel),
-            reference_trace(dims, state_dict, jfk_mel, torch.float32, torch_device(device)))
+    return (P.max_encoder(tiny_en_model, jfk_mel), P.torch_encoder(dims, state_dict, jfk_mel),
+            P.torch_encoder(dims, state_dict, jfk_mel, "float32", device))
+
+
+@pytest.fixture(scope="module")
+def judged(traces):
+    return {c.layer: c for c in P.judge(*traces, CHECK, INPUT)}
 
 
 @pytest.mark.parametrize("layer", LAYERS)
-def test_tiny_en_parity(layer, traces, record_parity):
-    actual, expected, torch32 = traces
-    x = expected[INPUT(layer)] if INPUT(layer) else None
-    record_parity(assert_parity(layer, actual[layer], expected[layer], CHECK(layer), torch32[layer], x))
+def test_tiny_en_parity(layer, judged, record_parity):
+    record_parity(passed(judged[layer]))
 
 
-def test_tiny_en_trace_parity_complete(traces):
-    actual, expected, torch32 = traces
-    assert list(actual) == LAYERS and list(expected) == LAYERS and list(torch32) == LAYERS
+def test_tiny_en_trace_parity_complete(traces, judged):
+    assert all(list(t.arrays) == [*LAYERS, ENCODER_OUTPUT] for t in traces)
+    assert list(judged) == [*LAYERS, ENCODER_OUTPUT]
 
 
-def test_tiny_en_encode_parity(tiny_en_model, traces, jfk_mel, record_parity):
+def test_tiny_en_encode_parity(judged, record_parity):
     """The production graph (no trace outputs) computes what the traced one does."""
-    out = tiny_en_model.encode(jfk_mel)
-    record_parity(assert_parity("encoder", out, traces[1]["encoder.ln_post"], CHECK(ENCODER_OUTPUT),
-                                traces[2]["encoder.ln_post"]))
+    record_parity(passed(judged[ENCODER_OUTPUT]))
 
 
 def test_tiny_en_parity_vs_openai_whisper_float32(tiny_en, tiny_en_model, jfk_mel, record_parity):
@@ -69,18 +71,10 @@ def test_tiny_en_parity_vs_openai_whisper_float32(tiny_en, tiny_en_model, jfk_me
 def test_tiny_en_parity_axis(dtype, tiny_en, tiny_en_in, jfk_mel, traces, device, record_parity):
     """tiny.en in `dtype` on jfk.flac, every layer and the production graph, by the derived rule
     against openai-whisper's encoder in the same dtype; the first failing layer is named."""
-    model, expected = tiny_en_in(dtype), traces[1]
-    same = reference_trace(*tiny_en, jfk_mel, dtype, torch_device(device))
-    check = check_of(TINY_EN, dtype, guard=True)
-    rows = compare_traces(model.encode_trace(jfk_mel), expected, check, same, INPUT)
-    rows.append(compare(ENCODER_OUTPUT, model.encode(jfk_mel), expected["encoder.ln_post"], check(ENCODER_OUTPUT),
-                        same["encoder.ln_post"]))
-    for c in rows:
-        c.layer = f"{dtype}:{c.layer}"
-        record_parity(c)
-    bad = first_failure(rows)
-    assert bad is None, bad.report()
-    assert [c.layer for c in rows] == [f"{dtype}:{k}" for k in [*LAYERS, ENCODER_OUTPUT]]
+    same = P.torch_encoder(*tiny_en, jfk_mel, dtype, device)
+    rows = P.judge(P.max_encoder(tiny_en_in(dtype), jfk_mel), traces[1], same, check_of(TINY_EN, dtype, guard=True),
+                   INPUT)
+    assert_in_order(rows, dtype, record_parity, [*LAYERS, ENCODER_OUTPUT])
 
 
 def test_tiny_en_parity_drift(traces):
@@ -88,7 +82,7 @@ def test_tiny_en_parity_drift(traces):
     if not BASELINE.exists():
         pytest.fail(f"{BASELINE} missing: run `maxwhisper verify --json {BASELINE.relative_to(Path.cwd())}`")
     baseline = {r["layer"]: r["max_abs"] for r in json.loads(BASELINE.read_text())["layers"]}
-    actual, expected, _ = traces
+    actual, expected = traces[0].arrays, traces[1].arrays
     drifted = []
     for layer in LAYERS:
         err = float(np.abs(actual[layer].astype(np.float64) - expected[layer]).max())

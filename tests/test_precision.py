@@ -12,10 +12,10 @@ import pytest
 from max.graph import ops
 
 from maxwhisper import seams
-from maxwhisper.harness.compare import compare
+from maxwhisper.harness import producers as P
+from maxwhisper.harness.compare import passed
 from maxwhisper.harness.inputs import random_params
 from maxwhisper.harness.registry import SPECS
-from maxwhisper.harness.runners import run_max, run_reference, torch_device
 from maxwhisper.precision import PRECISIONS, dtype_of, mode
 from maxwhisper.runtime import Compiled, device_ref, functional_graph
 from maxwhisper.sizes import SIZES
@@ -46,18 +46,18 @@ def attention_case():
 def test_bf16_attention_with_16bit_scores_fails_the_rule(attention_case, device, record_parity):
     spec, x, params = attention_case
     dtype = "bfloat16"
-    expected = run_reference(spec, TINY_EN, x, params)
-    same = run_reference(spec, TINY_EN, x, params, dtype, torch_device(device))
-    clean = compare("attention[bfloat16]", run_max(spec, TINY_EN, x, params, dtype, device), expected,
-                    spec.check(dtype), same)
-    assert clean.passed, clean.report()
+    expected = P.torch_layer(spec, TINY_EN, x, params)
+    same = P.torch_layer(spec, TINY_EN, x, params, dtype, device)
+    clean = P.max_layer(spec, TINY_EN, x, params, dtype, device)
+    passed(P.judge_layer(clean, expected, same, spec.check(dtype), label="attention[bfloat16]"))
 
     with seams.inject("layers.qkv_attention", lambda original: _scores_in_dtype):
         graph, _ = functional_graph("attention_bf16_scores", lambda xs, s: spec.build(xs, s, TINY_EN),
                                     spec.input_shapes(TINY_EN), spec.param_shapes(TINY_EN), device_ref(device),
                                     dtype_of(dtype))
     bugged = Compiled(graph, device)(x["x"], *(params[k] for k in spec.param_shapes(TINY_EN)))[0]
-    c = compare("mutant attention scores in bfloat16", bugged, expected, spec.check(dtype), same)
+    c = P.judge_layer(P.Trace(clean.ran, {spec.name: bugged}), expected, same, spec.check(dtype),
+                      label="mutant attention scores in bfloat16")
     record_parity(c)
     assert not c.passed, f"scores rounded to bfloat16 pass the rule:\n{c.report()}"
 

@@ -19,11 +19,11 @@ from max.graph import Graph, TensorType
 
 from maxwhisper import tf32
 from maxwhisper.device import parse_device
-from maxwhisper.harness.compare import assert_parity
+from maxwhisper.harness import producers as P
+from maxwhisper.harness.compare import passed
 from maxwhisper.harness.inputs import random_params
 from reference import yardstick
 from maxwhisper.harness.registry import SPECS
-from maxwhisper.harness.runners import run_max, run_reference, torch_device
 from maxwhisper.precision import PRECISIONS, form, mode, row
 from maxwhisper.runtime import Compiled, device_ref
 from maxwhisper.sizes import SIZES
@@ -112,13 +112,13 @@ TF32_OVER_FLOAT32 = 100
 
 def test_tf32_is_not_float32_in_disguise(mlp_case, device, record_parity):
     spec, x, params = mlp_case
-    expected = run_reference(spec, TINY_EN, x, params)
-    f32 = _rel(run_reference(spec, TINY_EN, x, params, "float32", torch_device(device)), expected)
-    same = run_reference(spec, TINY_EN, x, params, "tf32", torch_device(device))
-    actual = run_max(spec, TINY_EN, x, params, "tf32", device)
-    assert _rel(same, expected) > TF32_OVER_FLOAT32 * f32, "the tf32 yardstick did not truncate"
-    assert _rel(actual, expected) > TF32_OVER_FLOAT32 * f32, "MAX's tf32 graph did not truncate"
-    record_parity(assert_parity("mlp[tf32]", actual, expected, spec.check("tf32"), same))
+    expected = P.torch_layer(spec, TINY_EN, x, params)
+    f32 = _rel(P.torch_layer(spec, TINY_EN, x, params, "float32", device).arrays["mlp"], expected.arrays["mlp"])
+    same = P.torch_layer(spec, TINY_EN, x, params, "tf32", device)
+    actual = P.max_layer(spec, TINY_EN, x, params, "tf32", device)
+    assert _rel(same.arrays["mlp"], expected.arrays["mlp"]) > TF32_OVER_FLOAT32 * f32, "the tf32 yardstick did not truncate"
+    assert _rel(actual.arrays["mlp"], expected.arrays["mlp"]) > TF32_OVER_FLOAT32 * f32, "MAX's tf32 graph did not truncate"
+    record_parity(passed(P.judge_layer(actual, expected, same, spec.check("tf32"), label="mlp[tf32]")))
 
 
 @pytest.mark.parametrize("name, products", [("mlp", 2), ("logits", 1), ("conv_stem", 2), ("attention", 4)])
@@ -151,10 +151,11 @@ def test_float32_gpu_form_meets_float32s_rule(name, regime, seed, batch, length,
     rng = np.random.default_rng(seed)
     params = random_params(rng, spec.param_shapes(TINY_EN))
     x = spec.draw(rng, TINY_EN, batch, length, regime)
-    actual = run_max(spec, TINY_EN, x, params, "float32", device, emulate="gpu")
-    expected = run_reference(spec, TINY_EN, x, params)
-    same = run_reference(spec, TINY_EN, x, params, "float32", torch_device(device))
-    record_parity(assert_parity(f"{name}[{regime}, float32 3xTF32]", actual, expected, spec.check("float32"), same))
+    actual = P.max_layer(spec, TINY_EN, x, params, "float32", device, emulate="gpu")
+    expected = P.torch_layer(spec, TINY_EN, x, params)
+    same = P.torch_layer(spec, TINY_EN, x, params, "float32", device)
+    record_parity(passed(P.judge_layer(actual, expected, same, spec.check("float32"),
+                                       label=f"{name}[{regime}, float32 3xTF32]")))
 
 
 def test_gpu_probe_tells_ieee_truncated_and_rounded_apart():

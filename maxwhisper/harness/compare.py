@@ -141,9 +141,8 @@ def compare(layer: str, actual: np.ndarray, expected: np.ndarray, check: Check,
                       not failed_by, pairs, verdict=verdict, guard_passed=guard_ok, failed_by=failed_by)
 
 
-def assert_parity(layer: str, actual: np.ndarray, expected: np.ndarray, check: Check,
-                  yardstick: np.ndarray | None = None, x: np.ndarray | None = None) -> Comparison:
-    c = compare(layer, actual, expected, check, yardstick, x)
+def passed(c: Comparison) -> Comparison:
+    """`c`, or an AssertionError with its report: the tests' assert."""
     if not c.passed:
         raise AssertionError(c.report())
     return c

@@ -15,14 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from maxwhisper.harness import fixture, golden
+from maxwhisper.harness import fixture, golden, producers as P
 from maxwhisper.harness.inputs import random_mel
-from maxwhisper.harness.judge import errors
-from reference.capture import reference_trace
-from maxwhisper.harness.registry import governing, input_of
-from maxwhisper.harness.runners import torch_device
+from maxwhisper.harness.registry import check_of, input_of
 from maxwhisper.model import MaxWhisper
 
 BASELINE = fixture.repo_file("fixtures/encoder_errors_baseline.json")
@@ -38,18 +34,17 @@ def measure(model: MaxWhisper) -> dict:
     """{input name: {layer: {"max": figures, "torch": figures}}} for the golden mel and random mels."""
     mels = {"golden": golden.load_fixture().mel}
     mels.update({f"random-{s}": random_mel(np.random.default_rng(s), model.dims, 1) for s in RANDOM_SEEDS})
-    rules, inputs = governing(model.dims), input_of(model.dims)
+    d, sd = model.dims, model.state_dict
     out = {}
     for name, mel in mels.items():
-        actual = model.encode_trace(mel)
-        ref = reference_trace(model.dims, model.state_dict, mel)
-        torch32 = reference_trace(model.dims, model.state_dict, mel, torch.float32, torch_device(model.device))
-        out[name] = {}
-        for layer, value in actual.items():
-            rule, src = rules[layer].rule, inputs(layer)
-            x = ref[src] if src else None
-            out[name][layer] = {"max": errors(value, ref[layer], rule, x).as_dict(),
-                                "torch": errors(torch32[layer], ref[layer], rule, x).as_dict()}
+        rows = P.judge(P.max_encoder(model, mel, production=False), P.torch_encoder(d, sd, mel, production=False),
+                       P.torch_encoder(d, sd, mel, model.dtype, model.device, production=False),
+                       check_of(d, model.dtype), input_of(d))
+        broken = [c for c in rows if c.verdict is None]
+        if broken:
+            raise ValueError(f"{name}: {broken[0].report()}")
+        out[name] = {c.layer: {"max": c.verdict.max_errors.as_dict(), "torch": c.verdict.yardstick.as_dict()}
+                     for c in rows}
     return out
 
 

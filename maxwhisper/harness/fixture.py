@@ -87,3 +87,15 @@ def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
             with zf.open(info, "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
     Path(path).write_bytes(buf.getvalue())
+
+
+def doctored_copy(module, path: Path, out_dir: Path, **changes):
+    """A copy of `module`'s fixture file (`golden`, `golden_decoder`), made current in format version,
+    with some entries replaced, read back by `module.load_fixture`: what the freshness tests refuse."""
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["meta/format_version"] = np.int64(module.FORMAT_VERSION)
+    arrays.update({k: np.asarray(v) for k, v in changes.items()})
+    out = Path(out_dir) / "doctored.npz"
+    save_npz(out, arrays)
+    return module.load_fixture(out)

@@ -5,9 +5,10 @@ what it ran (which side, precision, device, numeric mode). `judge` consumes the 
 float64 reference, PyTorch in MAX's precision) and returns one `Comparison` per layer, which reports,
 plots, `diff` and the tests read.
 
-Producers: `max_encoder`, `max_decoder` (a `MaxWhisper`'s graphs), `torch_encoder`, `torch_decoder`
-(openai-whisper's modules: float64 the reference, a precision name the yardstick), `golden` (a stored
-fixture's float64 arrays).
+Producers: `max_encoder`, `max_decoder` (a `MaxWhisper`'s graphs), `max_layer` (a record's one-layer
+graph), `torch_encoder`, `torch_decoder`, `torch_layer` (openai-whisper's modules: float64 the
+reference, a precision name the yardstick), `golden` (a stored fixture's float64 arrays). `judge`
+takes whole traces, `judge_layer` a one-layer trace.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from maxwhisper.harness.compare import Check, Comparison, compare_traces
+from maxwhisper.harness.compare import Check, Comparison, compare, compare_traces
 from maxwhisper.harness.registry import ENCODER_OUTPUT
 from maxwhisper.harness.runners import torch_device
 from maxwhisper.precision import mode
@@ -39,10 +40,10 @@ class Trace:
     arrays: dict[str, np.ndarray]
 
 
-def max_encoder(model, mel: np.ndarray, production: bool = True) -> Trace:
-    """Every traced encoder activation, then (with `production`) `encoder`: the production graph's
-    output (no trace outputs), which users run."""
-    arrays = model.encode_trace(mel)
+def max_encoder(model, mel: np.ndarray, production: bool = True, layers: bool = True) -> Trace:
+    """Every traced encoder activation (with `layers`), then (with `production`) `encoder`: the
+    production graph's output (no trace outputs), which users run."""
+    arrays = model.encode_trace(mel) if layers else {}
     if production:
         arrays[ENCODER_OUTPUT] = model.encode(mel)
     return Trace(Ran("max", model.dtype, model.device, mode(model.dtype, model.device, model.form.target)), arrays)
@@ -63,15 +64,18 @@ def _torch_ran(dtype: str, device: str) -> Ran:
 
 
 def torch_encoder(dims, state_dict, mel: np.ndarray, dtype: str = REFERENCE, device: str = "cpu",
-                  production: bool = True) -> Trace:
-    """openai-whisper's encoder on `mel`, every activation, and (with `production`) `encoder`: its
-    ln_post again, for the production graph's row."""
-    from reference.capture import reference_trace
+                  production: bool = True, layers: bool = True) -> Trace:
+    """openai-whisper's encoder on `mel`, every activation (with `layers`), and (with `production`)
+    `encoder`: its ln_post again, for the production graph's row."""
+    from reference.capture import reference_encode, reference_trace
 
     import torch
 
-    arrays = reference_trace(dims, state_dict, mel, torch.float64 if dtype == REFERENCE else dtype,
-                             "cpu" if dtype == REFERENCE else torch_device(device))
+    args = (dims, state_dict, mel, torch.float64 if dtype == REFERENCE else dtype,
+            "cpu" if dtype == REFERENCE else torch_device(device))
+    if not layers:
+        return Trace(_torch_ran(dtype, device), {ENCODER_OUTPUT: reference_encode(*args)} if production else {})
+    arrays = reference_trace(*args)
     if production:
         arrays[ENCODER_OUTPUT] = arrays["encoder.ln_post"]
     return Trace(_torch_ran(dtype, device), arrays)
@@ -88,17 +92,51 @@ def torch_decoder(dims, state_dict, tokens: np.ndarray, features: np.ndarray, dt
     return Trace(_torch_ran(dtype, device), arrays)
 
 
+def max_layer(spec, dims, x, params, dtype: str = "float32", device: str = "cpu",
+              emulate: str | None = None) -> Trace:
+    """A record's one-layer MAX graph on inputs `x` (by name, or one array) with `params`: {record: output}."""
+    from maxwhisper.harness.runners import run_max
+
+    arrays = {spec.name: run_max(spec, dims, x, params, dtype, device, emulate)}
+    return Trace(Ran("max", dtype, device, mode(dtype, device, emulate)), arrays)
+
+
+def torch_layer(spec, dims, x, params, dtype: str = REFERENCE, device: str = "cpu") -> Trace:
+    """openai-whisper's module for the record on the same inputs: float64, or the yardstick in `dtype`."""
+    from maxwhisper.harness.runners import run_reference
+
+    if dtype == REFERENCE:
+        return Trace(_torch_ran(dtype, device), {spec.name: run_reference(spec, dims, x, params)})
+    arrays = {spec.name: run_reference(spec, dims, x, params, dtype, torch_device(device))}
+    return Trace(_torch_ran(dtype, device), arrays)
+
+
 def golden(layers: dict[str, np.ndarray], what: str) -> Trace:
     """A golden fixture's stored float64 reference activations (`what`: its path)."""
     return Trace(Ran("golden", REFERENCE, "cpu", f"stored float64 reference ({what})"), dict(layers))
 
 
-def judge(actual: Trace, reference: Trace, yardstick: Trace, check_of: Callable[[str], Check],
-          input_of: Callable[[str], str | None] = lambda layer: None) -> list[Comparison]:
-    """One Comparison per layer of `actual` (MAX), against `reference` (float64), judged in units of
-    `yardstick`'s own error (PyTorch in MAX's precision)."""
+def _triple(actual: Trace, reference: Trace, yardstick: Trace) -> None:
     if actual.ran.side != "max" or reference.ran.dtype != REFERENCE or yardstick.ran.side != "yardstick":
         raise ValueError(f"judge takes (MAX, float64, yardstick), got ({actual.ran}, {reference.ran}, {yardstick.ran})")
     if yardstick.ran.dtype != actual.ran.dtype:
         raise ValueError(f"the yardstick ran in {yardstick.ran.dtype}, MAX in {actual.ran.dtype}: not one precision")
-    return compare_traces(actual.arrays, reference.arrays, check_of, yardstick.arrays, input_of)
+
+
+def judge(actual: Trace, reference: Trace, yardstick: Trace, check_of: Callable[[str], Check],
+          input_of: Callable[[str], str | None] = lambda layer: None,
+          until_first_failure: bool = False) -> list[Comparison]:
+    """One Comparison per layer of `actual` (MAX), against `reference` (float64), judged in units of
+    `yardstick`'s own error (PyTorch in MAX's precision); with `until_first_failure`, up to the first
+    failing layer (all a localization needs)."""
+    _triple(actual, reference, yardstick)
+    return compare_traces(actual.arrays, reference.arrays, check_of, yardstick.arrays, input_of, until_first_failure)
+
+
+def judge_layer(actual: Trace, reference: Trace, yardstick: Trace, check: Check, x: np.ndarray | None = None,
+                label: str | None = None) -> Comparison:
+    """`judge` for one-layer traces (`max_layer`, `torch_layer`): one Comparison, named `label`; `x` the
+    record's input, for a record judged element by element."""
+    _triple(actual, reference, yardstick)
+    (layer,) = actual.arrays
+    return compare(label or layer, actual.arrays[layer], reference.arrays[layer], check, yardstick.arrays[layer], x)

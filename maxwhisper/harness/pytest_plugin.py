@@ -151,6 +151,38 @@ def fresh(check, *args) -> None:
         pytest.fail(str(e), pytrace=False)
 
 
+def assert_in_order(rows: list, prefix: str, record_parity, ids: list[str]) -> None:
+    """A trace judged in execution order: every row recorded as `prefix:layer`, none failing (else the
+    first failing one's report: where a bug starts), and one row per expected id."""
+    from maxwhisper.harness.compare import first_failure
+
+    for c in rows:
+        c.layer = f"{prefix}:{c.layer}"
+        record_parity(c)
+    bad = first_failure(rows)
+    assert bad is None, bad.report()
+    assert [c.layer for c in rows] == [f"{prefix}:{i}" for i in ids]
+
+
+def golden_fixtures(module, raw: str, checked: str):
+    """Two module fixtures for a golden fixture module (`golden`, `golden_decoder`): `raw`, the checked-in
+    file as read, fresh or not; `checked`, the same refused (every dependent test fails) unless fresh
+    for tiny.en's weights."""
+    from maxwhisper.weights import weights_hash
+
+    @pytest.fixture(scope="module", name=raw)
+    def as_read():
+        return module.load_fixture()
+
+    @pytest.fixture(scope="module", name=checked)
+    def refused_unless_fresh(request, tiny_en):
+        fixture = request.getfixturevalue(raw)
+        fresh(module.check_fresh, fixture, weights_hash(tiny_en[1]))
+        return fixture
+
+    return as_read, refused_unless_fresh
+
+
 def require(what: str) -> None:
     """A test input is missing: skip where that is expected, fail under CI=true (CI has it all, so a
     skip there would hide the failure the test exists to catch)."""

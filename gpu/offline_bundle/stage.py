@@ -1,14 +1,14 @@
 """Stage the GPU run's missing Python packages for the device tool, and plan its calls.
 
-  python3 gpu/stage.py download   cp312 wheels the GPU machine lacks -> gpu/stage/wheels/
-  python3 gpu/stage.py plan       split them into batches under the per-call budget, write
+  python3 gpu/offline_bundle/stage.py download   cp312 wheels the GPU machine lacks -> gpu/stage/wheels/
+  python3 gpu/offline_bundle/stage.py plan       split them into batches under the per-call budget, write
                                   gpu/stage/manifest.json and plan.json, print the device calls
-  python3 gpu/stage.py rehearse   replay those calls here with python3.12 (see stage_rehearse.py)
-  python3 gpu/stage.py speech     jfk.flac and 16 LibriSpeech files -> gpu/stage/speech/ (carried by
+  python3 gpu/offline_bundle/stage.py rehearse   replay those calls here with python3.12 (see stage_rehearse.py)
+  python3 gpu/offline_bundle/stage.py speech     jfk.flac and 16 LibriSpeech files -> gpu/stage/speech/ (carried by
                                   the measuring calls: ../shared/speech does not travel)
-  python3 gpu/stage.py rehearse-calls   the two measuring calls here (--device cpu), then the budget
+  python3 gpu/offline_bundle/stage.py rehearse-calls   the two measuring calls here (--device cpu), then the budget
                                   check (gpu/budget.py); run it with the project's environment
-  python3 gpu/stage.py all        download, plan, rehearse
+  python3 gpu/offline_bundle/stage.py all        download, plan, rehearse
 
 gpu/stage/ holds a .gitignore of '*' (written here), so nothing staged travels uncarried.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import stage_pack
 import stage_wheels
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STAGE = ROOT / "gpu" / "stage"
 
 
@@ -33,7 +33,7 @@ def ensure_ignored() -> None:
     STAGE.mkdir(parents=True, exist_ok=True)
     gi = STAGE / ".gitignore"
     if not gi.exists():
-        gi.write_text("# written by gpu/stage.py: everything here is generated\n*\n")
+        gi.write_text("# written by gpu/offline_bundle/stage.py: everything here is generated\n*\n")
 
 
 def cmd_download(args) -> int:
@@ -57,7 +57,7 @@ def cmd_plan(args) -> int:
     ensure_ignored()
     files = sorted((STAGE / "wheels").glob("*.whl"))
     if not files:
-        print("no wheels in gpu/stage/wheels: run `python3 gpu/stage.py download` first")
+        print("no wheels in gpu/stage/wheels: run `python3 gpu/offline_bundle/stage.py download` first")
         return 1
     unmet = stage_wheels.check_closure(files)
     if unmet:
@@ -68,7 +68,7 @@ def cmd_plan(args) -> int:
     manifest = stage_pack.write_batches(files, STAGE, budget, tree)
     speech = STAGE / "speech"
     if not (speech / "transcripts.tsv").exists():
-        print("WARNING: no gpu/stage/speech: run `python3 gpu/stage.py speech` (verify falls back to eSpeak NG "
+        print("WARNING: no gpu/stage/speech: run `python3 gpu/offline_bundle/stage.py speech` (verify falls back to eSpeak NG "
               "and the pipeline step has no files)")
     calls = stage_pack.calls(manifest, merge_last=not args.separate_run,
                              speech_bytes=stage_pack.folder_bytes(speech) if speech.exists() else 0)
@@ -88,7 +88,7 @@ def cmd_rehearse(args) -> int:
     import stage_rehearse
 
     if not (STAGE / "plan.json").exists():
-        print("no gpu/stage/plan.json: run `python3 gpu/stage.py plan` first")
+        print("no gpu/stage/plan.json: run `python3 gpu/offline_bundle/stage.py plan` first")
         return 1
     python = stage_rehearse.find_python312(args.python)
     return stage_rehearse.rehearse(ROOT, STAGE, python, keep=args.keep)

@@ -156,7 +156,7 @@ def calls(manifest: dict, stage_rel: str = "gpu/stage", merge_last: bool = True,
     out = []
     for b in manifest["batches"]:
         carry = f"{stage_rel}/{b['dir']}"
-        out.append({"carry": [carry], "command": f"python3 gpu/rejoin.py recv {carry}",
+        out.append({"carry": [carry], "command": f"python3 gpu/offline_bundle/rejoin.py recv {carry}",
                     "timeout_s": BATCH_TIMEOUT_S, "batch_bytes": b["bytes"]})
     run = "bash gpu/run.sh stage"
     if merge_last and out:
