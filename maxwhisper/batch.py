@@ -22,11 +22,14 @@ import torch
 import whisper
 from whisper.decoding import DecodingOptions, DecodingResult
 
+from maxwhisper import inference
+
 
 @dataclass
 class _Call:
     mel: torch.Tensor
     options: DecodingOptions
+    generator: torch.Generator | None = None  # the file's own, for sampling (temperature > 0)
     result: DecodingResult | None = None
     error: BaseException | None = None
     done: bool = False
@@ -37,7 +40,12 @@ class DecodeBatcher:
 
     def __init__(self, model: whisper.model.Whisper, batch_size: int):
         self.model, self.batch_size = model, batch_size
-        self.decode_batch = type(model).decode  # the model's own decode (MAX or PyTorch inference)
+        # openai-whisper's decode fails on several audios with beam search or best_of: ours is its code with
+        # that fixed (`inference.GroupedTask`), for its PyTorch model and for the MAX decoder model alike
+        own = type(model).decode
+        self.grouped = own in (whisper.model.Whisper.decode, inference.decode)
+        self.decode_batch = inference.decode if self.grouped else own
+        self.local = threading.local()  # each worker's file generator (`transcribe_many`)
         self.cond = threading.Condition()
         self.running = 0
         self.waiting: list[_Call] = []
@@ -49,7 +57,7 @@ class DecodeBatcher:
             options = replace(options, **kwargs)
         if mel.ndim != 2:  # transcribe decodes one window at a time
             raise ValueError(f"batched transcription serves single (n_mels, frames) windows, got {tuple(mel.shape)}")
-        call = _Call(mel, options)
+        call = _Call(mel, options, getattr(self.local, "generator", None))
         with self.cond:
             self.waiting.append(call)
             self.cond.notify_all()
@@ -91,7 +99,12 @@ class DecodeBatcher:
                 chunk = group[i:i + self.batch_size]
                 sizes.append(len(chunk))
                 try:
-                    results = self.decode_batch(self.model, torch.stack([c.mel for c in chunk]), chunk[0].options)
+                    mels, options = torch.stack([c.mel for c in chunk]), chunk[0].options
+                    generators = [c.generator for c in chunk]
+                    if self.grouped and None not in generators:
+                        results = self.decode_batch(self.model, mels, options, generators)
+                    else:
+                        results = self.decode_batch(self.model, mels, options)
                     for c, r in zip(chunk, results):
                         c.result = r
                 except BaseException as e:  # every caller of the batch gets the error
@@ -108,8 +121,11 @@ def transcribe_many(model: whisper.model.Whisper, audios: Sequence[np.ndarray], 
     """`maxwhisper.transcribe.transcribe` of every audio, their decodes batched `batch_size` at a time.
 
     Returns one openai-whisper result dict per audio, in order; each equals that file's own
-    sequential transcription (the tests check it token for token). `rounds`, if given, receives the
-    batch sizes decoded in each round. `model` is not modified.
+    sequential transcription (the tests check it token for token), for every decoding option. Sampling
+    (best_of, the temperature fallback) draws each file's tokens from a generator of its own, started
+    from torch's global state at this call: a file gets what `transcribe` gives it alone from that state,
+    and the global generator is not advanced. `rounds`, if given, receives the batch sizes decoded in
+    each round. `model` is not modified.
     """
     from maxwhisper.transcribe import transcribe
 
@@ -119,6 +135,7 @@ def transcribe_many(model: whisper.model.Whisper, audios: Sequence[np.ndarray], 
         if not isinstance(a, np.ndarray) or a.ndim != 1 or a.size == 0 or not np.isfinite(a).all():
             raise ValueError(f"audio {i} must be non-empty, finite, 1-D float32 samples at 16 kHz")
     batcher = DecodeBatcher(model, batch_size)
+    start = torch.get_rng_state()
     # whisper.transcribe calls model.decode: the workers get a shallow copy (same modules and weights)
     # whose decode is the batcher's, so the caller's model is never patched
     view = copy.copy(model)
@@ -135,6 +152,7 @@ def transcribe_many(model: whisper.model.Whisper, audios: Sequence[np.ndarray], 
                     if not queue or errors:
                         return
                     i = queue.pop()
+                batcher.local.generator = torch.Generator().set_state(start)
                 try:
                     results[i] = transcribe(view, audios[i], **options)
                 except BaseException as e:

@@ -9,24 +9,31 @@ filters, timestamp rules, suppressed tokens, beam search, best_of, temperature f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
-from whisper.decoding import BeamSearchDecoder, DecodingOptions, DecodingTask, Inference
+from torch.distributions import Categorical
+from torch.nn import functional as F
+from whisper.decoding import BeamSearchDecoder, DecodingOptions, DecodingTask, GreedyDecoder, Inference
 from whisper.model import Whisper
 
 from maxwhisper.decoder import DecoderState, MaxDecoder
+from maxwhisper.seams import seam
 
 
 class MaxInference(Inference):
     """openai-whisper's `PyTorchInference`, answered by the MAX decoder."""
 
-    def __init__(self, decoder: MaxDecoder, initial_token_length: int):
-        self.decoder, self.initial_token_length = decoder, initial_token_length
+    def __init__(self, decoder: MaxDecoder, initial_token_length: int, n_group: int = 1):
+        self.decoder, self.initial_token_length, self.n_group = decoder, initial_token_length, n_group
         self.state: DecoderState | None = None
 
+    @seam
     def logits(self, tokens: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
         if self.state is None:  # first call of a decoding run: cross-attention K/V, empty cache
+            if self.n_group > 1 and len(audio_features) == len(tokens):  # repeated per sequence (GroupedTask)
+                audio_features = audio_features[:: self.n_group]
             group, rest = divmod(tokens.shape[0], audio_features.shape[0])
             if rest:
                 raise ValueError(f"{tokens.shape[0]} token rows for {audio_features.shape[0]} audio features")
@@ -37,30 +44,85 @@ class MaxInference(Inference):
         logits = self.state.step(tokens.cpu().numpy())
         return torch.from_numpy(logits).to(audio_features.device)
 
+    @seam
     def rearrange_kv_cache(self, source_indices) -> None:
         if self.state is not None:
             self.state.reorder(source_indices)
 
+    @seam
     def cleanup_caching(self) -> None:
         self.state = None
 
 
-class MaxDecodingTask(DecodingTask):
-    def __init__(self, model: MaxDecoderWhisper, options: DecodingOptions):
+class PerAudioSampler(GreedyDecoder):
+    """openai-whisper's `GreedyDecoder`, sampling each audio's rows (at temperature > 0) from that audio's
+    own generator: a file in a batch draws what it would draw transcribed alone from the same state."""
+
+    def __init__(self, temperature: float, eot: int, generators: Sequence[torch.Generator]):
+        super().__init__(temperature, eot)
+        self.generators = list(generators)
+
+    def update(self, tokens: torch.Tensor, logits: torch.Tensor, sum_logprobs: torch.Tensor):
+        if self.temperature == 0:
+            return super().update(tokens, logits, sum_logprobs)
+        probs = Categorical(logits=logits / self.temperature).probs  # row by row, as Categorical.sample
+        rows = len(probs) // len(self.generators)
+        next_tokens = torch.cat([torch.multinomial(probs[i * rows:(i + 1) * rows], 1, True, generator=g)[:, 0]
+                                 for i, g in enumerate(self.generators)])
+        # the rest is GreedyDecoder.update's
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+        current_logprobs = logprobs[torch.arange(logprobs.shape[0]), next_tokens]
+        sum_logprobs += current_logprobs * (tokens[:, -1] != self.eot)
+        next_tokens[tokens[:, -1] == self.eot] = self.eot
+        tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
+        return tokens, (tokens[:, -1] == self.eot).all()
+
+
+class GroupedTask(DecodingTask):
+    """openai-whisper's `DecodingTask`, right for several audios with several sequences each (beam search,
+    best_of). openai-whisper repeats the tokens by the group but not the audio features, then keeps every
+    n_group-th feature row, so with more than one audio its own assertion fails; here the features are
+    repeated as that slicing assumes. One audio takes openai-whisper's path unchanged. With `generators`
+    (one per audio), sampling draws each audio's rows from its own (`PerAudioSampler`)."""
+
+    def __init__(self, model: Whisper, options: DecodingOptions, generators: Sequence[torch.Generator] | None = None):
         super().__init__(model, options)
-        self.inference = MaxInference(model.max_decoder, len(self.initial_tokens))
+        self.generators = generators
+        if generators is not None and options.beam_size is None:
+            self.decoder = PerAudioSampler(options.temperature, self.tokenizer.eot, generators)
+
+    def _get_audio_features(self, mel: torch.Tensor):
+        features = super()._get_audio_features(mel)
+        if self.n_group > 1 and len(mel) > 1 and self.options.task != "lang_id":
+            return features.repeat_interleave(self.n_group, dim=0)
+        return features
+
+    def _detect_language(self, audio_features: torch.Tensor, tokens: torch.Tensor):
+        if len(audio_features) != len(tokens):  # repeated above: one row per audio for the detection
+            audio_features = audio_features[:: self.n_group]
+        return super()._detect_language(audio_features, tokens)
+
+
+class MaxDecodingTask(GroupedTask):
+    def __init__(self, model: MaxDecoderWhisper, options: DecodingOptions,
+                 generators: Sequence[torch.Generator] | None = None):
+        super().__init__(model, options, generators)
+        self.inference = MaxInference(model.max_decoder, len(self.initial_tokens), self.n_group)
         if isinstance(self.decoder, BeamSearchDecoder):  # it rearranges the cache through this object
             self.decoder.inference = self.inference
 
 
 @torch.no_grad()
-def decode(model: MaxDecoderWhisper, mel: torch.Tensor, options: DecodingOptions = DecodingOptions(), **kwargs):
-    """openai-whisper's `decode`, line for line, with `MaxDecodingTask` for `DecodingTask`."""
+def decode(model: Whisper, mel: torch.Tensor, options: DecodingOptions = DecodingOptions(),
+           generators: Sequence[torch.Generator] | None = None, **kwargs):
+    """openai-whisper's `decode`, line for line, with `MaxDecodingTask` (a MAX decoder model) or
+    `GroupedTask` (openai-whisper's PyTorch model) for `DecodingTask`; `generators` as `GroupedTask`'s."""
     if single := mel.ndim == 2:
         mel = mel.unsqueeze(0)
     if kwargs:
         options = replace(options, **kwargs)
-    result = MaxDecodingTask(model, options).run(mel)
+    task = MaxDecodingTask if isinstance(model, MaxDecoderWhisper) else GroupedTask
+    result = task(model, options, generators).run(mel)
     return result[0] if single else result
 
 

@@ -170,11 +170,14 @@ def test_cli_transcribe_batch_with_one_bad_file(speech_dir, tmp_path):
 def test_e2e_beam_search_and_fallback_equal_pytorch(speech_dir, pipelines):
     """beam_size 5 (the cache is rearranged between steps) and best_of 3 with a temperature schedule
     (sampling draws from torch's generator: seeded alike, equal logits give equal draws), on jfk.flac and
-    the first 3 LibriSpeech utterances."""
+    the first 3 LibriSpeech utterances. Then the same four files batched (`transcribe_many`, batch 4:
+    several distinct audios with several sequences each, the path openai-whisper's own decode fails on),
+    through both pipelines: each file's tokens are its sequential ones."""
     rows = transcripts(speech_dir)[:4]
+    audios = [load_audio(speech_dir / r["file"]) for r in rows]
     for options in (dict(beam_size=5), dict(temperature=(0.0, 0.4), best_of=3, logprob_threshold=0.0)):
-        for row in rows:
-            audio = load_audio(speech_dir / row["file"])
+        sequential = []
+        for row, audio in zip(rows, audios):
             got = []
             for p in pipelines:
                 torch.manual_seed(0)
@@ -183,6 +186,14 @@ def test_e2e_beam_search_and_fallback_equal_pytorch(speech_dir, pipelines):
             assert _tokens(m) == _tokens(t), f"{row['file']} {options}: MAX {m['text']!r} vs PyTorch {t['text']!r}"
             if "best_of" in options:  # logprob_threshold 0 forces the fallback to temperature 0.4
                 assert {s["temperature"] for s in m["segments"]} == {0.4}
+            sequential.append(_tokens(m))
+        for name, p in zip(("MAX", "PyTorch"), pipelines):
+            torch.manual_seed(0)
+            rounds = []
+            batched = transcribe_many(p, audios, 4, rounds, **options)
+            assert max(max(r) for r in rounds) > 1, f"{name} {options}: nothing was batched"
+            for row, got, seq in zip(rows, batched, sequential):
+                assert _tokens(got) == seq, f"{name} batched {options}: {row['file']} {got['text']!r}"
 
 
 def test_e2e_batched_equals_sequential_and_pytorch(speech_dir, corpus, pipelines):
