@@ -23,6 +23,7 @@ import whisper
 from whisper.decoding import DecodingOptions, DecodingResult
 
 from maxwhisper import inference
+from maxwhisper.seams import seam
 
 
 @dataclass
@@ -105,8 +106,7 @@ class DecodeBatcher:
                         results = self.decode_batch(self.model, mels, options, generators)
                     else:
                         results = self.decode_batch(self.model, mels, options)
-                    for c, r in zip(chunk, results):
-                        c.result = r
+                    deliver(chunk, results)
                 except BaseException as e:  # every caller of the batch gets the error
                     for c in chunk:
                         c.error = e
@@ -114,6 +114,13 @@ class DecodeBatcher:
                     c.done = True
         self.rounds.append(sizes)
         self.cond.notify_all()
+
+
+@seam
+def deliver(chunk: list[_Call], results: list[DecodingResult]) -> None:
+    """Each call of a decoded batch gets its own row's result."""
+    for c, r in zip(chunk, results, strict=True):
+        c.result = r
 
 
 def transcribe_many(model: whisper.model.Whisper, audios: Sequence[np.ndarray], batch_size: int = 8,

@@ -22,6 +22,7 @@ from whisper.model import ModelDimensions
 
 from maxwhisper import layers
 from maxwhisper.precision import dtype_of, form, param_dtype
+from maxwhisper.seams import seam
 from maxwhisper.runtime import Compiled, device_buffer, device_ref, host_float32, host_raw, weight_lookup
 from maxwhisper.tf32 import products
 
@@ -140,6 +141,7 @@ class MaxDecoder:
             self._compiled[which] = Compiled(graph, self.device, self.weights, names, kinds)
         return self._compiled[which]
 
+    @seam
     def start(self, features: np.ndarray, group: int = 1) -> DecoderState:
         """A decoding run over `features` (n_audio, n_audio_ctx, n_audio_state) with `group` sequences
         per audio (beam search, best_of: openai-whisper repeats the tokens, not the features), rows
@@ -196,6 +198,7 @@ class DecoderState:
         self.length += tokens.shape[1]
         return host_float32(logits)
 
+    @seam
     def reorder(self, source: Sequence[int]) -> None:
         """Row i of the self-attention cache becomes row source[i] (beam search's rearrangement)."""
         source = np.asarray(source, np.int64)

@@ -16,6 +16,7 @@ from maxwhisper import layers
 from maxwhisper.decoder import MaxDecoder
 from maxwhisper.layers import cast
 from maxwhisper.precision import dtype_of, form, param_dtype
+from maxwhisper.seams import seam
 from maxwhisper.runtime import Compiled, device_ref, weight_lookup
 from maxwhisper.tf32 import products
 from maxwhisper.weights import load_weights
@@ -125,6 +126,7 @@ class MaxWhisper:
             self._pipeline = pipeline_model(self)
         return transcribe(self._pipeline, audio, **options)
 
+    @seam
     def encode(self, mel: np.ndarray) -> np.ndarray:
         """(batch, n_mels, 3000) float32 log-mel -> (batch, 1500, n_audio_state) float32."""
         mel = check_mel(mel, self.dims)

@@ -43,9 +43,9 @@ def test_compare_flags_growth_beyond_the_factor_and_missing_layers(baseline):
     layer = "encoder.blocks.2.mlp.0"
     now["golden"][layer]["max"]["norm"] *= 2.5
     del now["random-0"]["encoder.ln_post"]
-    bad = [(r.input, r.layer) for r in diff.compare(baseline, now) if r.regressed]
+    bad = [(r.input, r.layer) for r in diff.regressions(baseline, now) if r.regressed]
     assert bad == [("golden", layer), ("random-0", "encoder.ln_post")]
-    assert not any(r.regressed for r in diff.compare(baseline, now, factor=3.0) if r.layer == layer)
+    assert not any(r.regressed for r in diff.regressions(baseline, now, factor=3.0) if r.layer == layer)
 
 
 def test_diff_refuses_a_bad_baseline_with_exit_2(tmp_path, capsys):

@@ -101,7 +101,7 @@ def cmd_diff(args) -> int:
 
     model = load_model(args.model, device=args.device)
     print(f"MAX: {mode('float32', args.device)}\nyardstick: {describe('float32', args.device)}")
-    rows = diff.compare(baseline, diff.measure(model), args.factor)
+    rows = diff.regressions(baseline, diff.measure(model), args.factor)
     print(diff.format_rows(rows))
     bad = next((r for r in rows if r.regressed), None)
     print(f"first layer whose error grew more than {args.factor:g}x: {bad.input} {bad.layer}" if bad else

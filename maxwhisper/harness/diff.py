@@ -79,7 +79,7 @@ def load(path: str | Path) -> dict:
     return data
 
 
-def compare(baseline: dict, current: dict, factor: float = FACTOR) -> list[Row]:
+def regressions(baseline: dict, current: dict, factor: float = FACTOR) -> list[Row]:
     """One row per (input, layer) of the baseline; a layer missing now is a regression."""
     rows = []
     for name, layers in baseline["inputs"].items():

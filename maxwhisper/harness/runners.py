@@ -7,7 +7,6 @@ array for a single-input record.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import astuple
 
@@ -19,7 +18,7 @@ from whisper.model import ModelDimensions
 from maxwhisper.device import parse_device
 from reference import modules as ref
 from reference.yardstick import setup
-from maxwhisper.harness.registry import SPECS, LayerSpec
+from maxwhisper.harness.registry import LayerSpec
 from maxwhisper.precision import dtype_of, form
 from maxwhisper.runtime import Compiled, device_ref, functional_graph
 from maxwhisper.tf32 import products
@@ -41,19 +40,21 @@ def _input_dtypes(spec: LayerSpec) -> dict[str, DType]:
     return {n: DType.int64 for n, t in spec.input_dtypes().items() if t == "int64"}
 
 
-@functools.cache
-def _compiled(name: str, dims: tuple, dtype: str, device: str, emulate: str | None) -> Compiled:
-    spec, d, f = SPECS[name], ModelDimensions(*dims), form(dtype, device, emulate)
-    graph, _ = functional_graph(name + f.suffix, lambda x, s: spec.build(x, s, d), spec.input_shapes(d),
-                                spec.param_shapes(d), device_ref(device), dtype_of(dtype),
-                                input_dtypes=_input_dtypes(spec), product=products(f))
-    return Compiled(graph, device)
+_COMPILED: dict[tuple, tuple[LayerSpec, Compiled]] = {}
 
 
 def compile_layer(spec: LayerSpec, dims: ModelDimensions, dtype: str = "float32", device: str = "cpu",
                   emulate: str | None = None) -> Compiled:
-    """The record's one-layer graph (weights as inputs), compiled once per (layer, dims, precision form)."""
-    return _compiled(spec.name, astuple(dims), dtype, device, emulate)
+    """The record's one-layer graph (weights as inputs), compiled once per (record, dims, precision form):
+    the record given, which need not be the registry's."""
+    key = (id(spec), astuple(dims), dtype, device, emulate)
+    if key not in _COMPILED:  # the record is kept beside its graph, so its id is not reused
+        f = form(dtype, device, emulate)
+        graph, _ = functional_graph(spec.name + f.suffix, lambda x, s: spec.build(x, s, dims), spec.input_shapes(dims),
+                                    spec.param_shapes(dims), device_ref(device), dtype_of(dtype),
+                                    input_dtypes=_input_dtypes(spec), product=products(f))
+        _COMPILED[key] = (spec, Compiled(graph, device))
+    return _COMPILED[key][1]
 
 
 def run_max(spec: LayerSpec, dims: ModelDimensions, x, params: Mapping[str, np.ndarray],
