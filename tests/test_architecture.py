@@ -16,6 +16,8 @@ from maxwhisper.runtime import device_ref, weight_lookup
 from maxwhisper.sizes import SIZES
 from maxwhisper.weights import expected_shapes
 
+pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_MODULES = ["maxwhisper", "maxwhisper.model", "maxwhisper.layers", "maxwhisper.runtime", "maxwhisper.weights",
                  "maxwhisper.ct2", "maxwhisper.audio", "maxwhisper.sizes", "maxwhisper.transcribe", "maxwhisper.cli",

@@ -28,6 +28,8 @@ from maxwhisper.runtime import Compiled, device_ref, weight_lookup
 from maxwhisper.weights import weights_hash
 from mutants import DECODER_BUGS, assert_caught_at
 
+pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription
+
 PROMPT = 6  # sot, notimestamps and 4 words' tokens in the first step
 
 

@@ -10,6 +10,8 @@ from maxwhisper.cli import main
 from maxwhisper.harness import diff
 from maxwhisper.model import MaxWhisper
 
+pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription
+
 
 @pytest.fixture(scope="module")
 def baseline():

@@ -22,6 +22,8 @@ from maxwhisper.trace import encoder_trace
 from maxwhisper.weights import weights_hash
 from reference.capture import layer_ids
 
+pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription
+
 TINY_EN = SIZES[g.MODEL]
 LAYERS = layer_ids(TINY_EN.n_audio_layer)
 CHECK, INPUT = check_of(TINY_EN, guard=True), input_of(TINY_EN)

@@ -28,6 +28,8 @@ from maxwhisper.sizes import SIZES
 from maxwhisper.trace import decoder_trace
 from maxwhisper.weights import weights_hash
 
+pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription
+
 TINY_EN = SIZES[gd.MODEL]
 LAYERS = [t.id for t in decoder_trace(TINY_EN.n_text_layer)]
 CHECK, INPUT = check_of(TINY_EN, guard=True), input_of(TINY_EN)

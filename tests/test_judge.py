@@ -6,6 +6,8 @@ import pytest
 from maxwhisper.harness.compare import Check, Tolerance, compare
 from maxwhisper.harness.judge import EPS, Rule, judge, scaled_error
 
+pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription
+
 RULE = Rule(k_norm=8, k_quantile=8, k_max=32)
 rng = np.random.default_rng(0)
 REF = rng.standard_normal((2, 50, 64))

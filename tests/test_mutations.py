@@ -24,6 +24,8 @@ from maxwhisper.model import emit_encoder, mel_type
 from maxwhisper.runtime import Compiled, device_ref, weight_lookup
 from mutants import BUGS, NEAR_THRESHOLD, assert_caught_at
 
+pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription
+
 # Near-threshold mutants the absolute float32 guard alone (atol 1e-4 + rtol x row max) lets through at
 # their layer, measured on the golden mel: the derived rule is what catches them.
 GUARD_MISSES = {"layer_norm_eps_1e-6", "gelu_tanh_block3_mlp"}

@@ -22,6 +22,8 @@ from maxwhisper.harness.inputs import random_mel, random_weights
 from maxwhisper.harness.registry import ENCODER_OUTPUT, SPECS
 from maxwhisper.sizes import SIZES
 
+pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription
+
 ENCODER = SPECS["encoder"]
 TINY, BASE = SIZES["tiny"], SIZES["base"]
 # large-v3's 128 mel bins on a small, fast encoder: any ModelDimensions builds a working graph.

@@ -26,6 +26,8 @@ from maxwhisper.harness.pytest_plugin import axis
 from maxwhisper.harness.registry import SPECS
 from maxwhisper.sizes import SIZES
 
+pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription
+
 TINY_EN = SIZES["tiny.en"]
 LAYERS = [name for name in SPECS if name != "encoder"]  # the encoder has its own file
 CASES = [pytest.param(name, regime, id=f"{name}-{regime}") for name in LAYERS for regime in SPECS[name].regimes]
@@ -36,11 +38,13 @@ MAX_FRAMES, SHORT = TINY_EN.n_audio_ctx, 48
 
 def _judge(label, spec, x, params, actual: P.Trace, record_parity, device="cpu", dtype="float32"):
     """MAX's `actual` against float64, in units of PyTorch's error in the same dtype on the same inputs
-    (on the same kind of device); an element-wise record is scaled by its (single) input."""
+    (on the same kind of device), or in float32 of a sequential-order sum's where the record has one and
+    it is larger; an element-wise record is scaled by its (single) input."""
     expected = P.torch_layer(spec, TINY_EN, x, params)
     same = P.torch_layer(spec, TINY_EN, x, params, dtype, device)
     first = next(iter(x.values())) if len(x) == 1 else None
-    record_parity(passed(P.judge_layer(actual, expected, same, spec.check(dtype), first, label)))
+    order = P.order_layer(spec, TINY_EN, x, params) if dtype == "float32" else None
+    record_parity(passed(P.judge_layer(actual, expected, same, spec.check(dtype), first, label, order)))
 
 
 def _input(spec, rng, batch: int, length: int, regime: str, odd_frames: bool = False) -> dict:
@@ -122,3 +126,29 @@ def test_conv_stem_parity_odd_frames(frames, device, record_parity):
     actual = P.max_layer(spec, TINY_EN, mel, params, device=device)
     assert actual.arrays["conv_stem"].shape == (2, (frames + 1) // 2, TINY_EN.n_audio_state)
     _judge(f"conv_stem[{frames} frames]", spec, mel, params, actual, record_parity, device)
+
+
+def test_sequential_yardstick_still_fails_layer_norm_eps_1e_6(record_parity):
+    """The second yardstick (float32 summed in sequential order, `reference.sequential`) widens the bound
+    where summation order matters (LayerNorm of near-constant rows on large offsets); the near-threshold
+    LayerNorm mutant (eps 1e-6) must still fail there, by its ratio over k."""
+    from max.dtype import DType
+
+    from maxwhisper import seams
+    from maxwhisper.runtime import Compiled, device_ref, functional_graph
+    from mutants import _eps
+
+    spec = SPECS["layer_norm"]
+    with seams.inject("layers.layer_norm", _eps(1e-6)):
+        graph, _ = functional_graph("layer_norm_eps_mutant", lambda xs, s: spec.build(xs, s, TINY_EN),
+                                    spec.input_shapes(TINY_EN), spec.param_shapes(TINY_EN), device_ref("cpu"), DType.float32)
+    mutant = Compiled(graph, "cpu")
+    for seed in range(3):
+        spec, x, params = _case("layer_norm", "extreme", seed, 2, 7, 7)
+        out = mutant(x["x"], *(params[k] for k in spec.param_shapes(TINY_EN)))[0]
+        bugged = P.Trace(P.max_layer(spec, TINY_EN, x, params).ran, {"layer_norm": out})
+        c = P.judge_layer(bugged, P.torch_layer(spec, TINY_EN, x, params), P.torch_layer(spec, TINY_EN, x, params, "float32"),
+                          spec.check(), label=f"mutant layer_norm eps 1e-6 [extreme, seed {seed}]",
+                          order=P.order_layer(spec, TINY_EN, x, params))
+        record_parity(c)
+        assert not c.passed and c.verdict.order is not None, c.report()

@@ -19,6 +19,8 @@ from maxwhisper.harness.registry import ENCODER_OUTPUT, check_of, input_of
 from maxwhisper.sizes import SIZES
 from maxwhisper.weights import to_torch_model
 
+pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription
+
 TINY_EN = SIZES["tiny.en"]
 LAYERS = layer_ids(TINY_EN.n_audio_layer)
 CHECK, INPUT = check_of(TINY_EN, guard=True), input_of(TINY_EN)

@@ -20,6 +20,8 @@ from maxwhisper.precision import PRECISIONS, dtype_of, mode
 from maxwhisper.runtime import Compiled, device_ref, functional_graph
 from maxwhisper.sizes import SIZES
 
+pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription
+
 TINY_EN = SIZES["tiny.en"]
 
 

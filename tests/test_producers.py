@@ -11,6 +11,8 @@ from maxwhisper.harness import producers as p
 from maxwhisper.harness.compare import Check
 from maxwhisper.harness.registry import RULE
 
+pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription
+
 CHECK = Check(RULE, None, "float32")
 
 

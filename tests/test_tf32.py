@@ -28,6 +28,8 @@ from maxwhisper.precision import PRECISIONS, form, mode, row
 from maxwhisper.runtime import Compiled, device_ref
 from maxwhisper.sizes import SIZES
 
+pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription
+
 TINY_EN = SIZES["tiny.en"]
 MASK = np.uint32(0xFFFFE000)  # PTX: a .tf32 operand is the float32's sign, exponent and top 10 mantissa bits
 

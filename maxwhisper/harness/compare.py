@@ -100,9 +100,11 @@ def _failed(layer, shape, check, problem) -> Comparison:
 
 
 def compare(layer: str, actual: np.ndarray, expected: np.ndarray, check: Check,
-            yardstick: np.ndarray | None = None, x: np.ndarray | None = None, n_pairs: int = 4) -> Comparison:
+            yardstick: np.ndarray | None = None, x: np.ndarray | None = None, n_pairs: int = 4,
+            order: np.ndarray | None = None) -> Comparison:
     """Judge MAX's `actual` against the float64 `expected`; `yardstick` is PyTorch's result in the
-    check's dtype (needed by a rule), `x` the layer's input (for an element-scaled rule)."""
+    check's dtype (needed by a rule), `x` the layer's input (for an element-scaled rule), `order` a
+    sequential-order float32 result (`judge.judge`)."""
     if check.rule is not None and yardstick is None:
         raise ValueError(f"{layer}: the derived rule needs PyTorch's same-dtype result as the yardstick")
     actual, expected = np.asarray(actual), np.asarray(expected)
@@ -126,7 +128,7 @@ def compare(layer: str, actual: np.ndarray, expected: np.ndarray, check: Check,
             failed_by.append(f"absolute guard ({check.guard})")
     if check.rule is not None:
         rank = scaled_error(a, e, check.rule.scale, x)  # computed once: the rule's figures use it too
-        verdict = judge(a, yardstick, e, check.rule, check.dtype, x, scaled=rank)
+        verdict = judge(a, yardstick, e, check.rule, check.dtype, x, scaled=rank, order=order)
         failed_by += [f"{f} ratio {verdict.ratios[f]:.1f} > k" for f in verdict.failed]
     worst = np.unravel_index(int(np.argmax(rank)), diff.shape)
     flat = rank.ravel()

@@ -104,16 +104,23 @@ class Verdict:
     ratios: dict                 # figure -> MAX figure / yardstick figure (inf where the yardstick is 0)
     needed: dict                 # figure -> the smallest k that would have passed it
     failed: tuple[str, ...]      # the figures over their bound
+    order: Errors | None = None  # a sequential-order float32 computation's, where the record has one
 
 
 def judge(actual: np.ndarray, yardstick: np.ndarray, reference: np.ndarray, rule: Rule,
-          dtype: str = "float32", x: np.ndarray | None = None, scaled: np.ndarray | None = None) -> Verdict:
+          dtype: str = "float32", x: np.ndarray | None = None, scaled: np.ndarray | None = None,
+          order: np.ndarray | None = None) -> Verdict:
     """Judge `actual` (MAX) by `yardstick` (PyTorch, same dtype), both against `reference` (float64);
-    `x` is the layer's input, for an element-scaled rule; `scaled`, `actual`'s scaled error if known."""
+    `x` is the layer's input, for an element-scaled rule; `scaled`, `actual`'s scaled error if known.
+    With `order` (float32 summed in sequential order, `reference.sequential`), each figure's unit is
+    the larger of the two errors: a kernel summing in any correctly rounded order passes."""
     if dtype not in EPS:
         raise ValueError(f"dtype {dtype!r}: expected one of {sorted(EPS)}")
     floor = rule.floor_eps * EPS[dtype]
     m, t = errors(actual, reference, rule, x, scaled), errors(yardstick, reference, rule, x)
+    o = errors(order, reference, rule, x) if order is not None else None
+    if o is not None:
+        t = Errors(max(t.norm, o.norm), max(t.quantile, o.quantile), max(t.max, o.max), t.worst)
     ks = {"norm": rule.k_norm, "quantile": rule.k_quantile, "max": rule.k_max}
     bounds = {f: ks[f] * getattr(t, f) + floor for f in ks}
     ratios = {f: (getattr(m, f) / getattr(t, f)) if getattr(t, f) > 0 else
@@ -121,4 +128,4 @@ def judge(actual: np.ndarray, yardstick: np.ndarray, reference: np.ndarray, rule
     failed = tuple(f for f in ks if not getattr(m, f) <= bounds[f])  # NaN fails
     need = {f: max(getattr(m, f) - floor, 0.0) / getattr(t, f) if getattr(t, f) > 0 else
             (0.0 if getattr(m, f) <= floor else float("inf")) for f in ks}
-    return Verdict(not failed, m, t, bounds, ratios, need, failed)
+    return Verdict(not failed, m, t, bounds, ratios, need, failed, o)

@@ -111,6 +111,15 @@ def torch_layer(spec, dims, x, params, dtype: str = REFERENCE, device: str = "cp
     return Trace(_torch_ran(dtype, device), arrays)
 
 
+def order_layer(spec, dims, x, params) -> Trace | None:
+    """The record in float32 summed in plain sequential order (`reference.sequential`), where it has
+    that form: the second yardstick, for a kernel whose summation order differs from PyTorch's."""
+    if spec.sequential is None:
+        return None
+    arrays = {spec.name: spec.sequential(x if isinstance(x, dict) else {spec.inputs[0].name: x}, params)}
+    return Trace(Ran("order", "float32", "cpu", "numpy float32, sequential summation"), arrays)
+
+
 def golden(layers: dict[str, np.ndarray], what: str) -> Trace:
     """A golden fixture's stored float64 reference activations (`what`: its path)."""
     return Trace(Ran("golden", REFERENCE, "cpu", f"stored float64 reference ({what})"), dict(layers))
@@ -134,9 +143,13 @@ def judge(actual: Trace, reference: Trace, yardstick: Trace, check_of: Callable[
 
 
 def judge_layer(actual: Trace, reference: Trace, yardstick: Trace, check: Check, x: np.ndarray | None = None,
-                label: str | None = None) -> Comparison:
+                label: str | None = None, order: Trace | None = None) -> Comparison:
     """`judge` for one-layer traces (`max_layer`, `torch_layer`): one Comparison, named `label`; `x` the
-    record's input, for a record judged element by element."""
+    record's input, for a record judged element by element; `order` (`order_layer`), where given,
+    the second yardstick (float32 precisions only: it is float32 arithmetic)."""
     _triple(actual, reference, yardstick)
+    if order is not None and actual.ran.dtype != "float32":
+        raise ValueError(f"the sequential-order yardstick is float32's; MAX ran in {actual.ran.dtype}")
     (layer,) = actual.arrays
-    return compare(label or layer, actual.arrays[layer], reference.arrays[layer], check, yardstick.arrays[layer], x)
+    return compare(label or layer, actual.arrays[layer], reference.arrays[layer], check, yardstick.arrays[layer], x,
+                   order=None if order is None else order.arrays[layer])
