@@ -10,12 +10,15 @@ a precision regression or a plausible typo makes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
+import numpy as np
 from max.dtype import DType
 from max.graph import ops
 
 from maxwhisper import layers, seams
+from maxwhisper.decoder import DecoderState
+from maxwhisper.runtime import host_raw
 from maxwhisper.tf32 import tf32_product
 
 def assert_caught_at(comparisons, bug: str, where: str | None, record_parity, model: str = "encoder") -> None:
@@ -58,7 +61,7 @@ def _scaled_twice(qkv_attention):
 
 
 def _scale_off_1pct(qkv_attention):
-    return lambda q, k, v, n_head: qkv_attention(q * 1.01, k, v, n_head)
+    return lambda q, k, v, n_head, *mask: qkv_attention(q * 1.01, k, v, n_head, *mask)
 
 
 def _softmax_wrong_axis(q, k, v, n_head):
@@ -223,4 +226,46 @@ DECODER_BUGS = {
     "cross_attention_key_bias": (_patch("linear", _cross_key_bias), f"{D}.0.cross_attn.key"),
     "untied_logits_wrong_way_round": (_patch("logits", _untied_logits), "decoder.logits"),
     "no_layer_norm_before_logits": (_patch("logits", _no_final_ln), "decoder.ln"),
+    # near-threshold: the encoder's near-threshold bugs, in the decoder
+    "layer_norm_eps_1e-6": (_patch("layer_norm", _eps(1e-6)), f"{D}.0.attn_ln"),
+    "gelu_tanh_block2_mlp": (_patch("gelu", _gelu_variant("tanh", f"{D}.2.mlp.1.")), f"{D}.2.mlp.1"),
+    "attn_scale_off_1pct": (_patch("qkv_attention", _scale_off_1pct), f"{D}.0.attn"),
+}
+
+
+# --- the runtime: bugs between graph calls, each caught by a check of `runtime_checks` ---------------
+
+def _cross_tiled(start):
+    def buggy(self, features, group=1):  # K/V rows beam-major (np.tile) where the tokens are audio-major
+        kv = start(self, features, 1).cross
+        return DecoderState(self, [self.buffer(np.tile(host_raw(b), (group, 1, 1))) for b in kv], len(features) * group)
+    return buggy
+
+
+def _cross_reused(start):
+    first: dict = {}
+
+    def buggy(self, features, group=1):  # "computed once": the first window's K/V serve every later window
+        key = (np.shape(features), group)
+        if key not in first:
+            first[key] = start(self, features, group).cross
+        return DecoderState(self, first[key], len(features) * group)
+    return buggy
+
+
+def _seam(name: str, make: Callable[[Callable], Callable]):
+    return lambda: seams.inject(name, make)
+
+
+# bug -> (how it is injected, the check of runtime_checks that must fail, what its message must name)
+RUNTIME_BUGS = {
+    "cross_kv_tiled_not_repeated": (_seam("decoder.MaxDecoder.start", _cross_tiled), "reorder_rows", r"row 1 \(audio 0"),
+    "reorder_ignored": (_seam("decoder.DecoderState.reorder", lambda f: lambda self, source: None), "reorder_rows",
+                        r"row 0 \(audio 0, beam 0, from row 2\)"),
+    "cross_kv_reused_across_windows": (_seam("decoder.MaxDecoder.start", _cross_reused), "windows_own_cross_attention",
+                                       "window 1"),
+    "batch_results_reversed": (_seam("batch.deliver", lambda f: lambda chunk, results: f(chunk, list(results)[::-1])),
+                               "batch_results_in_order", r"file \d: batched"),
+    "encoder_batch_rows_rolled": (_seam("model.MaxWhisper.encode", lambda f: lambda self, mel: np.roll(f(self, mel), 1, 0)),
+                                  "encoder_rows", "encoder row 0"),
 }
