@@ -12,14 +12,24 @@ import sys
 
 import pytest
 
-# (impl, batch): sequential, and each in its best configuration for many files
-PIPELINES = [("max", 1), ("max", 16), ("max-encoder", 1), ("torch", 1), ("faster-whisper", 1), ("faster-whisper", 16)]
+# (impl, batch): sequential, and each in its best configuration for many files; openai-whisper first,
+# since every MAX pipeline's texts are compared with its texts
+PIPELINES = [("torch", 1), ("max", 1), ("max", 16), ("max-encoder", 1), ("faster-whisper", 1), ("faster-whisper", 16)]
+SAME_TEXTS = ("max", "max-encoder")  # openai-whisper's decoding on its weights: its texts exactly
+_texts: dict[tuple, str] = {}  # (impl, limit) -> texts_sha256, from this session's runs
 
 
 def _probe(*args: str) -> dict:
     p = subprocess.run([sys.executable, "-m", "maxwhisper.bench", *args], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _openai_whisper_texts(limit: list[str]) -> str:
+    """openai-whisper's texts_sha256 on the same files: from its run in this session, or run now (untimed)."""
+    if ("torch", tuple(limit)) not in _texts:
+        _texts["torch", tuple(limit)] = _probe("transcribe", "torch", *limit)["texts_sha256"]
+    return _texts["torch", tuple(limit)]
 
 
 @pytest.mark.parametrize("impl, batch", PIPELINES, ids=[f"{i}-batch{b}" for i, b in PIPELINES])
@@ -29,9 +39,15 @@ def test_bench_transcribe_librispeech(impl, batch, speech_dir, request, memory_r
     limit = [] if request.config.getoption("benchmark_only") else ["--limit", "2"]
     result = benchmark.pedantic(lambda: _probe("transcribe", impl, "--batch", str(batch), *limit), rounds=1, iterations=1)
     assert result["files"] == (107 if not limit else 2) and result["seconds"] > 0
+    if impl == "torch":
+        _texts["torch", tuple(limit)] = result["texts_sha256"]
     memory_record(dict(kind="pipeline", **result))
+    reference = _openai_whisper_texts(limit)
     print(f"\n{impl} batch {batch}: {result['files']} files, {result['audio_s']:.0f} s audio in {result['seconds']:.1f} s "
-          f"(RTF {result['rtf']:.3f}); time in {result['spent']}; texts {result['texts_sha256']}")
+          f"(RTF {result['rtf']:.3f}); time in {result['spent']}; texts {result['texts_sha256']} "
+          f"({'=' if result['texts_sha256'] == reference else '!='} openai-whisper's {reference})")
+    if impl in SAME_TEXTS:  # a faster pipeline that transcribes differently is not the same work
+        assert result["texts_sha256"] == reference, f"{impl} batch {batch}: texts differ from openai-whisper's"
 
 
 @pytest.mark.parametrize("impl", ["max", "torch"])
