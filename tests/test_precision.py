@@ -7,11 +7,14 @@ keeps them in float32: the plausible bug of a 16-bit port, and the reason the co
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+from max.dtype import DType
 from max.graph import ops
 
-from maxwhisper import seams
+from maxwhisper import layers, seams
 from maxwhisper.harness import producers as P
 from maxwhisper.harness.compare import passed
 from maxwhisper.harness.inputs import random_params
@@ -70,3 +73,61 @@ def test_every_report_says_real_or_emulated():
         assert dtype in mode(dtype)
         assert ("emulated" in mode(dtype)) == bool(PRECISIONS[dtype].emulated)
 
+
+
+# --- rounding-bound records: one extra 16-bit rounding ---------------------------------------------
+# LayerNorm (statistics in float32, one rounding of the output) and the token embedding (tables added
+# in float32, rounded once) compute what openai-whisper computes, rounding for rounding: MAX's error in
+# bfloat16 is PyTorch's to within 1% (norm ratio 1.00, measured). One extra 16-bit rounding (LayerNorm's
+# statistics in bfloat16; positions rounded before the add) raises it only 1.2-1.5x (measured,
+# docs/judging.md), far below the derived rule's k of 8, which must also cover kernels that sum in
+# other orders. So these records carry a policy check: where the rounding is the whole error, MAX's
+# norm figure is within 1.1x PyTorch's.
+POLICY_K = 1.1
+
+
+def _layer_norm_16(layer_norm):
+    def buggy(x, s, eps=1e-5):  # statistics in the activations' dtype, not float32
+        return s.record(ops.layer_norm(x, layers.cast(s("weight"), x.dtype), layers.cast(s("bias"), x.dtype),
+                                       epsilon=eps))
+    return buggy
+
+
+def _positions_rounded(token_embedding):
+    def buggy(tokens, n_cache, s, dtype=DType.float32):  # both tables rounded, then added in 16-bit
+        n_tok = tokens.shape[1]
+        start = ops.reshape(ops.shape_to_tensor([n_cache]), [])
+        stop = ops.reshape(ops.shape_to_tensor([n_cache + n_tok]), [])
+        pos = ops.slice_tensor(layers.cast(s("positional_embedding"), dtype), [(slice(start, stop), n_tok), slice(None)])
+        x = ops.gather(layers.cast(s("token_embedding.weight"), dtype), tokens, axis=0)
+        return s.record(x + pos, "positional_embedding")
+    return buggy
+
+
+POLICY_MUTANTS = {"layer_norm_statistics_in_16bit": ("layer_norm", _layer_norm_16),
+                  "positions_rounded_before_the_add": ("token_embedding", _positions_rounded)}
+
+
+@pytest.mark.parametrize("bug", POLICY_MUTANTS)
+def test_16bit_rounding_policy_check_catches_one_extra_rounding(bug, device, record_parity):
+    name, make = POLICY_MUTANTS[bug]
+    spec = SPECS[name]
+
+    def build(x, s, d):
+        with seams.inject(f"layers.{name}", make):
+            return spec.build(x, s, d)
+
+    mutant = replace(spec, build=build)
+    for seed in range(2):
+        rng = np.random.default_rng(seed)
+        params = random_params(rng, spec.param_shapes(TINY_EN))
+        x = spec.draw(rng, TINY_EN, 2, 24, "normal")
+        expected = P.torch_layer(spec, TINY_EN, x, params)
+        same = P.torch_layer(spec, TINY_EN, x, params, "bfloat16", device)
+        clean = P.judge_layer(P.max_layer(spec, TINY_EN, x, params, "bfloat16", device), expected, same,
+                              spec.check("bfloat16"), label=f"{name}[bfloat16, seed {seed}]")
+        bugged = P.judge_layer(P.max_layer(mutant, TINY_EN, x, params, "bfloat16", device), expected, same,
+                               spec.check("bfloat16"), label=f"mutant {bug} [bfloat16, seed {seed}]")
+        record_parity(bugged)
+        assert clean.passed and clean.ratios["norm"] <= POLICY_K, clean.report()
+        assert bugged.ratios["norm"] > POLICY_K, f"{bug}: norm ratio {bugged.ratios['norm']:.2f} <= {POLICY_K}"
