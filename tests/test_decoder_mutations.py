@@ -105,11 +105,13 @@ def decoder_mutant_traces(tiny_en, device):
               for bug, t in traces.items()}
     torch32 = P.torch_decoder(dims, state_dict, tokens, features, "float32", device)
     torch32 = P.Trace(torch32.ran, {i: fx.select(i, v) for i, v in torch32.arrays.items()})
-    return traces, P.golden(fx.layers, str(fx.path)), torch32, dims
+    order = P.order_decoder(dims, state_dict, tokens, features)
+    order = P.Trace(order.ran, {i: fx.select(i, v) for i, v in order.arrays.items()})
+    return traces, P.golden(fx.layers, str(fx.path)), torch32, dims, order
 
 
 @pytest.mark.parametrize("bug", DECODER_BUGS)
 def test_decoder_mutation_is_caught_at_its_layer(bug, decoder_mutant_traces, record_parity):
-    traces, expected, torch32, dims = decoder_mutant_traces
-    comparisons = P.judge(traces[bug], expected, torch32, check_of(dims, guard=True), input_of(dims), True)
+    traces, expected, torch32, dims, order = decoder_mutant_traces
+    comparisons = P.judge(traces[bug], expected, torch32, check_of(dims, guard=True), input_of(dims), True, order)
     assert_caught_at(comparisons, bug, DECODER_BUGS[bug][1], record_parity, "decoder")

@@ -56,17 +56,20 @@ def mutant_traces(tiny_en, device):
     for (bug, layer), value in zip(names, results):
         traces[bug].arrays[layer] = value
     return (traces, P.torch_encoder(dims, state_dict, mel, production=False),
-            P.torch_encoder(dims, state_dict, mel, "float32", device, production=False), dims)
+            P.torch_encoder(dims, state_dict, mel, "float32", device, production=False), dims,
+            P.order_encoder(dims, state_dict, mel, production=False))
 
 
-def _judge(traces, expected, torch32, dims, bug, check_of=check_of, until_first_failure=True):
-    return P.judge(traces[bug], expected, torch32, check_of(dims, guard=True), input_of(dims), until_first_failure)
+def _judge(traces, expected, torch32, dims, order, bug, check_of=check_of, until_first_failure=True):
+    """As `verify` judges: PyTorch float32's error, or the sequential order's where that is larger."""
+    return P.judge(traces[bug], expected, torch32, check_of(dims, guard=True), input_of(dims), until_first_failure,
+                   order)
 
 
 @pytest.mark.parametrize("bug", BUGS)
 def test_mutation_is_caught_at_its_layer(bug, mutant_traces, record_parity):
-    traces, expected, torch32, dims = mutant_traces
-    assert_caught_at(_judge(traces, expected, torch32, dims, bug), bug, BUGS[bug][1], record_parity)
+    traces, expected, torch32, dims, order = mutant_traces
+    assert_caught_at(_judge(traces, expected, torch32, dims, order, bug), bug, BUGS[bug][1], record_parity)
 
 
 def _guard_only(dims):
@@ -79,9 +82,9 @@ def test_mutation_near_threshold_needs_the_derived_rule(bug, mutant_traces):
     """What the absolute guard alone (the rule before the derived one) makes of each near-threshold
     mutant at its layer; docs/judging.md lists the ones it misses. This pins that list: a change in which
     mutants the guard misses is a change to the documented margins."""
-    traces, expected, torch32, dims = mutant_traces
+    traces, expected, torch32, dims, order = mutant_traces
     where = BUGS[bug][1]
-    guard = next(c for c in _judge(traces, expected, torch32, dims, bug, lambda d, guard: _guard_only(d), False)
+    guard = next(c for c in _judge(traces, expected, torch32, dims, order, bug, lambda d, guard: _guard_only(d), False)
                  if c.layer == where)
     assert guard.passed == (bug in GUARD_MISSES), f"{bug}: the absolute guard alone {'passes' if guard.passed else 'fails'} it"
 
@@ -89,6 +92,6 @@ def test_mutation_near_threshold_needs_the_derived_rule(bug, mutant_traces):
 def test_mutation_key_bias_is_invisible_downstream(mutant_traces):
     """Why the key trace matters: a key bias adds q.b to every score of a row, which softmax
     cancels, so the attention output (and the transcript) cannot reveal it."""
-    traces, expected, _, _ = mutant_traces
+    traces, expected = mutant_traces[:2]
     bugged, expected = traces["nonzero_key_bias"].arrays, expected.arrays
     assert np.abs(bugged["encoder.blocks.0.attn"] - expected["encoder.blocks.0.attn"]).max() < 1e-4

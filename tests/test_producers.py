@@ -51,3 +51,44 @@ def test_judge_refuses_a_triple_that_is_not_max_reference_yardstick(case):
 def test_golden_producer_says_it_is_the_stored_float64_reference():
     t = p.golden({"a": np.zeros(3)}, "fixtures/x.npz")
     assert (t.ran.side, t.ran.dtype) == ("golden", "float64") and "fixtures/x.npz" in t.ran.mode
+
+
+def test_order_widens_the_unit_and_is_computed_only_when_pytorch_alone_fails():
+    """The sequential order's error replaces PyTorch's as the unit where it is larger; passed lazily,
+    it is computed only for a row that fails against PyTorch's error alone, with the same verdicts."""
+    noise = np.random.default_rng(0).standard_normal((1, 4, 8)) * 1e-7
+    ref, same, order = _trace("reference", "float64"), _trace("yardstick", "float32"), _trace("order", "float32")
+    same.arrays["x"] = ref.arrays["x"] + noise
+    order.arrays["x"] = ref.arrays["x"] + 10 * noise
+    calls = []
+
+    def lazily():
+        calls.append(1)
+        return order
+
+    for scale, passed, computed in ((2, True, 0), (20, True, 1), (200, False, 1)):
+        mx = _trace("max", "float32")
+        mx.arrays["x"] = ref.arrays["x"] + scale * noise
+        calls.clear()
+        (eager,) = p.judge(mx, ref, same, lambda layer: CHECK, order=order)
+        (lazy,) = p.judge(mx, ref, same, lambda layer: CHECK, order=lazily)
+        assert eager.passed == lazy.passed == passed and len(calls) == computed, (scale, eager.report())
+        assert not p.judge(mx, ref, same, lambda layer: CHECK)[0].passed or scale == 2  # PyTorch's unit alone
+    with pytest.raises(ValueError, match="sequential-order"):
+        p.judge(_trace("max", "bfloat16"), ref, _trace("yardstick", "bfloat16"), lambda layer: CHECK, order=order)
+
+
+def test_absolute_guard_binds_only_where_pytorch_meets_it():
+    """The fixed float32 target fails MAX where PyTorch float32 meets it; on an input where PyTorch
+    itself exceeds it, it is void for that layer (and says so), leaving the derived rule."""
+    from maxwhisper.harness.compare import Tolerance, compare
+
+    guard = Check(RULE, Tolerance(atol=1e-4, rtol=0.0), "float32")
+    ref = np.random.default_rng(0).standard_normal((1, 4, 8))
+    bump = np.zeros_like(ref)
+    bump[0, 1, 2] = 3e-4
+    near = ref + np.random.default_rng(1).standard_normal(ref.shape) * 1e-5
+    failed = compare("x", near + bump, ref, guard, near)  # PyTorch within 1e-4, MAX 3e-4 at one element
+    assert not failed.passed and failed.failed_by[0].startswith("absolute guard") and not failed.guard_void
+    void = compare("x", near + bump, ref, guard, near + bump * 1.5)  # PyTorch itself 4.5e-4 off there
+    assert void.passed and "exceeds the guard here" in void.guard_void and "guard void" in void.report()

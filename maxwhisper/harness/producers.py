@@ -13,6 +13,7 @@ takes whole traces, `judge_layer` a one-layer trace.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -111,13 +112,46 @@ def torch_layer(spec, dims, x, params, dtype: str = REFERENCE, device: str = "cp
     return Trace(_torch_ran(dtype, device), arrays)
 
 
-def order_layer(spec, dims, x, params) -> Trace | None:
-    """The record in float32 summed in plain sequential order (`reference.sequential`), where it has
-    that form: the second yardstick, for a kernel whose summation order differs from PyTorch's."""
-    if spec.sequential is None:
-        return None
-    arrays = {spec.name: spec.sequential(x if isinstance(x, dict) else {spec.inputs[0].name: x}, params)}
-    return Trace(Ran("order", "float32", "cpu", "numpy float32, sequential summation"), arrays)
+ORDER = Ran("order", "float32", "cpu", "torch float32 on the CPU, every reduction summed in sequential order")
+
+
+def order_layer(spec, dims, x, params) -> Trace:
+    """The record's openai-whisper module in float32 with every reduction summed in plain sequential
+    order (`reference.sequential`): the second yardstick, for a kernel whose summation order differs
+    from PyTorch's."""
+    from maxwhisper.harness.runners import run_reference
+    from reference.sequential import SequentialOrder
+
+    with SequentialOrder():
+        return Trace(ORDER, {spec.name: run_reference(spec, dims, x, params, "float32")})
+
+
+_ORDERED: dict = {}  # (dims, weights, mel) -> trace: a session judges the same few mels many ways
+_KEEP = 4
+
+
+def order_encoder(dims, state_dict, mel: np.ndarray, production: bool = True) -> Trace:
+    """`torch_encoder` in float32 with every reduction in sequential order (`order_layer`); the
+    slowest producer (~12 s for a 30 s window of tiny.en on 2 cores), so the last few are kept."""
+    from maxwhisper.weights import weights_hash
+    from reference.sequential import SequentialOrder
+
+    key = (repr(dims), weights_hash(state_dict), hashlib.sha256(np.ascontiguousarray(mel)).hexdigest(), production)
+    if key not in _ORDERED:
+        with SequentialOrder():
+            arrays = torch_encoder(dims, state_dict, mel, "float32", production=production).arrays
+        while len(_ORDERED) >= _KEEP:
+            del _ORDERED[next(iter(_ORDERED))]
+        _ORDERED[key] = Trace(ORDER, arrays)
+    return _ORDERED[key]
+
+
+def order_decoder(dims, state_dict, tokens: np.ndarray, features: np.ndarray) -> Trace:
+    """`torch_decoder` in float32 with every reduction in sequential order (`order_layer`)."""
+    from reference.sequential import SequentialOrder
+
+    with SequentialOrder():
+        return Trace(ORDER, torch_decoder(dims, state_dict, tokens, features, "float32").arrays)
 
 
 def golden(layers: dict[str, np.ndarray], what: str) -> Trace:
@@ -125,31 +159,47 @@ def golden(layers: dict[str, np.ndarray], what: str) -> Trace:
     return Trace(Ran("golden", REFERENCE, "cpu", f"stored float64 reference ({what})"), dict(layers))
 
 
-def _triple(actual: Trace, reference: Trace, yardstick: Trace) -> None:
+def _triple(actual: Trace, reference: Trace, yardstick: Trace, order: Trace | None = None) -> None:
     if actual.ran.side != "max" or reference.ran.dtype != REFERENCE or yardstick.ran.side != "yardstick":
         raise ValueError(f"judge takes (MAX, float64, yardstick), got ({actual.ran}, {reference.ran}, {yardstick.ran})")
     if yardstick.ran.dtype != actual.ran.dtype:
         raise ValueError(f"the yardstick ran in {yardstick.ran.dtype}, MAX in {actual.ran.dtype}: not one precision")
+    if order is not None and (order.ran.side != "order" or actual.ran.dtype != "float32"):
+        raise ValueError(f"the sequential-order yardstick is float32's ({order.ran}); MAX ran in {actual.ran.dtype}")
 
 
 def judge(actual: Trace, reference: Trace, yardstick: Trace, check_of: Callable[[str], Check],
           input_of: Callable[[str], str | None] = lambda layer: None,
-          until_first_failure: bool = False) -> list[Comparison]:
+          until_first_failure: bool = False, order: Trace | Callable[[], Trace] | None = None) -> list[Comparison]:
     """One Comparison per layer of `actual` (MAX), against `reference` (float64), judged in units of
-    `yardstick`'s own error (PyTorch in MAX's precision); with `until_first_failure`, up to the first
-    failing layer (all a localization needs)."""
-    _triple(actual, reference, yardstick)
-    return compare_traces(actual.arrays, reference.arrays, check_of, yardstick.arrays, input_of, until_first_failure)
+    `yardstick`'s own error (PyTorch in MAX's precision), or of `order`'s (`order_encoder`,
+    `order_decoder`; float32 only) where that is larger: a trace, or a function that computes it only
+    once a row fails against PyTorch's error alone (the slow producer, spared where it cannot change a
+    verdict); with `until_first_failure`, up to the first failing layer (all a localization needs)."""
+    _triple(actual, reference, yardstick, order if isinstance(order, Trace) else None)
+    if callable(order):
+        arrays = lambda: _ordered(actual, order()).arrays  # noqa: E731
+    else:
+        arrays = None if order is None else order.arrays
+    return compare_traces(actual.arrays, reference.arrays, check_of, yardstick.arrays, input_of, until_first_failure,
+                          arrays)
+
+
+def _ordered(actual: Trace, order: Trace) -> Trace:
+    if order.ran.side != "order" or actual.ran.dtype != "float32":
+        raise ValueError(f"the sequential-order yardstick is float32's ({order.ran}); MAX ran in {actual.ran.dtype}")
+    return order
 
 
 def judge_layer(actual: Trace, reference: Trace, yardstick: Trace, check: Check, x: np.ndarray | None = None,
-                label: str | None = None, order: Trace | None = None) -> Comparison:
+                label: str | None = None, order: Trace | Callable[[], Trace] | None = None) -> Comparison:
     """`judge` for one-layer traces (`max_layer`, `torch_layer`): one Comparison, named `label`; `x` the
     record's input, for a record judged element by element; `order` (`order_layer`), where given,
     the second yardstick (float32 precisions only: it is float32 arithmetic)."""
-    _triple(actual, reference, yardstick)
-    if order is not None and actual.ran.dtype != "float32":
-        raise ValueError(f"the sequential-order yardstick is float32's; MAX ran in {actual.ran.dtype}")
+    _triple(actual, reference, yardstick, order if isinstance(order, Trace) else None)
     (layer,) = actual.arrays
-    return compare(label or layer, actual.arrays[layer], reference.arrays[layer], check, yardstick.arrays[layer], x,
-                   order=None if order is None else order.arrays[layer])
+    args = (label or layer, actual.arrays[layer], reference.arrays[layer], check, yardstick.arrays[layer], x)
+    if callable(order):  # computed only when PyTorch's error alone fails the layer (`judge`)
+        c = compare(*args)
+        return c if c.passed or c.verdict is None else compare(*args, order=_ordered(actual, order()).arrays[layer])
+    return compare(*args, order=None if order is None else order.arrays[layer])
