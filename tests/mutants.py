@@ -269,3 +269,16 @@ RUNTIME_BUGS = {
     "encoder_batch_rows_rolled": (_seam("model.MaxWhisper.encode", lambda f: lambda self, mel: np.roll(f(self, mel), 1, 0)),
                                   "encoder_rows", "encoder row 0"),
 }
+
+
+def _encoder_stale(encode):
+    first: dict = {}
+
+    def buggy(self, mel):  # "computed once": the first window's features serve every later window
+        return first.setdefault(np.shape(mel), encode(self, mel))
+    return buggy
+
+
+# An encoder output reused across windows: only a check that judges every window can see it
+# (`test_verify_long.py`, `maxwhisper verify` on a long-form group).
+STALE_ENCODER = _seam("model.MaxWhisper.encode", _encoder_stale)

@@ -18,10 +18,16 @@ def test_verify_jfk_writes_table_and_json(speech_dir, tmp_path, capsys, tiny_en_
     assert png.read_bytes()[:4] == b"\x89PNG" and f"error plot written to {png}" in printed
     assert "encoder.blocks.3.attn.key" in printed and printed.count("within tolerance") == 2
     assert "MAX: bfloat16 (real 16-bit MAX kernels" in printed and "emulated" in printed
-    assert printed.count("yardstick: torch ") == 2 and "float32, matmul ieee, conv ieee" in printed
+    assert printed.count("\nyardstick: torch ") == 2 and "float32, matmul ieee, conv ieee" in printed
     runs = json.loads(out.read_text())["runs"]
     assert [r["dtype"] for r in runs] == ["float32", "bfloat16"]
     assert runs[0]["mode"] == "float32 (IEEE; cpu)" and "matmul ieee, conv ieee" in runs[0]["yardstick"]
+    assert "sequential order" in runs[0]["order_yardstick"] and runs[1]["order_yardstick"] == ""
+    assert printed.count("margin, k over the worst ratio") == 2 and "second yardstick: torch float32" in printed
+    for report in runs:  # jfk.flac is one window at seek 0; the margins are the rule's headroom here
+        assert [w["seek"] for w in report["windows"]] == [0] and report["worst_window"] == 0
+        assert set(report["margins"]) == {"norm", "quantile", "max"}
+        assert all(m["margin"] >= 1 for m in report["margins"].values())
     for report in runs:
         assert report["passed"] and report["first_failure"] is None
         assert "ask not what your country can do for you" in report["transcripts"]["max"]

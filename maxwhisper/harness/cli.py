@@ -23,7 +23,8 @@ def _dtypes(values: list[str] | None) -> list[str]:
 def cmd_verify(args) -> int:
     from maxwhisper import MaxWhisper
     from maxwhisper.harness import verify
-    from maxwhisper.harness.compare import format_table
+    from maxwhisper.harness.compare import format_margins, format_table
+    from maxwhisper.harness.verify import format_windows
     from maxwhisper.harness.speech import reference_text
     from maxwhisper.precision import form
     from maxwhisper.runtime import device_ref
@@ -48,13 +49,18 @@ def cmd_verify(args) -> int:
     for dtype, model in models.items():
         result = results[dtype] = verify.run(model, audio, reference_text(source) or verify.DEFAULT_SENTENCE)
         print(f"\nMAX: {result.mode}\nyardstick: {result.yardstick}"
-              f"\nMAX/torch: MAX's error over the yardstick's, both against float64")
+              + (f"\nsecond yardstick: {result.order}, where it errs more" if result.order else "")
+              + "\nMAX/torch: MAX's error over the yardstick's, both against float64"
+              + (f"; window 1 of {len(result.windows)}" if len(result.windows) > 1 else ""))
         print(format_table(result.comparisons))
+        if len(result.windows) > 1:
+            print(format_windows(result))
         bad = result.first_failure
-        print(f"first layer over tolerance: {bad.layer}" if bad else
-              f"all {len(result.comparisons)} layers within tolerance")
+        n = sum(len(w.comparisons) for w in result.windows) + len(result.decoder_rows)
+        print(f"first layer over tolerance: {bad.layer}" if bad else f"all {n} layers within tolerance")
         if bad:
             print(bad.report())
+        print(f"margin, k over the worst ratio (rms / q99 / max): {format_margins(result.comparisons_all)}")
         d = result.decoder
         print(f"decoder teacher-forced on {d['text']!r}: top-1 token equal to the reference's at "
               f"{d['top1_equal']}/{d['steps']} steps" + (f"; differs beyond a tie at {d['top1_failures']}"

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from maxwhisper.audio import load_audio, log_mel, synthesize
+from maxwhisper.audio import load_audio, synthesize
 from maxwhisper.harness import producers
-from maxwhisper.harness.compare import Comparison, first_failure, top1_failures, top1_tie
+from maxwhisper.harness.compare import Comparison, first_failure, margins, top1_failures, top1_tie
 from maxwhisper.harness.inputs import PROMPT, teacher_tokens
 from maxwhisper.harness.registry import check_of, input_of
 from maxwhisper.harness.speech import reference_text, speech_dir
@@ -21,21 +21,67 @@ DEFAULT_SENTENCE = "And so my fellow Americans, ask not what your country can do
 
 
 @dataclass
-class Verification:
-    """One precision's verification: every layer's comparison, the decoder's top-1 agreement, what
-    each side ran (MAX's mode, the yardstick's), and, once `add_transcripts` ran, both transcripts."""
+class Window:
+    """One window openai-whisper encodes: where it starts, and its encoder rows."""
 
+    seek: int  # its first mel frame (100 a second), as openai-whisper's transcribe seeks
     comparisons: list[Comparison]
+
+    @property
+    def start_s(self) -> float:
+        return self.seek / 100
+
+    @property
+    def first_failure(self) -> Comparison | None:
+        return first_failure(self.comparisons)
+
+    def summary(self) -> dict:
+        bad = self.first_failure
+        return {"seek": self.seek, "start_s": self.start_s, "passed": bad is None,
+                "first_failure": bad.layer if bad else None,
+                "margins": {f: dict(margin=m, ratio=r, layer=layer) for f, (m, r, layer) in margins(self.comparisons).items()}}
+
+
+@dataclass
+class Verification:
+    """One precision's verification: every window's encoder rows, then the decoder's on the first
+    window, the decoder's top-1 agreement, what each side ran (MAX's mode, the yardstick's and, in
+    float32, the sequential-order one's), and, once `add_transcripts` ran, both transcripts."""
+
+    windows: list[Window]
+    decoder_rows: list[Comparison]
     decoder: dict  # teacher-forced text, steps, top1_equal, top1_failures
     dtype: str = "float32"
     device: str = "cpu"
     mode: str = ""  # MAX's numeric mode (precision.mode)
     yardstick: str = ""  # PyTorch's, read back from its flags (reference.yardstick.describe)
+    order: str = ""  # the second yardstick's (float32 only), `producers.ORDER`
     transcripts: dict = field(default_factory=dict)
 
     @property
+    def comparisons(self) -> list[Comparison]:
+        """The first window's encoder rows, then the decoder's: the table, the plot and the JSON rows."""
+        return self.windows[0].comparisons + self.decoder_rows
+
+    @property
+    def comparisons_all(self) -> list[Comparison]:
+        """Every window's encoder rows, then the decoder's."""
+        return [c for w in self.windows for c in w.comparisons] + self.decoder_rows
+
+    @property
     def first_failure(self) -> Comparison | None:
-        return first_failure(self.comparisons)
+        return first_failure(self.comparisons_all)
+
+    @property
+    def worst_window(self) -> Window:
+        """The window whose least margin (k over the ratio, any figure) is smallest, failures first."""
+        return min(self.windows, key=lambda w: (w.first_failure is None,
+                                                min((m for m, _, _ in margins(w.comparisons).values()), default=float("inf"))))
+
+    @property
+    def margins(self) -> dict[str, tuple[float, float, str]]:
+        """figure -> (margin, ratio, layer) over every window and the decoder (`compare.margins`)."""
+        return margins(self.comparisons_all)
 
     @property
     def passed(self) -> bool:
@@ -53,29 +99,59 @@ def default_audio(path: str | None = None) -> tuple[str, np.ndarray]:
 
 
 def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE) -> Verification:
-    """`maxwhisper verify` for one model (one precision). Encoder rows: the MAX encoder traced and the
-    reference on the first 30 s of `audio`, every layer compared; the row `encoder` is the production
-    graph (no trace outputs), which users run. Then decoder rows: the MAX decoder teacher-forced on
-    `text` (the prompt in one step, then one token per step, through the KV cache) over the float64
-    reference encoder's features, against openai-whisper's decoder on the same features; plus every
-    step's top-1 token compared. The yardstick is openai-whisper in the model's precision
-    (`maxwhisper.precision`), the check that precision's; every trace comes from a `producers` producer."""
+    """`maxwhisper verify` for one model (one precision). Encoder rows, for every window openai-whisper's
+    `transcribe` encodes (`seeks.encoded_windows`): the MAX encoder traced and the reference, every
+    layer compared; the row `encoder` is the production graph (no trace outputs), which users run.
+    Then decoder rows on the first window: the MAX decoder teacher-forced on `text` (on a longer audio,
+    openai-whisper's own text of that window) through the KV cache, the prompt in one step and then
+    one token per step, over the float64 reference encoder's features, against openai-whisper's
+    decoder on the same features; plus every step's top-1 token compared. The yardstick is
+    openai-whisper in the model's precision (`maxwhisper.precision`), and in float32 also float32 in
+    sequential summation order where that errs more (`reference.sequential`); the check is that
+    precision's; every trace comes from a `producers` producer."""
+    from maxwhisper.harness.seeks import encoded_windows
+
     dims, sd, dtype, device = model.dims, model.state_dict, model.dtype, model.device
     check, inputs = check_of(dims, dtype, guard=True), input_of(dims)
-    mel = log_mel(audio, dims.n_mels)[None]
-    encoder = [producers.max_encoder(model, mel), producers.torch_encoder(dims, sd, mel),
-               producers.torch_encoder(dims, sd, mel, dtype, device)]
-    features, tokens = encoder[1].arrays["encoder.ln_post"], teacher_tokens(dims, text)
+    ordered = dtype == "float32"
+    found = encoded_windows(dims, sd, audio)
+    windows, first = [], None
+    for seek, mel in found.windows:
+        encoder = [producers.max_encoder(model, mel), producers.torch_encoder(dims, sd, mel),
+                   producers.torch_encoder(dims, sd, mel, dtype, device)]
+        order = producers.order_encoder(dims, sd, mel) if ordered else None
+        windows.append(Window(seek, producers.judge(*encoder, check, inputs, order=order)))
+        first = first or encoder
+    text = found.first_text if len(windows) > 1 else text
+    features, tokens = first[1].arrays["encoder.ln_post"], teacher_tokens(dims, text)
     decoder = [producers.max_decoder(model, tokens, features, PROMPT),
                producers.torch_decoder(dims, sd, tokens, features),
                producers.torch_decoder(dims, sd, tokens, features, dtype, device)]
-    rows = producers.judge(*encoder, check, inputs) + producers.judge(*decoder, check, inputs)
+    order = producers.order_decoder(dims, sd, tokens, features) if ordered else None
+    rows = producers.judge(*decoder, check, inputs, order=order)
     got, logits, same = (t.arrays["decoder.logits"][0] for t in decoder)
     top2 = np.sort(logits, axis=-1)[:, -2:]
     failures = top1_failures(got, logits.argmax(-1), top2[:, 1] - top2[:, 0], top1_tie(same, logits))
     equal = int((got.argmax(-1) == logits.argmax(-1)).sum())
     agreement = dict(text=text, steps=int(tokens.shape[1]), top1_equal=equal, top1_failures=failures)
-    return Verification(rows, agreement, dtype, device, encoder[0].ran.mode, encoder[2].ran.mode)
+    return Verification(windows, rows, agreement, dtype, device, first[0].ran.mode, first[2].ran.mode,
+                        producers.ORDER.mode if ordered else "")
+
+
+def format_windows(result: Verification) -> str:
+    """One line per window openai-whisper encoded: its start, its least margin per figure, its verdict;
+    then the worst window named."""
+    names = {"norm": "rms", "quantile": "q99", "max": "max"}
+    lines = [f"the {len(result.windows)} windows openai-whisper encodes (its seeks), encoder rows each:"]
+    for i, w in enumerate(result.windows):
+        m = margins(w.comparisons)
+        bad = w.first_failure
+        lines.append(f"  window {i + 1} at {w.start_s:6.2f} s: " + "  ".join(
+            f"{names[f]} {ratio:.2f} at {layer} (margin {mg:.2f}x)" for f, (mg, ratio, layer) in m.items())
+            + (f"  FAIL at {bad.layer}" if bad else "  ok"))
+    worst = result.worst_window
+    lines.append(f"worst window: {result.windows.index(worst) + 1} at {worst.start_s:.2f} s")
+    return "\n".join(lines)
 
 
 def add_transcripts(result: Verification, model: MaxWhisper, audio: np.ndarray, source: str) -> dict:
@@ -104,6 +180,8 @@ def report(model_name: str, model: MaxWhisper, source: str, device: str, result:
     bad = result.first_failure
     return {"model": model_name, "weights_sha256": weights_hash(model.state_dict), "audio": source,
             "device": device, "dtype": result.dtype, "mode": result.mode,
-            "yardstick": result.yardstick, "passed": result.passed,
+            "yardstick": result.yardstick, "order_yardstick": result.order, "passed": result.passed,
             "first_failure": bad.layer if bad else None, "transcripts": result.transcripts,
+            "margins": {f: dict(margin=m, ratio=r, layer=layer) for f, (m, r, layer) in result.margins.items()},
+            "windows": [w.summary() for w in result.windows], "worst_window": result.worst_window.seek,
             "decoder": result.decoder, "layers": [c.row() for c in result.comparisons]}
