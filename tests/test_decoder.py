@@ -1,5 +1,5 @@
 """The MAX decoder's API: bad input is a ValueError naming the problem before any graph runs; a step
-through the cache computes what one step over all tokens computes; reorder refuses bad indices; `MaxWhisper.transcribe` returns openai-whisper's result dict."""
+through the cache and one step over all tokens both compute openai-whisper's logits; reorder refuses bad indices; `MaxWhisper.transcribe` returns openai-whisper's result dict."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import numpy as np
 import pytest
 
 from maxwhisper.decoder import MaxDecoder
+from maxwhisper.harness import producers as P
+from maxwhisper.harness.compare import passed
+from maxwhisper.harness.registry import check_of
+from maxwhisper.precision import mode
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +59,22 @@ def test_cache_full_and_too_long_continuation(tiny_en, features, tiny_en_model):
         state.step([[220]])
 
 
-def test_steps_through_the_cache_equal_one_step(tiny_en_model, features):
+def test_steps_through_the_cache_equal_one_step(tiny_en, tiny_en_model, features, device, record_parity):
+    """Six tokens of two distinct audios in one step, and as a prompt of three then one token per step
+    through the cache: both are openai-whisper's decoder's logits (all six at once, no cache) by the
+    logits' rule: float64 the reference, PyTorch float32 the yardstick."""
+    dims, state_dict = tiny_en
     tokens = np.array([[50257, 50362, 400, 1770, 11, 2], [50257, 50362, 50, 20, 30, 40]])
     whole = tiny_en_model.decoder.start(features).step(tokens)
     state = tiny_en_model.decoder.start(features)
-    parts = [state.step(tokens[:, :3])] + [state.step(tokens[:, i:i + 1]) for i in range(3, 6)]
-    np.testing.assert_allclose(np.concatenate(parts, axis=1), whole, atol=2e-4, rtol=0)
+    parts = np.concatenate([state.step(tokens[:, :3])] + [state.step(tokens[:, i:i + 1]) for i in range(3, 6)], axis=1)
     assert state.length == 6
+    reference = P.torch_decoder(dims, state_dict, tokens, features)
+    same = P.torch_decoder(dims, state_dict, tokens, features, "float32", device)
+    ran = P.Ran("max", "float32", device, mode("float32", device))
+    for label, logits in (("logits, one step", whole), ("logits, steps through the cache", parts)):
+        record_parity(passed(P.judge_layer(P.Trace(ran, {"decoder.logits": logits}), reference, same,
+                                           check_of(dims)("decoder.logits"), label=label)))
 
 
 def test_reorder_refuses_bad_source_indices(tiny_en_model, features):
