@@ -123,6 +123,18 @@ def deliver(chunk: list[_Call], results: list[DecodingResult]) -> None:
         c.result = r
 
 
+def _own_decoder(view: whisper.model.Whisper) -> whisper.model.Whisper:
+    """`view` with a decoder of its own: the MAX one's call wrapper anew (the graphs are shared),
+    openai-whisper's PyTorch one copied."""
+    from maxwhisper.inference import MaxTextDecoder
+
+    own = copy.copy(view)
+    own._modules = dict(view._modules)  # copy.copy shares the table of submodules
+    d = view.decoder
+    own.decoder = MaxTextDecoder(d.max_decoder) if isinstance(d, MaxTextDecoder) else copy.deepcopy(d)
+    return own
+
+
 def transcribe_many(model: whisper.model.Whisper, audios: Sequence[np.ndarray], batch_size: int = 8,
                     rounds: list | None = None, **options) -> list[dict]:
     """`maxwhisper.transcribe.transcribe` of every audio, their decodes batched `batch_size` at a time.
@@ -142,6 +154,8 @@ def transcribe_many(model: whisper.model.Whisper, audios: Sequence[np.ndarray], 
         if not isinstance(a, np.ndarray) or a.ndim != 1 or a.size == 0 or not np.isfinite(a).all():
             raise ValueError(f"audio {i} must be non-empty, finite, 1-D float32 samples at 16 kHz")
     batcher = DecodeBatcher(model, batch_size)
+    if options.get("word_timestamps") and hasattr(model.decoder, "max_decoder"):
+        model.decoder.max_decoder.compile("align")  # the workers align; MAX builds graphs on this thread
     start = torch.get_rng_state()
     # whisper.transcribe calls model.decode: the workers get a shallow copy (same modules and weights)
     # whose decode is the batcher's, so the caller's model is never patched
@@ -153,6 +167,8 @@ def transcribe_many(model: whisper.model.Whisper, audios: Sequence[np.ndarray], 
     lock = threading.Lock()
 
     def work() -> None:
+        # openai-whisper's word alignment hooks the decoder's blocks for one call: a decoder per worker
+        own = _own_decoder(view) if options.get("word_timestamps") else view
         try:
             while True:
                 with lock:
@@ -161,7 +177,7 @@ def transcribe_many(model: whisper.model.Whisper, audios: Sequence[np.ndarray], 
                     i = queue.pop()
                 batcher.local.generator = torch.Generator().set_state(start)
                 try:
-                    results[i] = transcribe(view, audios[i], **options)
+                    results[i] = transcribe(own, audios[i], **options)
                 except BaseException as e:
                     with lock:
                         errors.append(e)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
+from torch import nn
 from torch.distributions import Categorical
 from torch.nn import functional as F
 from whisper.decoding import BeamSearchDecoder, DecodingOptions, DecodingTask, GreedyDecoder, Inference
@@ -126,12 +127,50 @@ def decode(model: Whisper, mel: torch.Tensor, options: DecodingOptions = Decodin
     return result[0] if single else result
 
 
-class MaxDecoderWhisper(Whisper):
-    """openai-whisper's `Whisper` whose `decode` (what `whisper.transcribe` calls) uses the MAX decoder.
+class _Scores(nn.Module):
+    """Where openai-whisper's word alignment hooks a block (`block.cross_attn`): called with the MAX
+    graph's alignment scores, it returns (None, scores) as `MultiHeadAttention` returns (out, qk)."""
 
-    Its PyTorch `decoder` keeps the weights for what openai-whisper runs outside `decode`: language
-    detection of multilingual models and word timestamps (cross-attention alignment).
-    """
+    def forward(self, scores: torch.Tensor):
+        return None, scores
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.cross_attn = _Scores()
+        # openai-whisper's DecodingTask builds a PyTorchInference (which MaxDecodingTask then replaces)
+        # that lists each block's attn.key and attn.value modules; it never calls them
+        self.attn = nn.Module()
+        self.attn.key, self.attn.value = nn.Identity(), nn.Identity()
+
+
+class MaxTextDecoder(nn.Module):
+    """openai-whisper's `TextDecoder` call, tokens and audio features to logits in one step (language
+    detection, word alignment), answered by the MAX decoder's `align` graph; each block's `cross_attn`
+    is then called with that block's alignment scores, so the hooks `whisper.timing.find_alignment`
+    installs there receive what its own modules would return."""
+
+    def __init__(self, decoder: MaxDecoder):
+        super().__init__()
+        self.max_decoder = decoder
+        self.blocks = nn.ModuleList(_Block() for _ in range(decoder.dims.n_text_layer))
+        # openai-whisper reads the model's device from its first parameter (`Whisper.device`)
+        self.device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, xa: torch.Tensor, kv_cache: dict | None = None) -> torch.Tensor:
+        if kv_cache:
+            raise ValueError("the MAX decoder keeps its own cache: decode through MaxInference")
+        logits, scores = self.max_decoder.align(x.cpu().numpy(), xa.detach().to("cpu", torch.float32).numpy())
+        for block, s in zip(self.blocks, scores):
+            block.cross_attn(torch.from_numpy(s))
+        return torch.from_numpy(logits).to(xa.device)
+
+
+class MaxDecoderWhisper(Whisper):
+    """openai-whisper's `Whisper` whose decoder is MAX's: `decode` (what `whisper.transcribe` calls)
+    through `MaxInference`, every other decoder call (language detection, word alignment) through
+    `MaxTextDecoder`. No PyTorch decoder module is left in it."""
 
     max_decoder: MaxDecoder | None = None
     decode = decode
@@ -143,4 +182,5 @@ def with_max_decoder(decoder: MaxDecoder, state_dict) -> MaxDecoderWhisper:
 
     model = to_torch_model(decoder.dims, state_dict, MaxDecoderWhisper)
     model.max_decoder = decoder
+    model.decoder = MaxTextDecoder(decoder)
     return model

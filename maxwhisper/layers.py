@@ -232,12 +232,32 @@ def cross_attention(x: TensorValue, kv: tuple[TensorValue, TensorValue], s: Scop
     return s.record(linear(qkv_attention(q, kv[0], kv[1], n_head), s.sub("out")))
 
 
+@seam
+def alignment_scores(x: TensorValue, kv: tuple[TensorValue, TensorValue], s: Scope, n_head: int) -> TensorValue:
+    """What openai-whisper's word alignment reads (`timing.find_alignment`, the non-SDPA
+    `qkv_attention`'s `qk`): the cross-attention scores before softmax, scaled by head_dim**-0.5,
+    float32, (batch, n_head, n_tok, n_audio_ctx)."""
+    batch, n_ctx, n_state = x.shape
+    head_dim = int(n_state) // n_head
+
+    def heads(t: TensorValue) -> TensorValue:  # (b, t, h*d) -> (b, h, t, d)
+        return ops.permute(ops.reshape(cast(t, DType.float32), [batch, t.shape[1], n_head, head_dim]), [0, 2, 1, 3])
+
+    q = linear(x, s.sub("query"))
+    return (heads(q) @ ops.permute(heads(kv[0]), [0, 1, 3, 2])) * head_dim**-0.5
+
+
 def decoder_block(x: TensorValue, cache: tuple[TensorValue, TensorValue], cross: tuple[TensorValue, TensorValue],
-                  s: Scope, n_head: int, mask: TensorValue) -> tuple[TensorValue, tuple[TensorValue, TensorValue]]:
-    """ResidualAttentionBlock(cross_attention=True) with its self-attention cache."""
+                  s: Scope, n_head: int, mask: TensorValue,
+                  scores: list | None = None) -> tuple[TensorValue, tuple[TensorValue, TensorValue]]:
+    """ResidualAttentionBlock(cross_attention=True) with its self-attention cache; `scores`, if given,
+    receives the cross-attention's `alignment_scores`."""
     a, cache = cached_attention(layer_norm(x, s.sub("attn_ln")), cache, s.sub("attn"), n_head, mask)
     x = x + a
-    x = x + cross_attention(layer_norm(x, s.sub("cross_attn_ln")), cross, s.sub("cross_attn"), n_head)
+    h = layer_norm(x, s.sub("cross_attn_ln"))
+    if scores is not None:
+        scores.append(alignment_scores(h, cross, s.sub("cross_attn"), n_head))
+    x = x + cross_attention(h, cross, s.sub("cross_attn"), n_head)
     x = x + mlp(layer_norm(x, s.sub("mlp_ln")), s.sub("mlp"))
     return s.record(x), cache
 
@@ -254,7 +274,7 @@ def logits(x: TensorValue, s: Scope) -> TensorValue:
 
 
 def decoder(tokens: TensorValue, caches: list, crosses: list, s: Scope, n_head: int,
-            ref) -> tuple[TensorValue, list]:
+            ref, scores: list | None = None) -> tuple[TensorValue, list]:
     """openai-whisper's TextDecoder.forward with a kv_cache; `s` is scoped at "decoder.". The
     activations and caches are in the cross-attention keys' dtype (whisper: `x.to(xa.dtype)`)."""
     n_cache = caches[0][0].shape[1]
@@ -262,6 +282,6 @@ def decoder(tokens: TensorValue, caches: list, crosses: list, s: Scope, n_head: 
     x = token_embedding(tokens, n_cache, s, crosses[0][0].dtype)
     grown = []
     for i, (cache, cross) in enumerate(zip(caches, crosses)):
-        x, cache = decoder_block(x, cache, cross, s.sub(f"blocks.{i}"), n_head, mask)
+        x, cache = decoder_block(x, cache, cross, s.sub(f"blocks.{i}"), n_head, mask, scores)
         grown.append(cache)
     return logits(x, s), grown

@@ -91,8 +91,9 @@ class MaxWhisper:
     """
 
     def __init__(self, dims: ModelDimensions, state_dict: Mapping[str, np.ndarray], device: str = "cpu",
-                 dtype: str = "float32", emulate: str | None = None):
+                 dtype: str = "float32", emulate: str | None = None, name: str | None = None):
         self._dtype = dtype_of(dtype)  # a bad dtype fails here, naming it
+        self.name = name  # openai-whisper's model name, where known: its word-alignment heads
         self.form = form(dtype, device, emulate)
         self.dims, self.state_dict, self.device, self.dtype = dims, dict(state_dict), device, dtype
         self._compiled: dict[bool, Compiled] = {}
@@ -145,5 +146,8 @@ def load_model(name_or_path: str | os.PathLike = "tiny.en", device: str = "cpu",
     compute in `dtype` (float32, tf32, bfloat16 or float16; see `maxwhisper.precision`)."""
     device_ref(device)  # a bad device, dtype or emulation fails here, before any weights are read
     form(dtype, device, emulate)
+    import whisper
+
     dims, state_dict = load_weights(name_or_path)
-    return MaxWhisper(dims, state_dict, device, dtype, emulate)
+    name = str(name_or_path) if str(name_or_path) in whisper.available_models() else None
+    return MaxWhisper(dims, state_dict, device, dtype, emulate, name)

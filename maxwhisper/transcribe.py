@@ -39,12 +39,15 @@ class MaxEncoder(nn.Module):
 
 def pipeline_model(model: MaxWhisper, encoder: str = "max", decoder: str = "max") -> whisper.model.Whisper:
     """openai-whisper's model on `model`'s weights, its encoder and its decoder each on MAX ("max")
-    or PyTorch ("torch"): ("max", "max") is the MAX pipeline, ("torch", "torch") openai-whisper's."""
+    or PyTorch ("torch"): ("max", "max") is the MAX pipeline, ("torch", "torch") openai-whisper's.
+    Where `model.name` is one of openai-whisper's, it carries that model's alignment heads."""
     for part, value in (("encoder", encoder), ("decoder", decoder)):
         if value not in ("max", "torch"):
             raise ValueError(f"{part} must be 'max' or 'torch', got {value!r}")
     torch_model = (with_max_decoder(model.decoder, model.state_dict) if decoder == "max"
                    else to_torch_model(model.dims, model.state_dict))
+    if (heads := whisper._ALIGNMENT_HEADS.get(model.name or "")) is not None:
+        torch_model.set_alignment_heads(heads)  # word timestamps read these heads, as whisper.load_model sets them
     if encoder == "max":
         torch_model.encoder = MaxEncoder(model)  # a submodule of the model built here, not the caller's
     return torch_model

@@ -139,6 +139,22 @@ class CrossAttention(wm.MultiHeadAttention):
         return super().forward(x, xa)[0]
 
 
+class AlignmentScores(wm.MultiHeadAttention):
+    """What openai-whisper's word alignment reads from a cross-attention (`timing.find_alignment`): the
+    `qk` of its non-SDPA `qkv_attention`, scores scaled before softmax, (batch, n_head, n_tok, frames).
+    That line rounds `qk` to float32 (`qk.float()`), so in float64 the same product is written out here."""
+
+    def forward(self, x, xa):
+        q, k = self.query(x), self.key(xa)
+        if x.dtype != torch.float64:
+            with wm.disable_sdpa():
+                return self.qkv_attention(q, k, self.value(xa))[1]
+        scale = (q.shape[-1] // self.n_head) ** -0.25
+        q = q.view(*q.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)
+        k = k.view(*k.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)
+        return (q * scale) @ (k * scale).transpose(-1, -2)
+
+
 class CachedBlock(wm.ResidualAttentionBlock):
     """ResidualAttentionBlock(cross_attention=True), one step after its self-attention cache."""
 
@@ -174,6 +190,10 @@ def cached_attention(dims: wm.ModelDimensions) -> nn.Module:
 
 def cross_attention(dims: wm.ModelDimensions) -> nn.Module:
     return CrossAttention(dims.n_text_state, dims.n_text_head)
+
+
+def alignment_scores(dims: wm.ModelDimensions) -> nn.Module:
+    return AlignmentScores(dims.n_text_state, dims.n_text_head)
 
 
 def decoder_block(dims: wm.ModelDimensions) -> nn.Module:

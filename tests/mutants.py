@@ -282,3 +282,17 @@ def _encoder_stale(encode):
 # An encoder output reused across windows: only a check that judges every window can see it
 # (`test_verify_long.py`, `maxwhisper verify` on a long-form group).
 STALE_ENCODER = _seam("model.MaxWhisper.encode", _encoder_stale)
+
+
+def _heads_rolled(scores):
+    def buggy(x, kv, s, n_head):  # head h reported as head h + 1: the alignment reads other heads
+        y = scores(x, kv, s, n_head)
+        return ops.concat([y[:, 1:], y[:, :1]], axis=1)
+    return buggy
+
+
+# Word-alignment bugs (`test_word_timestamps.py`): each must fail the `alignment_scores` record.
+ALIGNMENT_BUGS = {
+    "scores_after_softmax": _seam("layers.alignment_scores", lambda f: lambda x, kv, s, n: ops.softmax(f(x, kv, s, n))),
+    "heads_rolled": _seam("layers.alignment_scores", _heads_rolled),
+}

@@ -72,13 +72,16 @@ def test_bad_options_are_one_line_exit_2(argv, words, tmp_path, capsys):
 
 def test_defaults_and_prompt_give_openai_whisper_tokens_without_pytorch_model_calls(speech_dir, tiny_en, tmp_path,
                                                                                       monkeypatch):
-    """openai-whisper's defaults (beam 5, best_of 5, the temperature fallback) and an initial prompt:
-    `maxwhisper transcribe` writes the tokens openai-whisper's PyTorch pipeline gives, and never calls
-    PyTorch's AudioEncoder or TextDecoder."""
+    """openai-whisper's defaults (beam 5, best_of 5, the temperature fallback), an initial prompt and
+    word timestamps: `maxwhisper transcribe` writes the tokens, words and word times openai-whisper's
+    PyTorch pipeline gives (with tiny.en's alignment heads), and never calls PyTorch's AudioEncoder or
+    TextDecoder."""
     jfk = speech_dir / "jfk.flac"
     prompt = "President Kennedy's inaugural address."
-    expected = whisper.transcribe(to_torch_model(*tiny_en), load_audio(jfk), fp16=False, language="en", beam_size=5,
-                                  best_of=5, initial_prompt=prompt, temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0))
+    model = to_torch_model(*tiny_en)
+    model.set_alignment_heads(whisper._ALIGNMENT_HEADS["tiny.en"])  # as whisper.load_model("tiny.en")
+    expected = whisper.transcribe(model, load_audio(jfk), fp16=False, language="en", beam_size=5, best_of=5,
+                                  initial_prompt=prompt, temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0), word_timestamps=True)
 
     def forbidden(self, *args, **kwargs):
         raise AssertionError(f"PyTorch's {type(self).__name__}.forward was called")
@@ -86,7 +89,9 @@ def test_defaults_and_prompt_give_openai_whisper_tokens_without_pytorch_model_ca
     monkeypatch.setattr(wm.TextDecoder, "forward", forbidden)
     monkeypatch.setattr(wm.AudioEncoder, "forward", forbidden)
     assert main(["transcribe", str(jfk), "--output_dir", str(tmp_path), "--output_format", "json", "--verbose",
-                 "False", "--initial_prompt", prompt]) == 0
+                 "False", "--initial_prompt", prompt, "--word_timestamps", "True"]) == 0
     got = json.loads((tmp_path / "jfk.json").read_text())
     assert [s["tokens"] for s in got["segments"]] == [s["tokens"] for s in expected["segments"]]
     assert got["text"] == expected["text"]
+    words = lambda r: [(w["word"], round(w["start"], 2), round(w["end"], 2)) for s in r["segments"] for w in s["words"]]  # noqa: E731
+    assert words(got) == words(expected) and len(words(got)) > 20, (len(words(got)), len(words(expected)))

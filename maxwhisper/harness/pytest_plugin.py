@@ -213,7 +213,7 @@ def tiny_en():
 def tiny_en_model(tiny_en, device):
     from maxwhisper import MaxWhisper
 
-    return MaxWhisper(*tiny_en, device=device)
+    return MaxWhisper(*tiny_en, device=device, name="tiny.en")
 
 
 def axis(family: str) -> list:
@@ -235,7 +235,7 @@ def tiny_en_in(tiny_en, tiny_en_model, device):
 
     def get(dtype: str) -> MaxWhisper:
         if dtype not in models:
-            models[dtype] = MaxWhisper(*tiny_en, device=device, dtype=dtype)
+            models[dtype] = MaxWhisper(*tiny_en, device=device, dtype=dtype, name="tiny.en")
         return models[dtype]
 
     return get
