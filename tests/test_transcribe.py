@@ -21,6 +21,7 @@ from maxwhisper.harness.pytest_plugin import axis
 from maxwhisper.harness.speech import longform_groups, transcripts
 from maxwhisper.harness.wer import normalize, wer
 from maxwhisper.batch import transcribe_many
+from maxwhisper.precision import mode
 from maxwhisper.transcribe import pipeline_model, transcribe
 
 
@@ -156,7 +157,9 @@ def test_e2e_longform_axis_window_by_window(dtype, longform, tiny_en, tiny_en_in
     refs = [row["text"] for row, _, _, _ in groups]
     w16, w32 = wer(refs, [r["text"] for r in low]), wer(refs, [m["text"] for _, _, m, _ in groups])
     wt = wer(refs, [r["text"] for r in same])
-    print(f"\nlong form, MAX {dtype}: {sum(map(len, map(_windows, low)))} windows, {aligned} at float32's seeks, "
+    print(f"\nMAX: {mode(dtype)}; openai-whisper: {dtype} activations, float32 weights, torch {torch.__version__} "
+          f"on the CPU (reference.pipeline)")
+    print(f"long form, MAX {dtype}: {sum(map(len, map(_windows, low)))} windows, {aligned} at float32's seeks, "
           f"{equal} of them the same text; WER {100 * w16:.2f}% vs MAX float32 {100 * w32:.2f}% "
           f"({100 * (w16 - w32):+.2f} points) vs openai-whisper {dtype} {100 * wt:.2f}%\n" + "\n".join(lines))
     assert abs(w16 - w32) <= WER_POINTS_16, f"{dtype}: WER {100 * w16:.2f}% vs float32 {100 * w32:.2f}%"

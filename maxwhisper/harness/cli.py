@@ -56,8 +56,8 @@ def cmd_verify(args) -> int:
         if len(result.windows) > 1:
             print(format_windows(result))
         bad = result.first_failure
-        n = sum(len(w.comparisons) for w in result.windows) + len(result.decoder_rows)
-        print(f"first layer over tolerance: {bad.layer}" if bad else f"all {n} layers within tolerance")
+        print(f"first layer over tolerance: {bad.layer}" if bad else
+              f"all {len(result.comparisons_all)} layers within tolerance")
         if bad:
             print(bad.report())
         print(f"margin, k over the worst ratio (rms / q99 / max): {format_margins(result.comparisons_all)}")

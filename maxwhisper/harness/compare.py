@@ -210,9 +210,16 @@ def margins(comparisons: list[Comparison]) -> dict[str, tuple[float, float, str]
     return out
 
 
+FIGURE_NAMES = {"norm": "rms", "quantile": "q99", "max": "max"}
+
+
+def margins_row(comparisons: list[Comparison]) -> dict:
+    """`margins` as JSON: figure -> {margin, ratio, layer}."""
+    return {f: dict(margin=m, ratio=r, layer=layer) for f, (m, r, layer) in margins(comparisons).items()}
+
+
 def format_margins(comparisons: list[Comparison]) -> str:
-    names = {"norm": "rms", "quantile": "q99", "max": "max"}
-    return "   ".join(f"{names[f]} {m:.2f}x ({r:.2f} at {layer})" for f, (m, r, layer) in margins(comparisons).items())
+    return "   ".join(f"{FIGURE_NAMES[f]} {m:.2f}x ({r:.2f} at {layer})" for f, (m, r, layer) in margins(comparisons).items())
 
 
 def first_failure(comparisons: list[Comparison]) -> Comparison | None:

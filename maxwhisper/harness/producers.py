@@ -159,13 +159,24 @@ def golden(layers: dict[str, np.ndarray], what: str) -> Trace:
     return Trace(Ran("golden", REFERENCE, "cpu", f"stored float64 reference ({what})"), dict(layers))
 
 
-def _triple(actual: Trace, reference: Trace, yardstick: Trace, order: Trace | None = None) -> None:
+def _triple(actual: Trace, reference: Trace, yardstick: Trace) -> None:
     if actual.ran.side != "max" or reference.ran.dtype != REFERENCE or yardstick.ran.side != "yardstick":
         raise ValueError(f"judge takes (MAX, float64, yardstick), got ({actual.ran}, {reference.ran}, {yardstick.ran})")
     if yardstick.ran.dtype != actual.ran.dtype:
         raise ValueError(f"the yardstick ran in {yardstick.ran.dtype}, MAX in {actual.ran.dtype}: not one precision")
-    if order is not None and (order.ran.side != "order" or actual.ran.dtype != "float32"):
-        raise ValueError(f"the sequential-order yardstick is float32's ({order.ran}); MAX ran in {actual.ran.dtype}")
+
+
+def _order(actual: Trace, order: Trace | Callable[[], Trace] | None):
+    """`order`'s arrays, or a function returning them when first asked (lazy), each checked to be the
+    sequential-order float32 yardstick of a float32 MAX run."""
+    def arrays(t: Trace) -> dict[str, np.ndarray]:
+        if t.ran.side != "order" or actual.ran.dtype != "float32":
+            raise ValueError(f"the sequential-order yardstick is float32's ({t.ran}); MAX ran in {actual.ran.dtype}")
+        return t.arrays
+
+    if order is None:
+        return None
+    return (lambda: arrays(order())) if callable(order) else arrays(order)
 
 
 def judge(actual: Trace, reference: Trace, yardstick: Trace, check_of: Callable[[str], Check],
@@ -176,19 +187,9 @@ def judge(actual: Trace, reference: Trace, yardstick: Trace, check_of: Callable[
     `order_decoder`; float32 only) where that is larger: a trace, or a function that computes it only
     once a row fails against PyTorch's error alone (the slow producer, spared where it cannot change a
     verdict); with `until_first_failure`, up to the first failing layer (all a localization needs)."""
-    _triple(actual, reference, yardstick, order if isinstance(order, Trace) else None)
-    if callable(order):
-        arrays = lambda: _ordered(actual, order()).arrays  # noqa: E731
-    else:
-        arrays = None if order is None else order.arrays
+    _triple(actual, reference, yardstick)
     return compare_traces(actual.arrays, reference.arrays, check_of, yardstick.arrays, input_of, until_first_failure,
-                          arrays)
-
-
-def _ordered(actual: Trace, order: Trace) -> Trace:
-    if order.ran.side != "order" or actual.ran.dtype != "float32":
-        raise ValueError(f"the sequential-order yardstick is float32's ({order.ran}); MAX ran in {actual.ran.dtype}")
-    return order
+                          _order(actual, order))
 
 
 def judge_layer(actual: Trace, reference: Trace, yardstick: Trace, check: Check, x: np.ndarray | None = None,
@@ -196,10 +197,11 @@ def judge_layer(actual: Trace, reference: Trace, yardstick: Trace, check: Check,
     """`judge` for one-layer traces (`max_layer`, `torch_layer`): one Comparison, named `label`; `x` the
     record's input, for a record judged element by element; `order` (`order_layer`), where given,
     the second yardstick (float32 precisions only: it is float32 arithmetic)."""
-    _triple(actual, reference, yardstick, order if isinstance(order, Trace) else None)
+    _triple(actual, reference, yardstick)
     (layer,) = actual.arrays
     args = (label or layer, actual.arrays[layer], reference.arrays[layer], check, yardstick.arrays[layer], x)
+    order = _order(actual, order)
     if callable(order):  # computed only when PyTorch's error alone fails the layer (`judge`)
         c = compare(*args)
-        return c if c.passed or c.verdict is None else compare(*args, order=_ordered(actual, order()).arrays[layer])
-    return compare(*args, order=None if order is None else order.arrays[layer])
+        return c if c.passed or c.verdict is None else compare(*args, order=order()[layer])
+    return compare(*args, order=None if order is None else order[layer])

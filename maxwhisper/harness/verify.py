@@ -10,7 +10,7 @@ import numpy as np
 
 from maxwhisper.audio import load_audio, synthesize
 from maxwhisper.harness import producers
-from maxwhisper.harness.compare import Comparison, first_failure, margins, top1_failures, top1_tie
+from maxwhisper.harness.compare import FIGURE_NAMES, Comparison, first_failure, margins, margins_row, top1_failures, top1_tie
 from maxwhisper.harness.inputs import PROMPT, teacher_tokens
 from maxwhisper.harness.registry import check_of, input_of
 from maxwhisper.harness.speech import reference_text, speech_dir
@@ -39,7 +39,7 @@ class Window:
         bad = self.first_failure
         return {"seek": self.seek, "start_s": self.start_s, "passed": bad is None,
                 "first_failure": bad.layer if bad else None,
-                "margins": {f: dict(margin=m, ratio=r, layer=layer) for f, (m, r, layer) in margins(self.comparisons).items()}}
+                "margins": margins_row(self.comparisons)}
 
 
 @dataclass
@@ -141,13 +141,12 @@ def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE) -> V
 def format_windows(result: Verification) -> str:
     """One line per window openai-whisper encoded: its start, its least margin per figure, its verdict;
     then the worst window named."""
-    names = {"norm": "rms", "quantile": "q99", "max": "max"}
     lines = [f"the {len(result.windows)} windows openai-whisper encodes (its seeks), encoder rows each:"]
     for i, w in enumerate(result.windows):
         m = margins(w.comparisons)
         bad = w.first_failure
         lines.append(f"  window {i + 1} at {w.start_s:6.2f} s: " + "  ".join(
-            f"{names[f]} {ratio:.2f} at {layer} (margin {mg:.2f}x)" for f, (mg, ratio, layer) in m.items())
+            f"{FIGURE_NAMES[f]} {ratio:.2f} at {layer} (margin {mg:.2f}x)" for f, (mg, ratio, layer) in m.items())
             + (f"  FAIL at {bad.layer}" if bad else "  ok"))
     worst = result.worst_window
     lines.append(f"worst window: {result.windows.index(worst) + 1} at {worst.start_s:.2f} s")
@@ -182,6 +181,6 @@ def report(model_name: str, model: MaxWhisper, source: str, device: str, result:
             "device": device, "dtype": result.dtype, "mode": result.mode,
             "yardstick": result.yardstick, "order_yardstick": result.order, "passed": result.passed,
             "first_failure": bad.layer if bad else None, "transcripts": result.transcripts,
-            "margins": {f: dict(margin=m, ratio=r, layer=layer) for f, (m, r, layer) in result.margins.items()},
+            "margins": margins_row(result.comparisons_all),
             "windows": [w.summary() for w in result.windows], "worst_window": result.worst_window.seek,
             "decoder": result.decoder, "layers": [c.row() for c in result.comparisons]}
