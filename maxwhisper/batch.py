@@ -12,6 +12,7 @@ temperature fallback, timestamp rules and prompts stay openai-whisper's, per fil
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from collections.abc import Sequence
@@ -123,6 +124,44 @@ def deliver(chunk: list[_Call], results: list[DecodingResult]) -> None:
         c.result = r
 
 
+class SdpaSwitch:
+    """openai-whisper's `disable_sdpa`, safe across threads. Whisper's saves the class flag and restores
+    it on exit: two workers aligning at once leave it False for the whole process (the second saves the
+    first's False), and every later PyTorch attention takes the slow path (reference modules that rely
+    on SDPA's causal switch then fail). This one counts who is inside and restores once, on the last exit."""
+
+    def __init__(self):
+        self.lock, self.depth, self.saved = threading.Lock(), 0, True
+
+    @contextlib.contextmanager
+    def __call__(self):
+        mha = whisper.model.MultiHeadAttention
+        with self.lock:
+            if self.depth == 0:
+                self.saved = mha.use_sdpa
+            self.depth += 1
+            mha.use_sdpa = False
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.depth -= 1
+                if self.depth == 0:
+                    mha.use_sdpa = self.saved
+
+
+@contextlib.contextmanager
+def _threadsafe_sdpa_switch():
+    """`whisper.model.disable_sdpa` (which `timing.find_alignment` imports at each call) made a
+    `SdpaSwitch` while the workers run."""
+    original = whisper.model.disable_sdpa
+    whisper.model.disable_sdpa = SdpaSwitch()
+    try:
+        yield
+    finally:
+        whisper.model.disable_sdpa = original
+
+
 def _own_decoder(view: whisper.model.Whisper) -> whisper.model.Whisper:
     """`view` with a decoder of its own: the MAX one's call wrapper anew (the graphs are shared),
     openai-whisper's PyTorch one copied."""
@@ -185,13 +224,15 @@ def transcribe_many(model: whisper.model.Whisper, audios: Sequence[np.ndarray], 
             batcher.leave()
 
     workers = [threading.Thread(target=work, daemon=True) for _ in range(min(batch_size, len(audios)))]
-    for w in workers:
-        batcher.enter()
-    for w in workers:
-        w.start()
-    batcher.serve()
-    for w in workers:
-        w.join()
+    switch = _threadsafe_sdpa_switch() if options.get("word_timestamps") else contextlib.nullcontext()
+    with switch:
+        for w in workers:
+            batcher.enter()
+        for w in workers:
+            w.start()
+        batcher.serve()
+        for w in workers:
+            w.join()
     if rounds is not None:
         rounds.extend(batcher.rounds)
     if errors:

@@ -5,8 +5,11 @@ the record, and the words and their times equal openai-whisper's PyTorch pipelin
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
+import whisper
 from max.dtype import DType
 
 from maxwhisper.audio import load_audio
@@ -90,5 +93,45 @@ def test_batched_word_timestamps_equal_sequential(speech_dir, tiny_en_model):
     audios = [load_audio(speech_dir / r["file"]) for r in transcripts(speech_dir)[1:5]]
     model = pipeline_model(tiny_en_model)
     batched = transcribe_many(model, audios, batch_size=4, word_timestamps=True)
+    assert whisper.model.MultiHeadAttention.use_sdpa, "batched alignment left PyTorch's SDPA switched off"
     for i, (audio, got) in enumerate(zip(audios, batched)):
         assert _words(got) == _words(transcribe(model, audio, word_timestamps=True)), f"file {i}"
+
+
+@pytest.mark.parametrize("switch", ["SdpaSwitch", "whisper"])
+def test_sdpa_switch_restored_after_overlapping_alignments(switch):
+    """Two workers align at once (A enters, B enters, A leaves, B leaves): afterwards SDPA is on again.
+    openai-whisper's own `disable_sdpa` leaves it off for the process (B saved A's False), which once
+    sent later PyTorch attention down the masked path and broke reference modules in CI; it is kept
+    here as the bug this test can see."""
+    from maxwhisper.batch import SdpaSwitch
+
+    disable = SdpaSwitch() if switch == "SdpaSwitch" else whisper.model.disable_sdpa
+    mha = whisper.model.MultiHeadAttention
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def a():
+        with disable():
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def b():
+        a_in.wait(5)
+        with disable():
+            b_in.set()
+            a_out.wait(5)
+
+    threads = [threading.Thread(target=f) for f in (a, b)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        restored = mha.use_sdpa
+    finally:
+        mha.use_sdpa = True
+    if switch == "whisper":
+        assert restored is False, "openai-whisper's disable_sdpa no longer leaks: SdpaSwitch may be dropped"
+    else:
+        assert restored is True

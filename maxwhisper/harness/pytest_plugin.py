@@ -120,6 +120,20 @@ def shard_of(items: list, index: int, count: int, groups: dict | None) -> list:
     return [item for item, g in zip(items, of) if where[g] == index]
 
 
+@pytest.fixture(autouse=True)
+def _sdpa_left_on():
+    """openai-whisper's SDPA switch is one class flag for the process: a test that leaves it off
+    (word alignment raced across threads once did) changes every later PyTorch attention, and reference
+    modules that use SDPA's causal switch fail far from the cause. The test that left it off fails here."""
+    import whisper
+
+    yield
+    mha = whisper.model.MultiHeadAttention
+    if not mha.use_sdpa:
+        mha.use_sdpa = True
+        pytest.fail("this test left openai-whisper's MultiHeadAttention.use_sdpa False")
+
+
 @pytest.fixture
 def record_parity(request):
     """Keep a test's measured errors for the session summary (`--parity-report PATH` writes JSON)."""
