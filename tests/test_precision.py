@@ -19,8 +19,8 @@ from maxwhisper.harness import producers as P
 from maxwhisper.harness.compare import passed
 from maxwhisper.harness.inputs import random_params
 from maxwhisper.harness.registry import SPECS
-from maxwhisper.precision import PRECISIONS, dtype_of, mode
-from maxwhisper.runtime import Compiled, device_ref, functional_graph
+from maxwhisper.harness.runners import Records
+from maxwhisper.precision import PRECISIONS, mode
 from maxwhisper.sizes import SIZES
 
 pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription
@@ -48,7 +48,35 @@ def attention_case():
     return spec, spec.draw(rng, TINY_EN, 1, 300, "normal"), params
 
 
-def test_bf16_attention_with_16bit_scores_fails_the_rule(attention_case, device, record_parity):
+def _injected(name: str, seam: str, make):
+    """Registry record `name` built with `make` injected at `seam`."""
+    spec = SPECS[name]
+
+    def build(x, s, d):
+        with seams.inject(seam, make):
+            return spec.build(x, s, d)
+
+    return replace(spec, build=build)
+
+
+def _scores_rounded(original):
+    return _scores_in_dtype
+
+
+@pytest.fixture(scope="module")
+def mutants(device):
+    """This file's bfloat16 mutants in one graph (one cold compile, not three)."""
+    return Records(TINY_EN, "bfloat16", device, {
+        "attention_scores_in_16bit": _injected("attention", "layers.qkv_attention", _scores_rounded),
+        **{bug: _injected(name, f"layers.{name}", make) for bug, (name, make) in POLICY_MUTANTS.items()}},
+        name="bfloat16_mutants")
+
+
+def _run(mutants, key, spec, x, params) -> np.ndarray:
+    return mutants(key, *(x[i.name] for i in spec.inputs), *(params[k] for k in spec.param_shapes(TINY_EN)))
+
+
+def test_bf16_attention_with_16bit_scores_fails_the_rule(attention_case, mutants, device, record_parity):
     spec, x, params = attention_case
     dtype = "bfloat16"
     expected = P.torch_layer(spec, TINY_EN, x, params)
@@ -56,11 +84,7 @@ def test_bf16_attention_with_16bit_scores_fails_the_rule(attention_case, device,
     clean = P.max_layer(spec, TINY_EN, x, params, dtype, device)
     passed(P.judge_layer(clean, expected, same, spec.check(dtype), label="attention[bfloat16]"))
 
-    with seams.inject("layers.qkv_attention", lambda original: _scores_in_dtype):
-        graph, _ = functional_graph("attention_bf16_scores", lambda xs, s: spec.build(xs, s, TINY_EN),
-                                    spec.input_shapes(TINY_EN), spec.param_shapes(TINY_EN), device_ref(device),
-                                    dtype_of(dtype))
-    bugged = Compiled(graph, device)(x["x"], *(params[k] for k in spec.param_shapes(TINY_EN)))[0]
+    bugged = _run(mutants, "attention_scores_in_16bit", spec, x, params)
     c = P.judge_layer(P.Trace(clean.ran, {spec.name: bugged}), expected, same, spec.check(dtype),
                       label="mutant attention scores in bfloat16")
     record_parity(c)
@@ -109,15 +133,8 @@ POLICY_MUTANTS = {"layer_norm_statistics_in_16bit": ("layer_norm", _layer_norm_1
 
 
 @pytest.mark.parametrize("bug", POLICY_MUTANTS)
-def test_16bit_rounding_policy_check_catches_one_extra_rounding(bug, device, record_parity):
-    name, make = POLICY_MUTANTS[bug]
-    spec = SPECS[name]
-
-    def build(x, s, d):
-        with seams.inject(f"layers.{name}", make):
-            return spec.build(x, s, d)
-
-    mutant = replace(spec, build=build)
+def test_16bit_rounding_policy_check_catches_one_extra_rounding(bug, mutants, device, record_parity):
+    spec = SPECS[POLICY_MUTANTS[bug][0]]
     for seed in range(2):
         rng = np.random.default_rng(seed)
         params = random_params(rng, spec.param_shapes(TINY_EN))
@@ -125,8 +142,9 @@ def test_16bit_rounding_policy_check_catches_one_extra_rounding(bug, device, rec
         expected = P.torch_layer(spec, TINY_EN, x, params)
         same = P.torch_layer(spec, TINY_EN, x, params, "bfloat16", device)
         clean = P.judge_layer(P.max_layer(spec, TINY_EN, x, params, "bfloat16", device), expected, same,
-                              spec.check("bfloat16"), label=f"{name}[bfloat16, seed {seed}]")
-        bugged = P.judge_layer(P.max_layer(mutant, TINY_EN, x, params, "bfloat16", device), expected, same,
+                              spec.check("bfloat16"), label=f"{spec.name}[bfloat16, seed {seed}]")
+        bugged = P.judge_layer(P.Trace(P.Ran("max", "bfloat16", device, mode("bfloat16", device)),
+                                       {spec.name: _run(mutants, bug, spec, x, params)}), expected, same,
                                spec.check("bfloat16"), label=f"mutant {bug} [bfloat16, seed {seed}]")
         record_parity(bugged)
         assert clean.passed and clean.ratios["norm"] <= POLICY_K, clean.report()

@@ -60,28 +60,30 @@ def compile_layer(spec: LayerSpec, dims: ModelDimensions, dtype: str = "float32"
 
 
 class Records:
-    """Every registry record but the encoder in one graph per (dims, precision, device), each record
+    """Several records in one graph: by default every registry record but the encoder, one graph per
+    (dims, precision, device). Each record (keyed by name: a mutant may share its record's `name`) has
     its own inputs, parameters, symbolic dims and output, so running one runs it exactly as its graph
-    alone would (no value crosses between records). A cold compile costs nearly the same for one
-    layer as for many (block 52 s, logits 42 s, all twelve 142 s here), so the suite compiles 3 graphs
-    where it compiled 36. The records not asked for run on zeros one row long, staged once."""
+    alone would (no value crosses between records). A cold compile of many layers costs little more
+    than of one (docs/testing.md), and the suite's cold time is mostly compiles. The records not asked
+    for run on zeros one row long, staged once."""
 
-    def __init__(self, dims: ModelDimensions, dtype: str, device: str):
-        self.names = [n for n in SPECS if n != "encoder"]
+    def __init__(self, dims: ModelDimensions, dtype: str, device: str,
+                 specs: Mapping[str, LayerSpec] | None = None, name: str = "records"):
+        self.specs = dict(specs) if specs is not None else {n: s for n, s in SPECS.items() if n != "encoder"}
+        self.names = list(self.specs)
         inputs, params, kinds = {}, {}, {}
-        for n in self.names:
-            spec = SPECS[n]
+        for n, spec in self.specs.items():
             for k, shape in spec.input_shapes(dims).items():  # symbolic dims are the record's own
                 inputs[f"{n}/{k}"] = [f"{n}_{d}" if isinstance(d, str) else d for d in shape]
             kinds.update({f"{n}/{k}": t for k, t in _input_dtypes(spec).items()})
             params.update({f"{n}/{k}": shape for k, shape in spec.param_shapes(dims).items()})
 
         def build(xs, scope):
-            return {n: SPECS[n].build({k.split("/", 1)[1]: v for k, v in xs.items() if k.split("/", 1)[0] == n},
-                                      _within(scope, n), dims) for n in self.names}
+            return {n: spec.build({k.split("/", 1)[1]: v for k, v in xs.items() if k.split("/", 1)[0] == n},
+                                  _within(scope, n), dims) for n, spec in self.specs.items()}
 
         f = form(dtype, device)
-        graph, self.outputs = functional_graph("records" + f.suffix, build, inputs, params, device_ref(device),
+        graph, self.outputs = functional_graph(name + f.suffix, build, inputs, params, device_ref(device),
                                                dtype_of(dtype), input_dtypes=kinds, product=products(f))
         self.compiled = Compiled(graph, device)
         # the graph takes every record's inputs first, then every record's parameters
@@ -92,6 +94,8 @@ class Records:
 
     def __call__(self, name: str, *arrays: np.ndarray) -> np.ndarray:
         """Record `name` on its inputs then parameters, in the order its graph alone would take them."""
+        if name not in self.specs:
+            raise ValueError(f"{name!r} is not among this graph's records {self.names}")
         given = dict(zip([k for k in self.keys if k.split("/", 1)[0] == name], arrays, strict=True))
         buffers = [self.compiled.to_device(given[k]) if k in given else self.zeros[k] for k in self.keys]
         return self.compiled.execute(*buffers)[self.outputs.index(name)].to(driver.CPU()).to_numpy()
