@@ -6,18 +6,18 @@ the record, and the words and their times equal openai-whisper's PyTorch pipelin
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import whisper
-from max.dtype import DType
 
 from maxwhisper.audio import load_audio
 from maxwhisper.harness import producers as P
 from maxwhisper.harness.registry import SPECS
+from maxwhisper.harness.runners import Records
 from maxwhisper.harness.speech import transcripts
 from maxwhisper.precision import mode
-from maxwhisper.runtime import Compiled, device_ref, functional_graph
 from maxwhisper.sizes import SIZES
 from maxwhisper.transcribe import pipeline_model, transcribe
 from mutants import ALIGNMENT_BUGS
@@ -26,20 +26,31 @@ TINY_EN = SIZES["tiny.en"]
 FRAME = 0.02  # one alignment frame: openai-whisper's word times are multiples of 20 ms
 
 
+def _with(bug: str, spec):
+    def build(x, s, d):
+        with ALIGNMENT_BUGS[bug]():
+            return spec.build(x, s, d)
+    return replace(spec, build=build)
+
+
+@pytest.fixture(scope="module")
+def alignment_mutants():
+    """Both alignment bugs in one graph (one cold compile, not two)."""
+    spec = SPECS["alignment_scores"]
+    return Records(TINY_EN, "float32", "cpu", {bug: _with(bug, spec) for bug in ALIGNMENT_BUGS},
+                   name="alignment_mutants")
+
+
 @pytest.mark.parametrize("bug", ALIGNMENT_BUGS)
-def test_alignment_bug_fails_the_record(bug, record_parity):
+def test_alignment_bug_fails_the_record(bug, alignment_mutants, record_parity):
     """Scores after softmax, or the heads shifted by one: the `alignment_scores` record fails, clean passes."""
     spec = SPECS["alignment_scores"]
-    with ALIGNMENT_BUGS[bug]():
-        graph, _ = functional_graph(f"alignment_scores_{bug}", lambda xs, s: spec.build(xs, s, TINY_EN),
-                                    spec.input_shapes(TINY_EN), spec.param_shapes(TINY_EN), device_ref("cpu"), DType.float32)
-    mutant = Compiled(graph, "cpu")
     from maxwhisper.harness.inputs import random_params
 
     rng = np.random.default_rng(0)
     params = random_params(rng, spec.param_shapes(TINY_EN))
     x = spec.draw(rng, TINY_EN, 2, 5, "normal")
-    out = mutant(*(x[i.name] for i in spec.inputs), *(params[k] for k in spec.param_shapes(TINY_EN)))[0]
+    out = alignment_mutants(bug, *(x[i.name] for i in spec.inputs), *(params[k] for k in spec.param_shapes(TINY_EN)))
     ran = P.Ran("max", "float32", "cpu", mode("float32"))
     judge = lambda actual: P.judge_layer(actual, P.torch_layer(spec, TINY_EN, x, params),  # noqa: E731
                                          P.torch_layer(spec, TINY_EN, x, params, "float32"), spec.check(),
