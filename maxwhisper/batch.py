@@ -194,7 +194,7 @@ def transcribe_many(model: whisper.model.Whisper, audios: Sequence[np.ndarray], 
             raise ValueError(f"audio {i} must be non-empty, finite, 1-D float32 samples at 16 kHz")
     batcher = DecodeBatcher(model, batch_size)
     if options.get("word_timestamps") and hasattr(model.decoder, "max_decoder"):
-        model.decoder.max_decoder.compile("align")  # the workers align; MAX builds graphs on this thread
+        model.decoder.max_decoder.compile("trace")  # the workers align; MAX builds graphs on this thread
     start = torch.get_rng_state()
     # whisper.transcribe calls model.decode: the workers get a shallow copy (same modules and weights)
     # whose decode is the batcher's, so the caller's model is never patched

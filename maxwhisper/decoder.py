@@ -39,26 +39,25 @@ def _weights(shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef, dtype: DType
 
 def step_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef,
                trace: bool = False, dtype: DType = DType.float32, product=None,
-               suffix: str = "", align: bool = False) -> tuple[Graph, list[str]]:
+               suffix: str = "") -> tuple[Graph, list[str]]:
     """(tokens, n_layer x (self k, self v), n_layer x (cross k, cross v)) -> (logits, grown caches).
 
     Caches and cross K/V are in `dtype` (a 16-bit cache is half the bytes); logits are float32 (whisper
     returns `.float()` logits). With `trace`, the recorded activations (`layers.decoder_trace`, in
-    `dtype`) come after the caches; with `align`, every block's `layers.alignment_scores` (word
-    timestamps). `product` and `suffix`: the precision's form (`tf32.products`) and what the graph's
-    name carries for it.
+    `dtype`) come after the caches, then every block's `layers.alignment_scores` (word timestamps:
+    one graph fewer to compile than an alignment graph of its own). `product` and `suffix`: the
+    precision's form (`tf32.products`) and what the graph's name carries for it.
     """
     d, n = dims.n_text_state, dims.n_text_layer
     types = [TensorType(DType.int64, ["batch", "n_tok"], ref)]
     types += [TensorType(dtype, ["batch", "n_cache", d], ref)] * (2 * n)
     types += [TensorType(dtype, ["batch", dims.n_audio_ctx, d], ref)] * (2 * n)
-    name = ("whisper_decoder_step" + ("_trace" if trace else "") + ("_align" if align else "")
-            + ("" if dtype == DType.float32 else f"_{dtype}") + suffix)
+    name = "whisper_decoder_step" + ("_trace" if trace else "") + ("" if dtype == DType.float32 else f"_{dtype}") + suffix
     with Graph(name, input_types=types) as g:
         xs = [v.tensor for v in g.inputs]
         pairs = lambda vs: [(vs[2 * i], vs[2 * i + 1]) for i in range(n)]  # noqa: E731
         rec: dict | None = {} if trace else None
-        scores: list | None = [] if align else None
+        scores: list | None = [] if trace else None
         scope = layers.Scope(_weights(shapes, ref, dtype), "decoder.", rec, product)
         out, grown = layers.decoder(xs[0], pairs(xs[1:1 + 2 * n]), pairs(xs[1 + 2 * n:]), scope,
                                     dims.n_text_head, ref, scores)
@@ -68,7 +67,7 @@ def step_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref
                 raise RuntimeError(f"the decoder recorded {list(rec)}, layers.decoder_trace says {want}")
         g.output(out, *(t for kv in grown for t in kv), *(rec.values() if trace else []), *(scores or []))
     return g, ["logits", *_kv_names(n, "attn"), *(rec if trace else []),
-               *(f"decoder.blocks.{i}.cross_attn.scores" for i in range(n) if align)]
+               *(f"decoder.blocks.{i}.cross_attn.scores" for i in range(n) if trace)]
 
 
 def is_cross(trace_id: str) -> bool:
@@ -139,7 +138,6 @@ class MaxDecoder:
             ref, dtype, how, suffix = device_ref(self.device), self._dtype, products(self.form), self.form.suffix
             build = {"step": lambda: step_graph(self.dims, shapes, ref, False, dtype, how, suffix),
                      "trace": lambda: step_graph(self.dims, shapes, ref, True, dtype, how, suffix),
-                     "align": lambda: step_graph(self.dims, shapes, ref, False, dtype, how, suffix, align=True),
                      "cross": lambda: cross_graph(self.dims, shapes, ref, dtype, how, suffix)}[which]
             graph, names = build()
             kinds = {k: param_dtype(k, dtype) for k in self.weights}
@@ -168,13 +166,14 @@ class MaxDecoder:
         state = self.start(features)
         out = {n: [host_float32(b)] for n, b in zip(self.compile("cross").output_names, state.cross)}
         compiled = self.compile("trace")
-        skip = 1 + 2 * self.dims.n_text_layer  # logits and the grown caches come first
+        n = self.dims.n_text_layer
+        skip = 1 + 2 * n  # logits and the grown caches come first, the alignment scores last
         for lo, hi in [(0, prompt), *((i, i + 1) for i in range(prompt, tokens.shape[1]))]:
             outs = compiled.execute(compiled.to_device(tokens[:, lo:hi]), *state.cache, *state.cross)
             state.cache = outs[1:skip]
-            for n, o in zip(compiled.output_names[skip:], outs[skip:]):
-                out.setdefault(n, []).append(host_float32(o))
-        return {n: np.concatenate(v, axis=1) for n, v in out.items()}
+            for name, o in zip(compiled.output_names[skip:-n], outs[skip:-n]):
+                out.setdefault(name, []).append(host_float32(o))
+        return {k: np.concatenate(v, axis=1) for k, v in out.items()}
 
     def align(self, tokens, features: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """(logits (1, T, n_vocab), every block's `layers.alignment_scores` (1, n_head, T, n_audio_ctx))
@@ -182,9 +181,9 @@ class MaxDecoder:
         openai-whisper's word alignment runs its model for (`timing.find_alignment`)."""
         tokens = check_tokens(tokens, self.dims)
         state = self.start(features)
-        compiled = self.compile("align")
+        compiled = self.compile("trace")  # its last outputs are the scores
         outs = compiled.execute(compiled.to_device(tokens), *state.cache, *state.cross)
-        return host_float32(outs[0]), [host_float32(o) for o in outs[1 + 2 * self.dims.n_text_layer:]]
+        return host_float32(outs[0]), [host_float32(o) for o in outs[-self.dims.n_text_layer:]]
 
     def buffer(self, array: np.ndarray) -> driver.Buffer:
         """An activation (float32 values, or `host_raw` bits) as a buffer in the decoder's dtype on its
