@@ -52,7 +52,8 @@ def step_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref
     types = [TensorType(DType.int64, ["batch", "n_tok"], ref)]
     types += [TensorType(dtype, ["batch", "n_cache", d], ref)] * (2 * n)
     types += [TensorType(dtype, ["batch", dims.n_audio_ctx, d], ref)] * (2 * n)
-    name = "whisper_decoder_step" + ("_trace" if trace else "") + ("" if dtype == DType.float32 else f"_{dtype}") + suffix
+    name = ("whisper_decoder_step" + ("_trace" if trace else "")
+            + ("" if dtype == DType.float32 else f"_{dtype}") + suffix)
     with Graph(name, input_types=types) as g:
         xs = [v.tensor for v in g.inputs]
         pairs = lambda vs: [(vs[2 * i], vs[2 * i + 1]) for i in range(n)]  # noqa: E731

@@ -147,7 +147,7 @@ class _Block(nn.Module):
 
 class MaxTextDecoder(nn.Module):
     """openai-whisper's `TextDecoder` call, tokens and audio features to logits in one step (language
-    detection, word alignment), answered by the MAX decoder's `align` graph; each block's `cross_attn`
+    detection, word alignment), answered by the MAX decoder's `trace` graph; each block's `cross_attn`
     is then called with that block's alignment scores, so the hooks `whisper.timing.find_alignment`
     installs there receive what its own modules would return."""
 

@@ -48,7 +48,8 @@ def test_activation_codes_reach_127_and_scale_back():
     a = rng.standard_normal((3, 64)).astype(np.float32)
     codes, scale = q8_activations(a)
     assert np.abs(codes).reshape(3, 2, 32).max(axis=2).tolist() == [[127, 127]] * 3
-    np.testing.assert_allclose(codes.reshape(3, 2, 32) * scale[..., None], a.reshape(3, 2, 32), atol=scale.max() / 2 * 1.001)
+    np.testing.assert_allclose(codes.reshape(3, 2, 32) * scale[..., None], a.reshape(3, 2, 32),
+                               atol=scale.max() / 2 * 1.001)
 
 
 def test_zero_blocks_stay_zero():

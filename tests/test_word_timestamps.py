@@ -1,5 +1,5 @@
 """Word timestamps on MAX: openai-whisper's alignment (`whisper.timing`) reads the cross-attention
-scores of its alignment heads; the MAX decoder's `align` graph returns them (`layers.alignment_scores`,
+scores of its alignment heads; the MAX decoder's trace graph returns them (`layers.alignment_scores`,
 judged as the registry record `alignment_scores` by the parity tests). Here: a bug in those scores fails
 the record, and the words and their times equal openai-whisper's PyTorch pipeline's."""
 

@@ -235,7 +235,7 @@ SPECS.update({s.name: s for s in [
         x["x"], (x["cache_key"], x["cache_value"]), s, d.n_text_head, _mask(x))[0], _CACHED,
         rule=replace(RULE, k_norm=16, k_quantile=16)),
     _record("cross_attention", _cross, _CROSS),
-    # word timestamps: the scaled cross-attention scores openai-whisper's alignment reads (`align` graph)
+    # word timestamps: the scaled cross-attention scores openai-whisper's alignment reads (the decoder's trace graph)
     _record("alignment_scores", lambda x, s, d: layers.alignment_scores(x["x"], layers.cross_kv(x["xa"], s), s,
                                                                         d.n_text_head), _CROSS),
     _record("decoder_block", _block, _BLOCK),
