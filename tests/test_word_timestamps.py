@@ -96,13 +96,15 @@ def test_words_and_times_equal_openai_whisper_all(speech_dir, tiny_en_model):
     print(f"\nword timestamps, {len(files)} files: largest boundary difference {worst:.3f} s")
 
 
-def test_batched_word_timestamps_equal_sequential(speech_dir, tiny_en_model):
+@pytest.mark.parametrize("pipeline", ["max", "torch"])
+def test_batched_word_timestamps_equal_sequential(pipeline, speech_dir, tiny_en_model):
     """Four distinct files at batch 4 with word_timestamps: each file's words and times are its own
-    sequential ones (openai-whisper's alignment hooks the decoder's blocks, so each worker has its own)."""
+    sequential ones (openai-whisper's alignment hooks the decoder's blocks, so each worker has its own),
+    through MAX's pipeline and openai-whisper's PyTorch one."""
     from maxwhisper.batch import transcribe_many
 
     audios = [load_audio(speech_dir / r["file"]) for r in transcripts(speech_dir)[1:5]]
-    model = pipeline_model(tiny_en_model)
+    model = pipeline_model(tiny_en_model, *((pipeline, pipeline) if pipeline == "torch" else ()))
     batched = transcribe_many(model, audios, batch_size=4, word_timestamps=True)
     assert whisper.model.MultiHeadAttention.use_sdpa, "batched alignment left PyTorch's SDPA switched off"
     for i, (audio, got) in enumerate(zip(audios, batched)):
