@@ -10,6 +10,7 @@ a precision regression or a plausible typo makes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -255,6 +256,15 @@ def _cross_reused(start):
 
 def _seam(name: str, make: Callable[[Callable], Callable]):
     return lambda: seams.inject(name, make)
+
+
+def injected(spec, inject: Callable):
+    """Record `spec` whose graph is built under `inject()` (a context, as `_seam` makes one): a mutant
+    that can share a graph with others (`harness.runners.Records`)."""
+    def build(x, s, d):
+        with inject():
+            return spec.build(x, s, d)
+    return dataclasses.replace(spec, build=build)
 
 
 # bug -> (how it is injected, the check of runtime_checks that must fail, what its message must name)

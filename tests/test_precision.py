@@ -7,7 +7,6 @@ keeps them in float32: the plausible bug of a 16-bit port, and the reason the co
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from maxwhisper.harness.registry import SPECS
 from maxwhisper.harness.runners import Records
 from maxwhisper.precision import PRECISIONS, mode
 from maxwhisper.sizes import SIZES
+from mutants import injected
 
 pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription
 
@@ -48,17 +48,6 @@ def attention_case():
     return spec, spec.draw(rng, TINY_EN, 1, 300, "normal"), params
 
 
-def _injected(name: str, seam: str, make):
-    """Registry record `name` built with `make` injected at `seam`."""
-    spec = SPECS[name]
-
-    def build(x, s, d):
-        with seams.inject(seam, make):
-            return spec.build(x, s, d)
-
-    return replace(spec, build=build)
-
-
 def _scores_rounded(original):
     return _scores_in_dtype
 
@@ -67,13 +56,11 @@ def _scores_rounded(original):
 def mutants(device):
     """This file's bfloat16 mutants in one graph (one cold compile, not three)."""
     return Records(TINY_EN, "bfloat16", device, {
-        "attention_scores_in_16bit": _injected("attention", "layers.qkv_attention", _scores_rounded),
-        **{bug: _injected(name, f"layers.{name}", make) for bug, (name, make) in POLICY_MUTANTS.items()}},
+        "attention_scores_in_16bit": injected(SPECS["attention"],
+                                              lambda: seams.inject("layers.qkv_attention", _scores_rounded)),
+        **{bug: injected(SPECS[name], lambda name=name, make=make: seams.inject(f"layers.{name}", make))
+           for bug, (name, make) in POLICY_MUTANTS.items()}},
         name="bfloat16_mutants")
-
-
-def _run(mutants, key, spec, x, params) -> np.ndarray:
-    return mutants(key, *(x[i.name] for i in spec.inputs), *(params[k] for k in spec.param_shapes(TINY_EN)))
 
 
 def test_bf16_attention_with_16bit_scores_fails_the_rule(attention_case, mutants, device, record_parity):
@@ -84,7 +71,7 @@ def test_bf16_attention_with_16bit_scores_fails_the_rule(attention_case, mutants
     clean = P.max_layer(spec, TINY_EN, x, params, dtype, device)
     passed(P.judge_layer(clean, expected, same, spec.check(dtype), label="attention[bfloat16]"))
 
-    bugged = _run(mutants, "attention_scores_in_16bit", spec, x, params)
+    bugged = mutants("attention_scores_in_16bit", x, params)
     c = P.judge_layer(P.Trace(clean.ran, {spec.name: bugged}), expected, same, spec.check(dtype),
                       label="mutant attention scores in bfloat16")
     record_parity(c)
@@ -144,7 +131,7 @@ def test_16bit_rounding_policy_check_catches_one_extra_rounding(bug, mutants, de
         clean = P.judge_layer(P.max_layer(spec, TINY_EN, x, params, "bfloat16", device), expected, same,
                               spec.check("bfloat16"), label=f"{spec.name}[bfloat16, seed {seed}]")
         bugged = P.judge_layer(P.Trace(P.Ran("max", "bfloat16", device, mode("bfloat16", device)),
-                                       {spec.name: _run(mutants, bug, spec, x, params)}), expected, same,
+                                       {spec.name: mutants(bug, x, params)}), expected, same,
                                spec.check("bfloat16"), label=f"mutant {bug} [bfloat16, seed {seed}]")
         record_parity(bugged)
         assert clean.passed and clean.ratios["norm"] <= POLICY_K, clean.report()

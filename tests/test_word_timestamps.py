@@ -6,7 +6,6 @@ the record, and the words and their times equal openai-whisper's PyTorch pipelin
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,24 +19,17 @@ from maxwhisper.harness.speech import transcripts
 from maxwhisper.precision import mode
 from maxwhisper.sizes import SIZES
 from maxwhisper.transcribe import pipeline_model, transcribe
-from mutants import ALIGNMENT_BUGS
+from mutants import ALIGNMENT_BUGS, injected
 
 TINY_EN = SIZES["tiny.en"]
 FRAME = 0.02  # one alignment frame: openai-whisper's word times are multiples of 20 ms
-
-
-def _with(bug: str, spec):
-    def build(x, s, d):
-        with ALIGNMENT_BUGS[bug]():
-            return spec.build(x, s, d)
-    return replace(spec, build=build)
 
 
 @pytest.fixture(scope="module")
 def alignment_mutants():
     """Both alignment bugs in one graph (one cold compile, not two)."""
     spec = SPECS["alignment_scores"]
-    return Records(TINY_EN, "float32", "cpu", {bug: _with(bug, spec) for bug in ALIGNMENT_BUGS},
+    return Records(TINY_EN, "float32", "cpu", {bug: injected(spec, make) for bug, make in ALIGNMENT_BUGS.items()},
                    name="alignment_mutants")
 
 
@@ -50,7 +42,7 @@ def test_alignment_bug_fails_the_record(bug, alignment_mutants, record_parity):
     rng = np.random.default_rng(0)
     params = random_params(rng, spec.param_shapes(TINY_EN))
     x = spec.draw(rng, TINY_EN, 2, 5, "normal")
-    out = alignment_mutants(bug, *(x[i.name] for i in spec.inputs), *(params[k] for k in spec.param_shapes(TINY_EN)))
+    out = alignment_mutants(bug, x, params)
     ran = P.Ran("max", "float32", "cpu", mode("float32"))
     judge = lambda actual: P.judge_layer(actual, P.torch_layer(spec, TINY_EN, x, params),  # noqa: E731
                                          P.torch_layer(spec, TINY_EN, x, params, "float32"), spec.check(),

@@ -70,7 +70,7 @@ class Records:
     def __init__(self, dims: ModelDimensions, dtype: str, device: str,
                  specs: Mapping[str, LayerSpec] | None = None, name: str = "records"):
         self.specs = dict(specs) if specs is not None else {n: s for n, s in SPECS.items() if n != "encoder"}
-        self.names = list(self.specs)
+        self.dims = dims
         inputs, params, kinds = {}, {}, {}
         for n, spec in self.specs.items():
             for k, shape in spec.input_shapes(dims).items():  # symbolic dims are the record's own
@@ -92,10 +92,12 @@ class Records:
                                                           np.int64 if kinds.get(k) == DType.int64 else np.float32))
                       for k, shape in [*inputs.items(), *params.items()]}
 
-    def __call__(self, name: str, *arrays: np.ndarray) -> np.ndarray:
-        """Record `name` on its inputs then parameters, in the order its graph alone would take them."""
+    def __call__(self, name: str, x, params: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Record `name` on inputs `x` (by name, or one array) with `params`, as `run_max` takes them."""
         if name not in self.specs:
-            raise ValueError(f"{name!r} is not among this graph's records {self.names}")
+            raise ValueError(f"{name!r} is not among this graph's records {list(self.specs)}")
+        spec = self.specs[name]
+        arrays = [*_arrays(spec, x), *(np.asarray(params[k]) for k in spec.param_shapes(self.dims))]
         given = dict(zip([k for k in self.keys if k.split("/", 1)[0] == name], arrays, strict=True))
         buffers = [self.compiled.to_device(given[k]) if k in given else self.zeros[k] for k in self.keys]
         return self.compiled.execute(*buffers)[self.outputs.index(name)].to(driver.CPU()).to_numpy()
@@ -121,11 +123,10 @@ def run_max(spec: LayerSpec, dims: ModelDimensions, x, params: Mapping[str, np.n
     """Run the layer's MAX graph on `x` with `params` (new values never recompile); `dtype` a
     precision (`maxwhisper.precision`), `emulate="gpu"` its GPU form on this device. A registry
     record runs in `Records`' graph, any other record (a mutant) in a graph of its own."""
-    order = spec.param_shapes(dims)
-    arrays = [*_arrays(spec, x), *(np.asarray(params[k]) for k in order)]
     if emulate is None and spec.name != "encoder" and SPECS.get(spec.name) is spec:
-        return records(dims, dtype, device)(spec.name, *arrays)
-    return compile_layer(spec, dims, dtype, device, emulate)(*arrays)[0]
+        return records(dims, dtype, device)(spec.name, x, params)
+    order = spec.param_shapes(dims)
+    return compile_layer(spec, dims, dtype, device, emulate)(*_arrays(spec, x), *(params[k] for k in order))[0]
 
 
 def bound_max(spec: LayerSpec, dims: ModelDimensions, params: Mapping[str, np.ndarray],
