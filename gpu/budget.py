@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import measure  # noqa: E402
+from maxwhisper.harness.shards import groups, junit_seconds  # noqa: E402,F401  (budget.groups: tests)
 
 COLD_S = 60.0
 FIRST_EXTRA_S = 15.0
@@ -58,7 +59,6 @@ def shard_events(summary: dict) -> dict[str, dict]:
 
 def replay_step(shards: dict[str, dict], compiled: dict[str, float], start: float, jobs: int = JOBS) -> dict:
     """Discrete-event replay of one step's shards from `start`; `compiled` (key -> when done) is updated."""
-    clock = {name: start for name in shards}
     index = {name: 0 for name in shards}
     cold = {name: 0 for name in shards}
     heap = [(start, name) for name in list(shards)[:jobs]]
@@ -141,55 +141,6 @@ def order_failures(call: measure.Call, summary: dict) -> list[str]:
         if mine and min(mine) < last_end:
             out.append(f"call {call.number} step {step.name}: an output appeared before the previous step's")
         last_end = max([last_end, *mine])
-    return out
-
-
-def groups(summary: dict, seconds: dict[str, float] | None = None) -> dict:
-    """Tests that load a graph in common, in one group (union-find on graph keys); per group its graphs,
-    and its cost: COLD_S per graph plus its tests' seconds in `seconds` (nodeid -> s, from junit XML;
-    a test that loaded no graph counts in the group of the test before it in its function)."""
-    parent: dict[str, str] = {}
-
-    def find(x):
-        while parent.setdefault(x, x) != x:
-            x = parent[x]
-        return x
-
-    owner: dict[str, str] = {}
-    for g in summary["graphs"]:
-        test = g.get("test")
-        if not test:
-            continue
-        find(test)
-        if g["key"] in owner:
-            parent[find(test)] = find(owner[g["key"]])
-        else:
-            owner[g["key"]] = test
-    keys: dict[str, set] = {}
-    for g in summary["graphs"]:
-        if g.get("test"):
-            keys.setdefault(find(g["test"]), set()).add(g["key"])
-    tests = {t: find(t) for t in parent}
-    cost = {g: COLD_S * len(v) for g, v in keys.items()}
-    last: dict[str, str] = {}
-    for t, s in (seconds or {}).items():  # in run order
-        g = tests.get(t) or last.get(t.split("[")[0])
-        if g is not None:
-            last[t.split("[")[0]] = g
-            cost[g] += s
-    return dict(tests=tests, graphs={k: len(v) for k, v in sorted(keys.items())},
-                cost={k: round(v, 1) for k, v in sorted(cost.items())})
-
-
-def junit_seconds(paths: list[Path]) -> dict[str, float]:
-    """nodeid -> seconds of each test case in pytest junit XML files."""
-    import xml.etree.ElementTree as ET
-
-    out = {}
-    for p in paths:
-        for case in ET.parse(p).getroot().iter("testcase"):
-            module = case.get("classname", "").replace(".", "/")
-            out[f"{module}.py::{case.get('name')}"] = float(case.get("time", 0))
     return out
 
 

@@ -86,18 +86,30 @@ def device_buffer(array: np.ndarray, dtype: DType, device: driver.Device) -> dri
     return data.to(device)
 
 
-def log_load(graph: Graph, device: str, seconds: float) -> None:
+def log_load(graph: Graph, device: str, seconds: float, key: str) -> None:
     """Append one line per loaded graph to $MAXWHISPER_GRAPH_LOG: the GPU run's budget counts graphs
     from a run (each is a cold compile on a fresh machine), not from a list kept by hand. `key` tells
     apart graphs of one name (the encoder and its trace)."""
     path = os.environ.get("MAXWHISPER_GRAPH_LOG")
     if path:
-        key = hashlib.sha256(str(graph).encode()).hexdigest()[:12]
         line = dict(graph=graph.name, key=key, device=device, load_s=round(seconds, 3), pid=os.getpid(),
                     shard=os.environ.get("MAXWHISPER_SHARD", ""), t=round(time.time(), 3),
                     test=os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0])
         with open(path, "a") as f:  # one short write per line: shards append to the same file safely
             f.write(json.dumps(line) + "\n")
+
+
+_USED: set[tuple[str, str]] = set()
+
+
+def log_use(graph_name: str, key: str) -> None:
+    """Append one line to $MAXWHISPER_GRAPH_USES the first time each test runs a graph: a test that
+    reuses a graph another test loaded must share that test's shard (`maxwhisper.harness.shards`)."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+    if (key, test) not in _USED:
+        _USED.add((key, test))
+        with open(os.environ["MAXWHISPER_GRAPH_USES"], "a") as f:
+            f.write(json.dumps(dict(graph=graph_name, key=key, test=test)) + "\n")
 
 
 class Compiled:
@@ -114,9 +126,17 @@ class Compiled:
         registry = {k: weight_data(v, kinds.get(k, DType.float32)) for k, v in (weights or {}).items()}
         t0 = time.perf_counter()
         self.model = session.load(graph, weights_registry=registry)
-        log_load(graph, device, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self._use = None
+        if os.environ.get("MAXWHISPER_GRAPH_LOG") or os.environ.get("MAXWHISPER_GRAPH_USES"):
+            # once: a second str(graph) of a loaded graph differs from the first
+            key = hashlib.sha256(str(graph).encode()).hexdigest()[:12]
+            log_load(graph, device, seconds, key)
+            self._use = (graph.name, key) if os.environ.get("MAXWHISPER_GRAPH_USES") else None
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        if self._use:
+            log_use(*self._use)
         buffers = [self.to_device(a) for a in arrays]
         return [o.to(driver.CPU()).to_numpy() for o in self.model.execute(*buffers)]
 
@@ -125,6 +145,8 @@ class Compiled:
 
     def execute(self, *buffers: driver.Buffer) -> list[driver.Buffer]:
         """Run on device buffers and keep the outputs there (a decoder step feeds the next one)."""
+        if self._use:
+            log_use(*self._use)
         return self.model.execute(*buffers)
 
 

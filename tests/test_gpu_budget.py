@@ -162,7 +162,7 @@ class _Item:
 
 
 def test_shards_keep_tests_sharing_a_graph_together_and_cover_every_test():
-    from maxwhisper.harness.pytest_plugin import shard_of
+    from maxwhisper.harness.shards import shard_of
 
     ids = ["m.py::t[a-x]", "m.py::t[a-y]", "m.py::t[b-x]", "m.py::u[a]", "m.py::u[b]", "n.py::v[1]", "n.py::v[2]"]
     groups = {"tests": {"m.py::t[a-x]": "A", "m.py::t[b-x]": "B", "n.py::v[1]": "V"},
@@ -213,21 +213,28 @@ def test_dtype_option_selects_one_precisions_tests_and_refuses_an_unknown_one():
     assert bad.returncode != 0 and "--dtype 'float64': not a precision" in bad.stderr
 
 
-def test_graph_log_lines_name_the_graph_its_key_and_the_test(tmp_path, monkeypatch):
-    from maxwhisper import runtime
+def test_graph_log_lines_name_the_graph_its_key_and_the_test_and_uses_share_the_key(tmp_path, monkeypatch):
+    """The load line and every test's first use of the graph carry one key (a second str() of a
+    loaded graph differs from the first: keys computed twice once split every group)."""
+    import numpy as np
+    from max.dtype import DType
+    from max.graph import DeviceRef, Graph, TensorType
 
-    class Graph:
-        name = "g"
+    from maxwhisper.runtime import Compiled
 
-        def __str__(self):
-            return "module { g }"
-
-    log = tmp_path / "graphs.jsonl"
+    log, uses = tmp_path / "graphs.jsonl", tmp_path / "uses.jsonl"
+    with Graph("add_one", input_types=[TensorType(DType.float32, [4], DeviceRef.CPU())]) as g:
+        g.output(g.inputs[0].tensor + 1)
     monkeypatch.setenv("MAXWHISPER_GRAPH_LOG", str(log))
+    monkeypatch.setenv("MAXWHISPER_GRAPH_USES", str(uses))
     monkeypatch.setenv("MAXWHISPER_SHARD", "s1")
-    runtime.log_load(Graph(), "cpu", 1.5)
-    monkeypatch.delenv("MAXWHISPER_GRAPH_LOG")
-    runtime.log_load(Graph(), "cpu", 1.5)  # no log asked for: nothing written
+    compiled = Compiled(g, "cpu")
+    x = np.zeros(4, np.float32)
+    compiled(x), compiled(x)  # one use line per test
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/x.py::other (call)")
+    compiled(x)
     (line,) = [json.loads(x) for x in log.read_text().splitlines()]
-    assert line["graph"] == "g" and line["shard"] == "s1" and line["load_s"] == 1.5 and len(line["key"]) == 12
+    assert line["graph"] == "add_one" and line["shard"] == "s1" and len(line["key"]) == 12
     assert line["test"].startswith("tests/test_gpu_budget.py::test_graph_log_lines")
+    used = [json.loads(x) for x in uses.read_text().splitlines()]
+    assert [(u["key"], u["test"]) for u in used] == [(line["key"], line["test"]), (line["key"], "tests/x.py::other")]

@@ -18,20 +18,14 @@ from hypothesis import strategies as st
 
 from maxwhisper.audio import SAMPLE_RATE, load_audio, synthesize
 from maxwhisper.harness.pytest_plugin import axis
-from maxwhisper.harness.speech import longform_groups, transcripts
+from maxwhisper.harness.speech import transcripts
 from maxwhisper.harness.wer import normalize, wer
 from maxwhisper.batch import transcribe_many
-from maxwhisper.precision import mode
 from maxwhisper.transcribe import pipeline_model, transcribe
 
 
 def _tokens(result: dict) -> list[int]:
     return [t for s in result["segments"] for t in s["tokens"]]
-
-
-@pytest.fixture(scope="session")
-def pipelines(tiny_en_model):
-    return pipeline_model(tiny_en_model, "max", "max"), pipeline_model(tiny_en_model, "torch", "torch")
 
 
 @pytest.fixture(scope="session")
@@ -89,81 +83,6 @@ def test_e2e_wer_test_other_axis(dtype, corpus, tiny_en_in, speech_dir):
     print(f"\ntest-other, MAX {dtype} vs MAX float32: text equal on {same_text}/100, tokens on {same_tokens}/100; "
           f"WER {100 * w16:.2f}% vs {100 * w32:.2f}% ({100 * (w16 - w32):+.2f} points)")
     assert abs(w16 - w32) <= WER_POINTS_16, f"{dtype}: WER {100 * w16:.2f}% vs float32 {100 * w32:.2f}%"
-
-
-@pytest.fixture(scope="module")
-def longform(speech_dir, pipelines):
-    """group id -> (row, audio, MAX float32 result, PyTorch float32 result), each group transcribed
-    once, when first asked for (the float32 test, then the 16-bit test's comparison)."""
-    done = {}
-
-    def get(group: str):
-        if group not in done:
-            row = longform_groups(speech_dir)[group]
-            audio = np.concatenate([load_audio(speech_dir / f) for f in row["files_in_order"].split(",")])
-            done[group] = (row, audio, *(transcribe(p, audio) for p in pipelines))
-        return done[group]
-    return get
-
-
-@pytest.mark.parametrize("group", list(longform_groups()) or ["speech-data-absent"])
-def test_e2e_longform_windows(group, longform):
-    row, audio, m, t = longform(group)
-    duration = len(audio) / SAMPLE_RATE
-    w_max, w_torch = wer(row["text"], m["text"]), wer(row["text"], t["text"])
-    print(f"\n{group}: {duration:.1f} s, WER MAX {100 * w_max:.2f}% PyTorch {100 * w_torch:.2f}%")
-    # identical windows: the same tokens (timestamps included) and the same segment boundaries
-    assert _tokens(m) == _tokens(t), f"{group}: MAX {m['text']!r}\nPyTorch {t['text']!r}"
-    assert [(s["seek"], s["start"], s["end"]) for s in m["segments"]] == [(s["seek"], s["start"], s["end"]) for s in t["segments"]]
-    # every 30 s window was decoded: the segments reach the end and the words cover the text
-    assert duration > 60 and m["segments"][-1]["end"] >= duration - 5.0
-    assert len(normalize(m["text"]).split()) >= 0.8 * len(normalize(row["text"]).split())
-    assert w_max < 0.35
-
-
-def _windows(result: dict) -> dict[int, str]:
-    """seek -> the normalized text openai-whisper's loop decoded in the window starting there."""
-    texts: dict[int, str] = {}
-    for segment in result["segments"]:
-        texts[segment["seek"]] = texts.get(segment["seek"], "") + segment["text"]
-    return {seek: normalize(text) for seek, text in texts.items()}
-
-
-@pytest.mark.parametrize("dtype", LOW_PIPELINE)
-def test_e2e_longform_axis_window_by_window(dtype, longform, tiny_en, tiny_en_in):
-    """The 10 long-form groups through the 16-bit pipeline (batched): every window decoded (segments
-    reaching the end, words covering the text); compared window by window (text per seek) with the
-    MAX float32 pipeline and, whole, with openai-whisper's own pipeline computing in the same dtype on
-    the CPU (`reference.pipeline`: openai-whisper cannot be asked for it there). WER within the 16-bit
-    gate (0.3 points) of float32's, and of openai-whisper's in the same dtype."""
-    from reference.pipeline import torch_pipeline
-
-    groups = [longform(g) for g in longform_groups()]
-    assert len(groups) == 10
-    audios = [audio for _, audio, _, _ in groups]
-    low = transcribe_many(pipeline_model(tiny_en_in(dtype), "max", "max"), audios, batch_size=10)
-    same = [transcribe(torch_pipeline(*tiny_en, dtype), audio) for audio in audios]
-    lines, aligned, equal = [], 0, 0
-    for (row, audio, m32, _), r in zip(groups, low):
-        duration, gid = len(audio) / SAMPLE_RATE, row["group_id"]
-        assert duration > 60 and r["segments"][-1]["end"] >= duration - 5.0, (gid, r["segments"][-1])
-        assert len(normalize(r["text"]).split()) >= 0.8 * len(normalize(row["text"]).split()), gid
-        w16, w32 = _windows(r), _windows(m32)
-        for seek, text in w16.items():
-            aligned += seek in w32
-            equal += w32.get(seek) == text
-            if seek in w32 and w32[seek] != text:
-                lines.append(f"  {gid} window at {seek / 100:.2f} s: WER against float32's {100 * wer(w32[seek], text):.1f}%")
-    refs = [row["text"] for row, _, _, _ in groups]
-    w16, w32 = wer(refs, [r["text"] for r in low]), wer(refs, [m["text"] for _, _, m, _ in groups])
-    wt = wer(refs, [r["text"] for r in same])
-    print(f"\nMAX: {mode(dtype)}; openai-whisper: {dtype} activations, float32 weights, torch {torch.__version__} "
-          f"on the CPU (reference.pipeline)")
-    print(f"long form, MAX {dtype}: {sum(map(len, map(_windows, low)))} windows, {aligned} at float32's seeks, "
-          f"{equal} of them the same text; WER {100 * w16:.2f}% vs MAX float32 {100 * w32:.2f}% "
-          f"({100 * (w16 - w32):+.2f} points) vs openai-whisper {dtype} {100 * wt:.2f}%\n" + "\n".join(lines))
-    assert abs(w16 - w32) <= WER_POINTS_16, f"{dtype}: WER {100 * w16:.2f}% vs float32 {100 * w32:.2f}%"
-    assert w16 - wt <= WER_POINTS_16, f"{dtype}: WER {100 * w16:.2f}% vs openai-whisper's {dtype} {100 * wt:.2f}%"
 
 
 SENTENCE = st.lists(st.sampled_from(

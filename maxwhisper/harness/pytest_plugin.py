@@ -82,6 +82,8 @@ def pytest_collection_modifyitems(config, items):
         except (ValueError, AssertionError):
             raise pytest.UsageError(f"--shard {shard!r}: expected I/N with 0 <= I < N") from None
         path = config.getoption("--shard-groups")
+        from maxwhisper.harness.shards import shard_of
+
         keep = shard_of(keep, index, count, json.loads(Path(path).read_text()) if path else None)
     if len(keep) < len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
@@ -90,34 +92,6 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_configure(config):
     config.pluginmanager.register(ParityRecorder(), NAME)
-
-
-def shard_of(items: list, index: int, count: int, groups: dict | None) -> list:
-    """Shard `index` of `count`. With `groups` ({"tests": nodeid -> group, "graphs": group -> graphs,
-    "cost": group -> seconds, else 60 per graph}),
-    a test absent from it (it loaded no graph of its own: it reused one) joins the group of a test of
-    its module with the same first parameter, else of the test before it in its function; groups go
-    to the least-loaded shard, costliest first. Without `groups`, every count-th test."""
-    if groups is None:
-        return items[index::count]
-
-    def param(nodeid: str) -> tuple[str, str]:  # (module, first token of the id): `[mlp-normal]` -> mlp
-        return nodeid.split("::")[0], nodeid.partition("[")[2].split("-")[0].rstrip("]")
-
-    by_param = {param(t): g for t, g in groups["tests"].items() if "[" in t}
-    of, last = [], {}
-    for item in items:
-        function = item.nodeid.split("[")[0]
-        g = (groups["tests"].get(item.nodeid) or ("[" in item.nodeid and by_param.get(param(item.nodeid)))
-             or last.get(function) or item.nodeid)
-        last[function] = g
-        of.append(g)
-    cost = {g: groups.get("cost", {}).get(g, 60.0 * groups["graphs"].get(g, 1)) for g in of}
-    load, where = [0.0] * count, {}
-    for g in sorted(dict.fromkeys(of), key=lambda g: -cost[g]):
-        where[g] = load.index(min(load))
-        load[where[g]] += cost[g]
-    return [item for item, g in zip(items, of) if where[g] == index]
 
 
 @pytest.fixture(autouse=True)
@@ -228,6 +202,14 @@ def tiny_en_model(tiny_en, device):
     from maxwhisper import MaxWhisper
 
     return MaxWhisper(*tiny_en, device=device, name="tiny.en")
+
+
+@pytest.fixture(scope="session")
+def pipelines(tiny_en_model):
+    """(MAX pipeline, openai-whisper's PyTorch pipeline) of the embedded tiny.en, for `transcribe`."""
+    from maxwhisper.transcribe import pipeline_model
+
+    return pipeline_model(tiny_en_model, "max", "max"), pipeline_model(tiny_en_model, "torch", "torch")
 
 
 def axis(family: str) -> list:
