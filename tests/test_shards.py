@@ -37,6 +37,18 @@ def test_groups_join_tests_through_graphs_loaded_or_reused():
     t = g["tests"]
     assert t["m.py::a"] == t["m.py::b"] and t["n.py::c"] == t["o.py::e"] != t["n.py::d"]
     assert g["cost"][t["m.py::a"]] == 150.0 and g["cost"][t["n.py::d"]] == shards.GRAPH_S
+    # the end-to-end tier: one group per module (its fixtures), whatever graphs it shares
+    g = shards.groups({"graphs": log}, {"n.py::f": 30.0}, by_module=True)
+    assert g["modules"] == {m: m for m in ("m.py", "n.py", "o.py")} and g["tests"] == {}
+    assert g["cost"]["n.py"] == 2 * shards.GRAPH_S + 30.0  # its two graphs and f's own seconds
+    items = [_Item(t) for t in ("n.py::f", "m.py::a", "n.py::c", "n.py::new[x]", "o.py::e")]
+    where = {i.nodeid: k for k in range(2) for i in shards.shard_of(items, k, 2, g)}
+    assert where["n.py::f"] == where["n.py::c"] == where["n.py::new[x]"] != where["m.py::a"]
+
+
+class _Item:
+    def __init__(self, nodeid):
+        self.nodeid = nodeid
 
 
 def test_committed_groups_name_tests_that_exist():

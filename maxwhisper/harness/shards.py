@@ -27,7 +27,7 @@ GROUPS = Path(__file__).resolve().parents[2] / "tests" / "shard-groups.json"
 
 def shard_of(items: list, index: int, count: int, groups: dict | None) -> list:
     """Shard `index` of `count`. With `groups` ({"tests": nodeid -> group, "graphs": group -> graphs,
-    "cost": group -> seconds, else 60 per graph}),
+    "cost": group -> seconds, else 60 per graph; "modules": module -> group, for all its tests),
     a test absent from it (it loaded no graph of its own: it reused one) joins the group of a test of
     its module with the same first parameter, else of the test before it in its function; groups go
     to the least-loaded shard, costliest first. Without `groups`, every count-th test."""
@@ -41,8 +41,8 @@ def shard_of(items: list, index: int, count: int, groups: dict | None) -> list:
     of, last = [], {}
     for item in items:
         function = item.nodeid.split("[")[0]
-        g = (groups["tests"].get(item.nodeid) or ("[" in item.nodeid and by_param.get(param(item.nodeid)))
-             or last.get(function) or item.nodeid)
+        g = (groups["tests"].get(item.nodeid) or groups.get("modules", {}).get(item.nodeid.split("::")[0])
+             or ("[" in item.nodeid and by_param.get(param(item.nodeid))) or last.get(function) or item.nodeid)
         last[function] = g
         of.append(g)
     cost = {g: groups.get("cost", {}).get(g, 60.0 * groups["graphs"].get(g, 1)) for g in of}
@@ -54,12 +54,27 @@ def shard_of(items: list, index: int, count: int, groups: dict | None) -> list:
 
 
 def groups(summary: dict, seconds: dict[str, float] | None = None, graph_s: float = GRAPH_S,
-           cold: dict[str, float] | None = None) -> dict:
+           cold: dict[str, float] | None = None, by_module: bool = False) -> dict:
     """Tests that load a graph in common, in one group (union-find on graph keys); per group its graphs
     and its cost: per graph, its compile seconds in `cold` (key -> s, from a cold run's log), else
     `graph_s`; plus its tests' seconds in `seconds` (nodeid -> s, from junit XML; a test that loaded
-    no graph counts in the group of the test before it in its function)."""
+    no graph counts in the group of the test before it in its function).
+
+    With `by_module`, one group per module instead (`modules`): the end-to-end tier's tests share a
+    module's fixtures (its transcribed corpus) more than graphs; two shards compiling one graph at once
+    cost about one compile's time, a shard transcribing the corpus again would cost minutes."""
     log = [g for g in summary["graphs"] if g.get("test")]
+    if by_module:
+        of = {t: t.split("::")[0] for t in [*(g["test"] for g in log), *(seconds or {})]}
+        keys: dict[str, set] = {}
+        for g in log:
+            keys.setdefault(of[g["test"]], set()).add(g["key"])
+        cost = {m: sum((cold or {}).get(k, graph_s) for k in keys.get(m, ())) for m in set(of.values())}
+        for t, s in (seconds or {}).items():
+            cost[of[t]] += s
+        return dict(tests={}, modules={m: m for m in sorted(cost)},
+                    graphs={m: len(v) for m, v in sorted(keys.items())},
+                    cost={m: round(v, 1) for m, v in sorted(cost.items())})
     parent: dict[str, str] = {}
 
     def find(x):
@@ -161,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--graph-s", type=float, default=GRAPH_S, help="a cold compile's cost in seconds")
     g.add_argument("--uses", type=Path, help="the same run's $MAXWHISPER_GRAPH_USES: tests that ran a graph "
                                              "another test loaded")
+    g.add_argument("--by-module", action="store_true", help="a module's tests in one group (they share fixtures)")
     g.add_argument("--cold", type=Path, help="a cold run's graph log: each graph's own compile seconds")
     g.add_argument("--merge", action="store_true", help="add to --out's groups (another run's tests)")
     g.add_argument("--out", type=Path, required=True)
@@ -172,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         for x in (args.cold.read_text().splitlines() if args.cold else []):
             if x.strip():
                 cold.setdefault(json.loads(x)["key"], json.loads(x)["load_s"])  # a key's first load: its compile
-        found = groups({"graphs": log}, junit_seconds(args.junit), args.graph_s, cold)
+        found = groups({"graphs": log}, junit_seconds(args.junit), args.graph_s, cold, args.by_module)
         if args.merge and args.out.exists():
             old = json.loads(args.out.read_text())
             found = {part: {**old.get(part, {}), **found.get(part, {})} for part in {*old, *found}}
