@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from max import driver
 from max.dtype import DType
-from max.graph import DeviceRef, Graph, TensorType
+from max.graph import DeviceRef, Graph, Module, TensorType
 from whisper.model import ModelDimensions
 
 from maxwhisper import layers
@@ -39,14 +39,15 @@ def _weights(shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef, dtype: DType
 
 def step_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef,
                trace: bool = False, dtype: DType = DType.float32, product=None,
-               suffix: str = "") -> tuple[Graph, list[str]]:
+               suffix: str = "", module: Module | None = None) -> tuple[Graph, list[str]]:
     """(tokens, n_layer x (self k, self v), n_layer x (cross k, cross v)) -> (logits, grown caches).
 
     Caches and cross K/V are in `dtype` (a 16-bit cache is half the bytes); logits are float32 (whisper
     returns `.float()` logits). With `trace`, the recorded activations (`layers.decoder_trace`, in
     `dtype`) come after the caches, then every block's `layers.alignment_scores` (word timestamps:
     one graph fewer to compile than an alignment graph of its own). `product` and `suffix`: the
-    precision's form (`tf32.products`) and what the graph's name carries for it.
+    precision's form (`tf32.products`) and what the graph's name carries for it; `module`: a
+    `Module` compiled as one unit with other graphs.
     """
     d, n = dims.n_text_state, dims.n_text_layer
     types = [TensorType(DType.int64, ["batch", "n_tok"], ref)]
@@ -54,7 +55,7 @@ def step_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref
     types += [TensorType(dtype, ["batch", dims.n_audio_ctx, d], ref)] * (2 * n)
     name = ("whisper_decoder_step" + ("_trace" if trace else "")
             + ("" if dtype == DType.float32 else f"_{dtype}") + suffix)
-    with Graph(name, input_types=types) as g:
+    with Graph(name, input_types=types, module=module) as g:
         xs = [v.tensor for v in g.inputs]
         pairs = lambda vs: [(vs[2 * i], vs[2 * i + 1]) for i in range(n)]  # noqa: E731
         rec: dict | None = {} if trace else None
@@ -77,12 +78,13 @@ def is_cross(trace_id: str) -> bool:
 
 
 def cross_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef,
-                dtype: DType = DType.float32, product=None, suffix: str = "") -> tuple[Graph, list[str]]:
+                dtype: DType = DType.float32, product=None, suffix: str = "",
+                module: Module | None = None) -> tuple[Graph, list[str]]:
     """Audio features (float32, as the encoder returns them) -> (cross k, cross v) of every block in
     `dtype`, named by their trace ids."""
     t = TensorType(DType.float32, ["batch", dims.n_audio_ctx, dims.n_audio_state], ref)
     name = "whisper_decoder_cross_kv" + ("" if dtype == DType.float32 else f"_{dtype}") + suffix
-    with Graph(name, input_types=[t]) as g:
+    with Graph(name, input_types=[t], module=module) as g:
         rec: dict = {}
         lookup = _weights(shapes, ref, dtype)
         xa = layers.cast(g.inputs[0].tensor, dtype)
@@ -134,15 +136,21 @@ class MaxDecoder:
         self._compiled: dict[str, Compiled] = {}
 
     def compile(self, which: str = "step") -> Compiled:
-        if which not in self._compiled:
+        """One of the decoder's graphs: "step" (through the cache), "trace" (every activation and the
+        alignment scores) or "cross" (cross-attention K/V). The three are one compile unit: whichever
+        is asked for first compiles all three (their shared kernels once; docs/architecture.md)."""
+        if which not in ("step", "trace", "cross"):
+            raise ValueError(f"no decoder graph {which!r}: step, trace or cross")
+        if not self._compiled:
             shapes = {k: v.shape for k, v in self.weights.items()}
             ref, dtype, how, suffix = device_ref(self.device), self._dtype, products(self.form), self.form.suffix
-            build = {"step": lambda: step_graph(self.dims, shapes, ref, False, dtype, how, suffix),
-                     "trace": lambda: step_graph(self.dims, shapes, ref, True, dtype, how, suffix),
-                     "cross": lambda: cross_graph(self.dims, shapes, ref, dtype, how, suffix)}[which]
-            graph, names = build()
+            module = Module()
+            graphs = [step_graph(self.dims, shapes, ref, False, dtype, how, suffix, module),
+                      step_graph(self.dims, shapes, ref, True, dtype, how, suffix, module),
+                      cross_graph(self.dims, shapes, ref, dtype, how, suffix, module)]
             kinds = {k: param_dtype(k, dtype) for k in self.weights}
-            self._compiled[which] = Compiled(graph, self.device, self.weights, names, kinds)
+            compiled = Compiled.together(graphs, module, self.device, self.weights, kinds)
+            self._compiled = dict(zip(("step", "trace", "cross"), compiled))
         return self._compiled[which]
 
     @seam

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Mapping
 
 import numpy as np
-from max.graph import DeviceRef, Graph, TensorType, TensorValue
+from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue
 from max.dtype import DType
 from whisper.model import ModelDimensions
 
@@ -46,15 +46,16 @@ def emit_encoder(mel: TensorValue, lookup: Callable[[str], TensorValue], dims: M
 
 def encoder_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef,
                   trace: bool = False, name: str = "whisper_encoder",
-                  dtype: DType = DType.float32, product: Callable | None = None) -> tuple[Graph, list[str]]:
+                  dtype: DType = DType.float32, product: Callable | None = None,
+                  module: Module | None = None) -> tuple[Graph, list[str]]:
     """mel (batch, n_mels, 2 * n_audio_ctx) -> (batch, n_audio_ctx, n_audio_state), both float32.
 
     With `trace`, the graph returns every recorded activation, keyed by layer id. In a 16-bit
     `dtype` the mel is rounded on entry, weights are stored as `precision.param_dtype` says, and
     every output is cast back to float32 (`maxwhisper.precision`); `product` is the precision's form of
-    a matmul (`tf32.products`).
+    a matmul (`tf32.products`). `module`: a `Module` compiled as one unit with other graphs.
     """
-    with Graph(name, input_types=[mel_type(dims, ref)]) as g:
+    with Graph(name, input_types=[mel_type(dims, ref)], module=module) as g:
         rec: dict | None = {} if trace else None
         lookup = weight_lookup({}, shapes, ref, lambda key: param_dtype(key, dtype))
         out = emit_encoder(cast(g.inputs[0].tensor, dtype), lookup, dims, rec, product)
@@ -101,16 +102,20 @@ class MaxWhisper:
 
     def compile(self, trace: bool = False) -> Compiled:
         """The encoder graph (with every activation as an output when `trace`), compiled or loaded
-        from MAX's cache now rather than on first use."""
+        from MAX's cache now rather than on first use. The two encoder graphs are one compile unit:
+        whichever is asked for first compiles both (their shared kernels once; docs/architecture.md)."""
         if trace not in self._compiled:
             weights = {k: v for k, v in self.state_dict.items() if k.startswith("encoder.")}
             shapes = {k: v.shape for k, v in weights.items()}
+            module = Module()
             # Weights are stored in the dtype they are used in (bfloat16 data enters as a view of its
             # bits): half the memory of float32 and no cast per call; one compile per dtype either way.
-            graph, names = encoder_graph(self.dims, shapes, device_ref(self.device), trace,
-                                         "whisper_encoder" + self.form.suffix, self._dtype, products(self.form))
+            graphs = [encoder_graph(self.dims, shapes, device_ref(self.device), t,
+                                    "whisper_encoder" + ("_trace" if t else "") + self.form.suffix,
+                                    self._dtype, products(self.form), module) for t in (False, True)]
             kinds = {k: param_dtype(k, self._dtype) for k in weights}
-            self._compiled[trace] = Compiled(graph, self.device, weights, names, kinds)
+            compiled = Compiled.together(graphs, module, self.device, weights, kinds)
+            self._compiled = dict(zip((False, True), compiled))
         return self._compiled[trace]
 
     @functools.cached_property

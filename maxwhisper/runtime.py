@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from max import driver, engine
 from max.dtype import DType
-from max.graph import DeviceRef, Graph, TensorType, TensorValue, Weight
+from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, Weight
 
 from maxwhisper.device import parse_device
 from maxwhisper.layers import Scope, cast
@@ -112,6 +112,10 @@ def log_use(graph_name: str, key: str) -> None:
             f.write(json.dumps(dict(graph=graph_name, key=key, test=test)) + "\n")
 
 
+def _registry(weights: Mapping[str, np.ndarray] | None, kinds: Mapping[str, DType] | None) -> dict:
+    return {k: weight_data(v, (kinds or {}).get(k, DType.float32)) for k, v in (weights or {}).items()}
+
+
 class Compiled:
     """A loaded MAX model called with numpy arrays and returning numpy arrays.
 
@@ -121,13 +125,29 @@ class Compiled:
     def __init__(self, graph: Graph, device: str, weights: Mapping[str, np.ndarray] | None = None,
                  output_names: Sequence[str] = (), weight_dtypes: Mapping[str, DType] | None = None):
         session = _session(parse_device(device).name)[0]
-        self.output_names = list(output_names)
-        kinds = weight_dtypes or {}
-        registry = {k: weight_data(v, kinds.get(k, DType.float32)) for k, v in (weights or {}).items()}
         t0 = time.perf_counter()
-        self.model = session.load(graph, weights_registry=registry)
+        model = session.load(graph, weights_registry=_registry(weights, weight_dtypes))
+        self._bind(model, graph, output_names, device, time.perf_counter() - t0)
+
+    @classmethod
+    def together(cls, graphs: Sequence[tuple[Graph, Sequence[str]]], module: Module, device: str,
+                 weights: Mapping[str, np.ndarray], weight_dtypes: Mapping[str, DType] | None = None) -> list[Compiled]:
+        """Graphs built into one `Module` (each with its output names), compiled as one unit: MAX
+        compiles the kernels they share once (the saving, measured: docs/architecture.md) and caches
+        the unit as one entry."""
+        session = _session(parse_device(device).name)[0]
+        t0 = time.perf_counter()
+        models = session.load_all(module, weights_registry=_registry(weights, weight_dtypes))
         seconds = time.perf_counter() - t0
-        self._use = None
+        out = []
+        for i, (graph, names) in enumerate(graphs):
+            c = cls.__new__(cls)
+            c._bind(models[graph.name], graph, names, device, seconds if i == 0 else 0.0)  # the unit's, once
+            out.append(c)
+        return out
+
+    def _bind(self, model, graph: Graph, output_names: Sequence[str], device: str, seconds: float) -> None:
+        self.model, self.output_names, self._use = model, list(output_names), None
         if os.environ.get("MAXWHISPER_GRAPH_LOG") or os.environ.get("MAXWHISPER_GRAPH_USES"):
             # once: a second str(graph) of a loaded graph differs from the first
             key = hashlib.sha256(str(graph).encode()).hexdigest()[:12]

@@ -238,3 +238,30 @@ def test_graph_log_lines_name_the_graph_its_key_and_the_test_and_uses_share_the_
     assert line["test"].startswith("tests/test_gpu_budget.py::test_graph_log_lines")
     used = [json.loads(x) for x in uses.read_text().splitlines()]
     assert [(u["key"], u["test"]) for u in used] == [(line["key"], line["test"]), (line["key"], "tests/x.py::other")]
+
+
+def test_graphs_compiled_together_each_run_their_own_and_log_the_unit_once(tmp_path, monkeypatch):
+    """`Compiled.together`: one compile for the graphs of a `Module` (the encoder's two, the decoder's
+    three); each answers with its own outputs and weights, and the unit's seconds are logged once."""
+    import numpy as np
+    from max.dtype import DType
+    from max.graph import DeviceRef, Graph, Module, TensorType, Weight
+
+    from maxwhisper.runtime import Compiled
+
+    module, t = Module(), TensorType(DType.float32, [4], DeviceRef.CPU())
+    graphs = []
+    for name, op in (("plus_w", lambda x, w: x + w), ("times_w", lambda x, w: x * w)):
+        with Graph(name, input_types=[t], module=module) as g:
+            g.output(op(g.inputs[0].tensor, Weight("w", DType.float32, (4,), DeviceRef.CPU())))
+        graphs.append((g, [name]))
+    log = tmp_path / "graphs.jsonl"
+    monkeypatch.setenv("MAXWHISPER_GRAPH_LOG", str(log))
+    plus, times = Compiled.together(graphs, module, "cpu", {"w": np.full(4, 3.0, np.float32)})
+    x = np.arange(4, dtype=np.float32)
+    np.testing.assert_array_equal(plus(x)[0], x + 3)
+    np.testing.assert_array_equal(times(x)[0], x * 3)
+    assert (plus.output_names, times.output_names) == (["plus_w"], ["times_w"])
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["graph"] for x in lines] == ["plus_w", "times_w"]
+    assert lines[0]["load_s"] > 0 and lines[1]["load_s"] == 0.0
