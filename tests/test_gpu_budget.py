@@ -214,8 +214,9 @@ def test_dtype_option_selects_one_precisions_tests_and_refuses_an_unknown_one():
 
 
 def test_graph_log_lines_name_the_graph_its_key_and_the_test_and_uses_share_the_key(tmp_path, monkeypatch):
-    """The load line and every test's first use of the graph carry one key (a second str() of a
-    loaded graph differs from the first: keys computed twice once split every group)."""
+    """The load line and every test's first use of the graph carry one key and one use line per test:
+    the shard groups join tests by it. (Keys computed twice once split 16 of a gate run's 23 graphs;
+    this small graph prints the same twice, so the test guards the contract, not that instability.)"""
     import numpy as np
     from max.dtype import DType
     from max.graph import DeviceRef, Graph, TensorType
