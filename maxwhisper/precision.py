@@ -53,10 +53,10 @@ PRECISIONS = {r.name: r for r in [
         why="IEEE-grade float32 on every device: the CPU's matmul is IEEE; a GPU's is split into 3 TF32 products"),
     # eps is float32's: the yardstick truncates the same operands, so TF32's own error is in it, and
     # what the floor covers (LayerNorm, GELU, softmax) is float32 arithmetic.
-    # CI: its records and golden traces (what a change to a product breaks first), not the tiny.en parity
-    # (verify runs it): each tf32 graph with a product is a cold compile of its own.
+    # CI: its golden traces, which judge every encoder and decoder layer chained in tf32 (verify's tf32 run
+    # compiles the same graphs); its one-layer records only with --thorough: one more graph, 196 s cold.
     Row("tf32", "float32", 2.0**-23, False, {"cpu": "tf32", "gpu": "tf32"}, "tf32 operands",
-        families={"records": True, "golden": True, "tiny_en": False},
+        families={"records": False, "golden": True, "tiny_en": False},
         why="MAX's float32 graph on an NVIDIA GPU; on the CPU its operand truncation is emulated in the graph"),
     Row("bfloat16", "bfloat16", 2.0**-7, False, {"cpu": "16bit", "gpu": "16bit"}, "ieee", _16BIT_EMULATED,
         dict.fromkeys(("records", "golden", "tiny_en", "pipeline"), True),

@@ -62,15 +62,17 @@ def test_e2e_longform_axis_window_by_window(dtype, longform, tiny_en, tiny_en_in
     """The 10 long-form groups through the 16-bit pipeline (batched): every window decoded (segments
     reaching the end, words covering the text); compared window by window (text per seek) with the
     MAX float32 pipeline and, whole, with openai-whisper's own pipeline computing in the same dtype on
-    the CPU (`reference.pipeline`: openai-whisper cannot be asked for it there). WER within the 16-bit
-    gate (0.3 points) of float32's, and of openai-whisper's in the same dtype."""
+    the CPU (`reference.pipeline`: openai-whisper cannot be asked for it there) on every other group
+    (5 of 10 for the suite's cold time, docs/testing.md; sequential, as openai-whisper runs). WER within the 16-bit
+    gate (0.3 points) of float32's on all 10, and of openai-whisper's in the same dtype on its 5."""
     from reference.pipeline import torch_pipeline
 
     groups = [longform(g) for g in longform_groups()]
     assert len(groups) == 10
     audios = [audio for _, audio, _, _ in groups]
     low = transcribe_many(pipeline_model(tiny_en_in(dtype), "max", "max"), audios, batch_size=10)
-    same = [transcribe(torch_pipeline(*tiny_en, dtype), audio) for audio in audios]
+    torch16 = torch_pipeline(*tiny_en, dtype)
+    same = {i: transcribe(torch16, audios[i]) for i in range(0, len(audios), 2)}
     lines, aligned, equal = [], 0, 0
     for (row, audio, m32, _), r in zip(groups, low):
         duration, gid = len(audio) / SAMPLE_RATE, row["group_id"]
@@ -84,11 +86,13 @@ def test_e2e_longform_axis_window_by_window(dtype, longform, tiny_en, tiny_en_in
                 lines.append(f"  {gid} window at {seek / 100:.2f} s: WER against float32's {100 * wer(w32[seek], text):.1f}%")
     refs = [row["text"] for row, _, _, _ in groups]
     w16, w32 = wer(refs, [r["text"] for r in low]), wer(refs, [m["text"] for _, _, m, _ in groups])
-    wt = wer(refs, [r["text"] for r in same])
+    wt = wer([refs[i] for i in same], [r["text"] for r in same.values()])
+    w16_same = wer([refs[i] for i in same], [low[i]["text"] for i in same])
     print(f"\nMAX: {mode(dtype)}; openai-whisper: {dtype} activations, float32 weights, torch {torch.__version__} "
           f"on the CPU (reference.pipeline)")
     print(f"long form, MAX {dtype}: {sum(map(len, map(_windows, low)))} windows, {aligned} at float32's seeks, "
           f"{equal} of them the same text; WER {100 * w16:.2f}% vs MAX float32 {100 * w32:.2f}% "
-          f"({100 * (w16 - w32):+.2f} points) vs openai-whisper {dtype} {100 * wt:.2f}%\n" + "\n".join(lines))
+          f"({100 * (w16 - w32):+.2f} points); on groups {sorted(same)}: {100 * w16_same:.2f}% vs openai-whisper {dtype} "
+          f"{100 * wt:.2f}%\n" + "\n".join(lines))
     assert abs(w16 - w32) <= WER_POINTS_16, f"{dtype}: WER {100 * w16:.2f}% vs float32 {100 * w32:.2f}%"
-    assert w16 - wt <= WER_POINTS_16, f"{dtype}: WER {100 * w16:.2f}% vs openai-whisper's {dtype} {100 * wt:.2f}%"
+    assert w16_same - wt <= WER_POINTS_16, f"{dtype}: WER {100 * w16_same:.2f}% vs openai-whisper's {dtype} {100 * wt:.2f}%"
