@@ -42,8 +42,9 @@ class Row:
     yardstick: str            # PyTorch in `storage` with IEEE float32 products ("ieee"), or their operands
                               # truncated to TF32 first ("tf32 operands"): reference.yardstick
     emulated: tuple[str, ...] = ()   # ops in float32 on 16-bit values (MAX's 16-bit kernel errs 9-13x torch's)
-    # test family (records: one-layer property and golden tests; golden: the golden traces; tiny_en: tiny.en
-    # on jfk.flac; pipeline: transcripts) -> whether CI runs it (False: pytest --thorough only)
+    # test family (records: one-layer property and golden tests; golden: the encoder's golden trace;
+    # golden_decoder: the decoder's; tiny_en: tiny.en on jfk.flac; pipeline: transcripts) -> whether CI
+    # runs it (False: pytest --thorough only)
     families: dict = field(default_factory=dict)
     why: str = field(default="", compare=False)
 
@@ -53,18 +54,19 @@ PRECISIONS = {r.name: r for r in [
         why="IEEE-grade float32 on every device: the CPU's matmul is IEEE; a GPU's is split into 3 TF32 products"),
     # eps is float32's: the yardstick truncates the same operands, so TF32's own error is in it, and
     # what the floor covers (LayerNorm, GELU, softmax) is float32 arithmetic.
-    # CI: its golden traces, which judge every encoder and decoder layer chained in tf32 (verify's tf32 run
-    # compiles the same graphs); its one-layer records only with --thorough: one more graph, 196 s cold.
+    # CI: the encoder's golden trace, every encoder layer chained in tf32, and the decoder's graphs built (not
+    # compiled); the one-layer records and the decoder's numerics with --thorough (a cold compile each, for
+    # a GPU's numerics emulated; the GPU run judges them for real: docs/testing.md).
     Row("tf32", "float32", 2.0**-23, False, {"cpu": "tf32", "gpu": "tf32"}, "tf32 operands",
-        families={"records": False, "golden": True, "tiny_en": False},
+        families={"records": False, "golden": True, "golden_decoder": False, "tiny_en": False},
         why="MAX's float32 graph on an NVIDIA GPU; on the CPU its operand truncation is emulated in the graph"),
     Row("bfloat16", "bfloat16", 2.0**-7, False, {"cpu": "16bit", "gpu": "16bit"}, "ieee", _16BIT_EMULATED,
-        dict.fromkeys(("records", "golden", "tiny_en", "pipeline"), True),
+        dict.fromkeys(("records", "golden", "golden_decoder", "tiny_en", "pipeline"), True),
         why="openai-whisper's fp16=True policy in bfloat16"),
     # float16 in CI only with --thorough: every (graph, dtype) is a cold compile in a fresh CI cache
     # (docs/precision.md has the measured costs); bfloat16 is the CPU's 16-bit type, float16 a GPU's.
     Row("float16", "float16", 2.0**-10, False, {"cpu": "16bit", "gpu": "16bit"}, "ieee", _16BIT_EMULATED,
-        dict.fromkeys(("records", "golden", "tiny_en", "pipeline"), False), why="openai-whisper's fp16=True policy"),
+        dict.fromkeys(("records", "golden", "golden_decoder", "tiny_en", "pipeline"), False), why="openai-whisper's fp16=True policy"),
 ]}
 
 

@@ -208,7 +208,7 @@ def test_golden_decoder_top1_check_can_fail(golden_decoder):
 
 
 # ------------------------------------------------------------------ the precision axis (tf32, bfloat16, float16)
-@pytest.mark.parametrize("dtype", axis("golden"))
+@pytest.mark.parametrize("dtype", axis("golden_decoder"))
 def test_golden_decoder_trace_axis(dtype, golden_decoder, tiny_en, tiny_en_in, device, record_parity):
     """tiny.en's decoder in `dtype` on the stored features and tokens: every stored layer within the
     derived rule of openai-whisper's decoder in the same dtype (its fp16 mixed precision), both
