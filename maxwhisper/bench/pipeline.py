@@ -82,7 +82,10 @@ def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device
     else:
         from maxwhisper import load_model
         from maxwhisper.batch import transcribe_many
-        from maxwhisper.decoder import DecoderState
+        from whisper import decoding
+        from whisper import transcribe as whisper_transcribe
+
+        from maxwhisper.decoder import DecoderState, MaxDecoder
         from maxwhisper.transcribe import MaxEncoder, pipeline_model, transcribe
 
         encoder, decoder = {"max": ("max", "max"), "max-encoder": ("max", "torch"), "torch": ("torch", "torch")}[impl]
@@ -96,8 +99,16 @@ def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device
             model.encoder.forward = clock.wrap("encoder", model.encoder.forward)
         if decoder == "max":
             DecoderState.step = clock.wrap("decoder steps", DecoderState.step)
+            MaxDecoder.start = clock.wrap("cross K/V", MaxDecoder.start)  # inside the first step in PyTorch
         else:
             model.decoder.forward = clock.wrap("decoder steps", model.decoder.forward)
+        # openai-whisper's own per-token torch work, which MAX's polling threads slow (issue 21)
+        for cls in (decoding.SuppressTokens, decoding.SuppressBlank, decoding.ApplyTimestampRules):
+            cls.apply = clock.wrap("logit filters", cls.apply)
+        decoding.GreedyDecoder.update = clock.wrap("token update", decoding.GreedyDecoder.update)
+        if batch == 1:  # batched, files' loops interleave (maxwhisper.batch): a mel may fall inside another part
+            loop = whisper_transcribe.__globals__  # the module of openai-whisper's transcribe loop
+            loop["log_mel_spectrogram"] = clock.wrap("mel", loop["log_mel_spectrogram"])
 
         def one(a):
             with torch.no_grad():
@@ -116,7 +127,7 @@ def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device
     texts = [r if isinstance(r, str) else r["text"] for r in results]
     audio_s = sum(len(a) for a in audios) / 16000
     spent = {k: round(v, 3) for k, v in clock.spent.items()}
-    if spent:  # the rest: openai-whisper's Python (logit filters, token bookkeeping), mel, copies
+    if spent:  # the rest: openai-whisper's Python loop, segments and token bookkeeping, copies
         spent["rest"] = round(seconds - sum(spent.values()), 3)
     out = dict(impl=impl, batch=batch, device=device, files=len(audios), audio_s=audio_s, seconds=seconds,
                rtf=seconds / audio_s, spent=spent,
