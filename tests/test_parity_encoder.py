@@ -85,29 +85,32 @@ def test_encoder_parity_batch_independent(device, record_parity):
     _judge("encoder[batch of 3]", TINY, state_dict, mel, together, record_parity, device)
 
 
-def _external_weights(graph) -> set[str]:
-    """The weight names a built graph reads (MAX prints each as `mo.constant.external [name = ...]`)."""
-    return set(re.findall(r'mo\.constant\.external \[name = "([^"]+)"', str(graph)))
+def _built(dims: ModelDimensions, device: str):
+    """The production encoder graph built (not compiled) at `dims`: (inputs' and outputs' shapes, its
+    output names, the weight names it reads (MAX prints each as `mo.constant.external [name = ...]`),
+    the state dict's encoder weight names)."""
+    shapes = {k: v.shape for k, v in random_weights(np.random.default_rng(0), dims).items() if k.startswith("encoder.")}
+    graph, names = encoder_graph(dims, shapes, device_ref(device))
+    read = set(re.findall(r'mo\.constant\.external \[name = "([^"]+)"', str(graph)))
+    io = ([list(map(str, v.tensor.shape)) for v in graph.inputs], [list(map(str, t.shape)) for t in graph.output_types])
+    return io, names, read, set(shapes)
 
 
 def test_encoder_builds_at_base_dims(device):
     """base's encoder in CI: built at its true dimensions (width 512, 8 heads, 6 blocks), it returns
     (batch, 1500, 512) and reads every encoder weight of base's state dict, blocks 4 and 5 included
     (a loop fixed at tiny's 4 blocks fails here); its numerics are test_encoder_parity[base] (--thorough)."""
-    weights = {k: v for k, v in random_weights(np.random.default_rng(0), BASE).items() if k.startswith("encoder.")}
-    graph, _ = encoder_graph(BASE, {k: v.shape for k, v in weights.items()}, device_ref(device))
-    assert [list(map(str, t.shape)) for t in graph.output_types] == [["batch", "1500", "512"]]
-    assert _external_weights(graph) == set(weights)
+    (_, outputs), _, read, weights = _built(BASE, device)
+    assert outputs == [["batch", "1500", "512"]]
+    assert read == weights
 
 
 def test_encoder_builds_for_128_mels(device):
     """large-v3's front end in CI: the graph builds for n_mels=128 (a width or channel count fixed at
     80 fails here) and returns (batch, 1500, 64); its numerics are the --thorough test below."""
-    rng = np.random.default_rng(128)
-    shapes = {k: v.shape for k, v in random_weights(rng, MELS_128).items() if k.startswith("encoder.")}
-    graph, names = encoder_graph(MELS_128, shapes, device_ref(device))
-    assert names == ["encoder"] and [list(map(str, t.shape)) for t in graph.output_types] == [["batch", "1500", "64"]]
-    assert [list(map(str, v.tensor.shape)) for v in graph.inputs] == [["batch", "128", "3000"]]
+    (inputs, outputs), names, _, _ = _built(MELS_128, device)
+    assert names == ["encoder"] and outputs == [["batch", "1500", "64"]]
+    assert inputs == [["batch", "128", "3000"]]
 
 
 # --thorough only: the encoder unit of these dims is one more cold compile (124 s) for the conv stem's
