@@ -31,11 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _precisions() -> list[str]:
-    """The precision table's rows (maxwhisper/__init__ imports lazily: no MAX, no torch here)."""
+    """The precision table's rows that run on a GPU (maxwhisper/__init__ imports lazily: no MAX, no torch
+    here); a quantized row is CPU-only (MAX's quantized kernels)."""
     sys.path.insert(0, str(ROOT))
     from maxwhisper.precision import PRECISIONS
 
-    return list(PRECISIONS)
+    return [name for name, r in PRECISIONS.items() if "gpu" in r.products]
 
 
 PARITY_SHARDS = 12  # float32's parity tests over 12 processes (+1 beside them, on 16 cores): 15 graphs, at most 2 each

@@ -22,6 +22,7 @@ from whisper.model import ModelDimensions
 
 from maxwhisper import layers
 from maxwhisper.precision import dtype_of, form, param_dtype
+from maxwhisper.quant import with_blocks
 from maxwhisper.seams import seam
 from maxwhisper.runtime import Compiled, device_buffer, device_ref, host_float32, host_raw, weight_lookup
 from maxwhisper.tf32 import products
@@ -39,14 +40,15 @@ def _weights(shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef, dtype: DType
 
 def step_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef,
                trace: bool = False, dtype: DType = DType.float32, product=None,
-               suffix: str = "", module: Module | None = None) -> tuple[Graph, list[str]]:
+               suffix: str = "", module: Module | None = None, quantizes=None) -> tuple[Graph, list[str]]:
     """(tokens, n_layer x (self k, self v), n_layer x (cross k, cross v)) -> (logits, grown caches).
 
     Caches and cross K/V are in `dtype` (a 16-bit cache is half the bytes); logits are float32 (whisper
     returns `.float()` logits). With `trace`, the recorded activations (`layers.decoder_trace`, in
     `dtype`) come after the caches, then every block's `layers.alignment_scores` (word timestamps:
     one graph fewer to compile than an alignment graph of its own). `product` and `suffix`: the
-    precision's form (`tf32.products`) and what the graph's name carries for it; `module`: a
+    precision's form (`tf32.products`) and what the graph's name carries for it; `quantizes`: which
+    weights it multiplies as Q4_0 blocks (`precision.Form.quantizes`); `module`: a
     `Module` compiled as one unit with other graphs.
     """
     d, n = dims.n_text_state, dims.n_text_layer
@@ -60,7 +62,7 @@ def step_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref
         pairs = lambda vs: [(vs[2 * i], vs[2 * i + 1]) for i in range(n)]  # noqa: E731
         rec: dict | None = {} if trace else None
         scores: list | None = [] if trace else None
-        scope = layers.Scope(_weights(shapes, ref, dtype), "decoder.", rec, product)
+        scope = layers.Scope(_weights(shapes, ref, dtype), "decoder.", rec, product, quantizes)
         out, grown = layers.decoder(xs[0], pairs(xs[1:1 + 2 * n]), pairs(xs[1 + 2 * n:]), scope,
                                     dims.n_text_head, ref, scores)
         if trace:
@@ -79,7 +81,7 @@ def is_cross(trace_id: str) -> bool:
 
 def cross_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef,
                 dtype: DType = DType.float32, product=None, suffix: str = "",
-                module: Module | None = None) -> tuple[Graph, list[str]]:
+                module: Module | None = None, quantizes=None) -> tuple[Graph, list[str]]:
     """Audio features (float32, as the encoder returns them) -> (cross k, cross v) of every block in
     `dtype`, named by their trace ids."""
     t = TensorType(DType.float32, ["batch", dims.n_audio_ctx, dims.n_audio_state], ref)
@@ -89,7 +91,7 @@ def cross_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], re
         lookup = _weights(shapes, ref, dtype)
         xa = layers.cast(g.inputs[0].tensor, dtype)
         for i in range(dims.n_text_layer):
-            layers.cross_kv(xa, layers.Scope(lookup, f"decoder.blocks.{i}.cross_attn.", rec, product))
+            layers.cross_kv(xa, layers.Scope(lookup, f"decoder.blocks.{i}.cross_attn.", rec, product, quantizes))
         want = [t.id for t in layers.decoder_trace(dims.n_text_layer) if is_cross(t.id)]
         if list(rec) != want:
             raise RuntimeError(f"cross_kv recorded {list(rec)}, layers.decoder_trace says {want}")
@@ -142,14 +144,16 @@ class MaxDecoder:
         if which not in ("step", "trace", "cross"):
             raise ValueError(f"no decoder graph {which!r}: step, trace or cross")
         if not self._compiled:
-            shapes = {k: v.shape for k, v in self.weights.items()}
+            q = self.form.quantizes if self.form.quantized else None
+            weights = with_blocks(self.weights, q) if q else self.weights
+            shapes = {k: v.shape for k, v in weights.items()}
             ref, dtype, how, suffix = device_ref(self.device), self._dtype, products(self.form), self.form.suffix
             module = Module()
-            graphs = [step_graph(self.dims, shapes, ref, False, dtype, how, suffix, module),
-                      step_graph(self.dims, shapes, ref, True, dtype, how, suffix, module),
-                      cross_graph(self.dims, shapes, ref, dtype, how, suffix, module)]
-            kinds = {k: param_dtype(k, dtype) for k in self.weights}
-            compiled = Compiled.together(graphs, module, self.device, self.weights, kinds)
+            graphs = [step_graph(self.dims, shapes, ref, False, dtype, how, suffix, module, q),
+                      step_graph(self.dims, shapes, ref, True, dtype, how, suffix, module, q),
+                      cross_graph(self.dims, shapes, ref, dtype, how, suffix, module, q)]
+            kinds = {k: param_dtype(k, dtype) for k in weights}
+            compiled = Compiled.together(graphs, module, self.device, weights, kinds)
             self._compiled = dict(zip(("step", "trace", "cross"), compiled))
         return self._compiled[which]
 

@@ -16,6 +16,9 @@ from collections.abc import Callable
 
 from max.dtype import DType
 from max.graph import TensorValue, ops
+from max.graph.quantization import QuantizationEncoding
+
+from maxwhisper.precision import QUANT_KEY
 
 from maxwhisper.seams import seam
 from maxwhisper.trace import Traced, decoder_trace, encoder_trace  # noqa: F401  (the table of what layers record)
@@ -27,16 +30,28 @@ class Scope:
     """Parameter lookup and activation trace, both keyed by state-dict style names."""
 
     def __init__(self, lookup: Callable[[str], TensorValue], prefix: str = "",
-                 trace: dict[str, TensorValue] | None = None, product: Callable | None = None):
+                 trace: dict[str, TensorValue] | None = None, product: Callable | None = None,
+                 quantizes: Callable[[str], bool] | None = None):
         self.lookup, self.prefix, self.trace = lookup, prefix, trace
         self.product = product or matmul  # (a, b, kind) -> a @ b in the precision's form (`tf32`)
+        self.quantizes = quantizes  # weight key -> multiplied as Q4_0 blocks (`precision.Form.quantizes`)
 
     @seam
     def __call__(self, name: str) -> TensorValue:
         return self.lookup(self.prefix + name)
 
     def sub(self, name: str) -> Scope:
-        return Scope(self.lookup, f"{self.prefix}{name}.", self.trace, self.product)
+        return Scope(self.lookup, f"{self.prefix}{name}.", self.trace, self.product, self.quantizes)
+
+    def weight_product(self, x: TensorValue, name: str, n_out: int | None = None) -> TensorValue:
+        """x @ W.T for weight `name` in torch's (out, in) layout: a quantized product where the precision
+        quantizes this weight (its GGUF blocks, `precision.QUANT_KEY`), else in the activations' dtype.
+        `n_out`: W's rows, where its blocks may be padded (`quant.padded_rows`)."""
+        if self.quantizes is not None and self.quantizes(self.prefix + name):
+            blocks = self(name + QUANT_KEY)
+            y = qmatmul(x, blocks)
+            return y if n_out is None or n_out == int(blocks.shape[0]) else y[..., :n_out]
+        return self.product(x, ops.transpose(cast(self(name), x.dtype), 0, 1), "linear")
 
     def record(self, x: TensorValue, name: str = "") -> TensorValue:
         if self.trace is not None:
@@ -48,6 +63,13 @@ def matmul(a: TensorValue, b: TensorValue, kind: str = "linear") -> TensorValue:
     """a @ b as the device computes it. `kind` (precision.LINEAR, CONV) names the product for a
     precision that truncates or splits some products (`maxwhisper.tf32.products`)."""
     return a @ b
+
+
+@seam
+def qmatmul(x: TensorValue, blocks: TensorValue) -> TensorValue:
+    """float32 `x` (..., K) times GGUF Q4_0 `blocks` (N, K / 32 * 18) transposed, with MAX's CPU kernel:
+    it quantizes `x` to int8 per block of 32 (its arithmetic, bit for bit: `maxwhisper.quant`)."""
+    return ops.qmatmul(QuantizationEncoding.Q4_0, None, x, blocks)
 
 
 def cast(x: TensorValue, dtype: DType) -> TensorValue:
@@ -67,7 +89,7 @@ def gelu(x: TensorValue, s: Scope | None = None) -> TensorValue:
 def linear(x: TensorValue, s: Scope, bias: bool = True) -> TensorValue:
     # x @ W.T with W in torch's (out, in) layout: MAX matches this as a transposed-B matmul.
     # Weights in the activations' dtype (whisper's Linear casts them per call; `precision`).
-    y = s.product(x, ops.transpose(cast(s("weight"), x.dtype), 0, 1), "linear")
+    y = s.weight_product(x, "weight")
     return y + cast(s("bias"), x.dtype) if bias else y
 
 
@@ -269,7 +291,7 @@ def logits(x: TensorValue, s: Scope) -> TensorValue:
     # whisper: (x @ E.to(x.dtype).T).float(): a 16-bit matmul, its rounded result leaves as float32.
     # The table is stored in float32 (the embedding adds it unrounded), so a 16-bit graph casts it
     # per step: on the CPU that reads the 80 MB table twice, a cost only 16-bit pays.
-    y = s.product(x, ops.transpose(cast(s("token_embedding.weight"), x.dtype), 0, 1), "linear")
+    y = s.weight_product(x, "token_embedding.weight", int(s("token_embedding.weight").shape[0]))
     return s.record(cast(y, DType.float32), "logits")
 
 

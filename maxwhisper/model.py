@@ -16,6 +16,7 @@ from maxwhisper import layers
 from maxwhisper.decoder import MaxDecoder
 from maxwhisper.layers import cast
 from maxwhisper.precision import dtype_of, form, param_dtype
+from maxwhisper.quant import with_blocks
 from maxwhisper.seams import seam
 from maxwhisper.runtime import Compiled, device_ref, weight_lookup
 from maxwhisper.tf32 import products
@@ -29,13 +30,14 @@ def mel_type(dims: ModelDimensions, ref: DeviceRef) -> TensorType:
 
 
 def emit_encoder(mel: TensorValue, lookup: Callable[[str], TensorValue], dims: ModelDimensions,
-                 trace: dict | None = None, product: Callable | None = None) -> TensorValue:
+                 trace: dict | None = None, product: Callable | None = None,
+                 quantizes: Callable[[str], bool] | None = None) -> TensorValue:
     """openai-whisper's AudioEncoder into the graph being built; `trace` receives every activation.
 
     With `trace`, the ids recorded must be `layers.encoder_trace`'s, in its order: the harness reads
     ids from that table, so a layer that records under another name fails here, at build time.
     """
-    scope = layers.Scope(lookup, "encoder.", trace, product)
+    scope = layers.Scope(lookup, "encoder.", trace, product, quantizes)
     out = layers.encoder(mel, scope, dims.n_audio_head, dims.n_audio_layer)
     if trace is not None:
         want = [t.id for t in layers.encoder_trace(dims.n_audio_layer)]
@@ -47,18 +49,19 @@ def emit_encoder(mel: TensorValue, lookup: Callable[[str], TensorValue], dims: M
 def encoder_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref: DeviceRef,
                   trace: bool = False, name: str = "whisper_encoder",
                   dtype: DType = DType.float32, product: Callable | None = None,
-                  module: Module | None = None) -> tuple[Graph, list[str]]:
+                  module: Module | None = None, quantizes: Callable[[str], bool] | None = None) -> tuple[Graph, list[str]]:
     """mel (batch, n_mels, 2 * n_audio_ctx) -> (batch, n_audio_ctx, n_audio_state), both float32.
 
     With `trace`, the graph returns every recorded activation, keyed by layer id. In a 16-bit
     `dtype` the mel is rounded on entry, weights are stored as `precision.param_dtype` says, and
     every output is cast back to float32 (`maxwhisper.precision`); `product` is the precision's form of
-    a matmul (`tf32.products`). `module`: a `Module` compiled as one unit with other graphs.
+    a matmul (`tf32.products`), `quantizes` which weights it multiplies as Q4_0 blocks (`precision.Form`).
+    `module`: a `Module` compiled as one unit with other graphs.
     """
     with Graph(name, input_types=[mel_type(dims, ref)], module=module) as g:
         rec: dict | None = {} if trace else None
         lookup = weight_lookup({}, shapes, ref, lambda key: param_dtype(key, dtype))
-        out = emit_encoder(cast(g.inputs[0].tensor, dtype), lookup, dims, rec, product)
+        out = emit_encoder(cast(g.inputs[0].tensor, dtype), lookup, dims, rec, product, quantizes)
         g.output(*(cast(v, DType.float32) for v in (rec.values() if trace else [out])))
     return g, list(rec) if trace else ["encoder"]
 
@@ -86,7 +89,7 @@ class MaxWhisper:
     """Whisper with its audio encoder compiled as a MAX graph.
 
     `state_dict` uses openai-whisper's key names; the graph's weights carry the same names.
-    `dtype` (a `maxwhisper.precision` row: float32, tf32, bfloat16, float16) is the graph's precision;
+    `dtype` (a `maxwhisper.precision` row: float32, tf32, bfloat16, float16, q4_0) is the graph's precision;
     `emulate="gpu"` builds a GPU's form of it on this device (its TF32 truncation done in the graph).
     `encode` takes and returns float32 in every dtype.
     """
@@ -106,13 +109,15 @@ class MaxWhisper:
         whichever is asked for first compiles both (their shared kernels once; docs/architecture.md)."""
         if trace not in self._compiled:
             weights = {k: v for k, v in self.state_dict.items() if k.startswith("encoder.")}
+            weights = with_blocks(weights, self.form.quantizes) if self.form.quantized else weights
             shapes = {k: v.shape for k, v in weights.items()}
             module = Module()
             # Weights are stored in the dtype they are used in (bfloat16 data enters as a view of its
             # bits): half the memory of float32 and no cast per call; one compile per dtype either way.
             graphs = [encoder_graph(self.dims, shapes, device_ref(self.device), t,
                                     "whisper_encoder" + ("_trace" if t else "") + self.form.suffix,
-                                    self._dtype, products(self.form), module) for t in (False, True)]
+                                    self._dtype, products(self.form), module,
+                                    self.form.quantizes if self.form.quantized else None) for t in (False, True)]
             kinds = {k: param_dtype(k, self._dtype) for k in weights}
             compiled = Compiled.together(graphs, module, self.device, weights, kinds)
             self._compiled = dict(zip((False, True), compiled))
@@ -148,7 +153,7 @@ class MaxWhisper:
 def load_model(name_or_path: str | os.PathLike = "tiny.en", device: str = "cpu",
                dtype: str = "float32", emulate: str | None = None) -> MaxWhisper:
     """Load Whisper weights (embedded tiny.en by default; see `maxwhisper.weights`) onto MAX, to
-    compute in `dtype` (float32, tf32, bfloat16 or float16; see `maxwhisper.precision`)."""
+    compute in `dtype` (float32, tf32, bfloat16, float16 or q4_0; see `maxwhisper.precision`)."""
     device_ref(device)  # a bad device, dtype or emulation fails here, before any weights are read
     form(dtype, device, emulate)
     import whisper

@@ -15,6 +15,7 @@ This module imports neither MAX nor torch: the reference side reads the same row
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 
 from maxwhisper.device import parse_device
@@ -47,6 +48,10 @@ class Row:
     # runs it (False: pytest --thorough only)
     families: dict = field(default_factory=dict)
     why: str = field(default="", compare=False)
+    # Weights stored as GGUF Q4_0 blocks and multiplied by MAX's CPU `qmatmul` (activations quantized to
+    # int8 per block of 32: `maxwhisper.quant`), for the Linear weights (and the logits' tied embedding)
+    # whose state-dict keys match one of these fnmatch patterns; empty: no quantized product.
+    quantized: tuple[str, ...] = ()
 
 
 PRECISIONS = {r.name: r for r in [
@@ -67,6 +72,13 @@ PRECISIONS = {r.name: r for r in [
     # (docs/precision.md has the measured costs); bfloat16 is the CPU's 16-bit type, float16 a GPU's.
     Row("float16", "float16", 2.0**-10, False, {"cpu": "16bit", "gpu": "16bit"}, "ieee", _16BIT_EMULATED,
         dict.fromkeys(("records", "golden", "golden_decoder", "tiny_en", "pipeline"), False), why="openai-whisper's fp16=True policy"),
+    # CPU only: MAX 26.7's quantized matmul kernels are CPU kernels. Judged against float64 of the same
+    # quantized arithmetic (reference.quantized), its yardstick PyTorch float32 of it; one-layer records:
+    # `linear` and `logits` (registry.QUANTIZED_SPECS), whose quantized product reads the record's input.
+    Row("q4_0", "float32", 2.0**-23, False, {"cpu": "q4_0"}, "q4_0 operands",
+        families={"quantized_records": True, "golden": False, "golden_decoder": False, "tiny_en": False},
+        why="every Linear and the logits as GGUF Q4_0 weights times int8 activations (MAX's qmatmul), float32 otherwise",
+        quantized=("*",)),
 ]}
 
 
@@ -86,11 +98,18 @@ class Form:
     target: str               # the kind of device whose numerics it computes (emulation: gpu on the cpu)
     products: str             # ieee | tf32 | 3xtf32 | 16bit
     marked: tuple[str, ...]   # the products the graph truncates or splits itself
+    quantized: tuple[str, ...] = ()  # `Row.quantized`
 
     @property
     def suffix(self) -> str:
         """What graph names carry beyond the storage dtype's (empty for float32 on the CPU, and 16-bit)."""
+        if self.quantized:
+            return f"_{self.precision}"
         return f"_{self.products}" if self.marked else ""
+
+    def quantizes(self, key: str) -> bool:
+        """Whether the product of weight `key` (a state-dict key) is a quantized one in this form."""
+        return any(fnmatch.fnmatchcase(key, p) for p in self.quantized)
 
 
 def form(name: str, device: str = "cpu", emulate: str | None = None) -> Form:
@@ -100,11 +119,14 @@ def form(name: str, device: str = "cpu", emulate: str | None = None) -> Form:
     if emulate not in (None, "gpu", kind):
         raise ValueError(f"emulate {emulate!r}: expected 'gpu' (a GPU's numerics on this device) or nothing")
     target = emulate or kind
+    if target not in r.products or kind not in r.products:
+        raise ValueError(f"dtype {name!r} runs on the CPU only (MAX's quantized matmul kernels are CPU kernels), "
+                         f"not on {device!r}" + (f" nor emulating {emulate!r}" if emulate else ""))
     products = r.products[target]
     # On a GPU the hardware truncates tf32's operands; everywhere else the graph must do it, and the
     # 3xTF32 split is always the graph's own.
     explicit = products == "3xtf32" or (products == "tf32" and kind != "gpu")
-    return Form(name, kind, target, products, TF32_PRODUCTS["gpu"] if explicit else ())
+    return Form(name, kind, target, products, TF32_PRODUCTS["gpu"] if explicit else (), r.quantized)
 
 
 def dtype_of(name: str):
@@ -112,6 +134,10 @@ def dtype_of(name: str):
     from max.dtype import DType
 
     return getattr(DType, row(name).storage)
+
+
+# A quantized weight's GGUF blocks are a parameter of their own: its state-dict key plus this.
+QUANT_KEY = ".q4_0"
 
 
 # Parameters kept in float32 whatever the dtype (openai-whisper's LayerNorms and positions).
@@ -125,6 +151,8 @@ def param_dtype(key: str, dtype):
     """The MAX dtype a parameter (by state-dict key) is stored and used in, in a graph of `dtype`."""
     from max.dtype import DType
 
+    if key.endswith(QUANT_KEY):
+        return DType.uint8
     return DType.float32 if key.endswith(_FLOAT32_PARAMS) else dtype
 
 
@@ -132,6 +160,7 @@ _PRODUCTS = {
     "ieee": "IEEE",
     "tf32": "every Linear and conv matmul on operands truncated to TF32 (10 mantissa bits), float32 otherwise",
     "3xtf32": "every Linear and conv matmul as three TF32 products (3xTF32: a_hi b_hi + a_hi b_lo + a_lo b_hi)",
+    "q4_0": "GGUF Q4_0 weights times int8 activations in blocks of 32 (MAX's CPU qmatmul) for the Linears",
 }
 
 
@@ -147,6 +176,9 @@ def mode(name: str, device: str = "cpu", emulate: str | None = None) -> str:
                      "core's softmax weights truncated if its products do (not yet probed)")
         return text + f"; {where})"
     how = _PRODUCTS[f.products]
+    if f.quantized:
+        what = "all" if f.quantized == ("*",) else ", ".join(f.quantized)
+        how += f" matching {what} (the logits' tied embedding included), every other product IEEE float32"
     if f.products == "tf32":
         how += " (truncated in the graph)" if f.marked else " (by the GPU's tensor cores)"
     elif f.products == "3xtf32":

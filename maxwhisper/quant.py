@@ -90,3 +90,28 @@ def q4_0_matmul(a: np.ndarray, blocks: np.ndarray) -> np.ndarray:
         # odds of differing from one rounding are about 2^-29 per add)
         out = (p.astype(np.float64) * d[None, :, g] + out).astype(np.float32)
     return out
+
+
+def eligible(key: str, shape) -> bool:
+    """A parameter a Q4_0 product can multiply: a 2-D `weight` (out x in) whose K is a multiple of 32
+    (every Linear of Whisper and its tied token embedding; not the conv stem's 3-D filters)."""
+    return key.endswith("weight") and len(shape) == 2 and shape[1] % BLOCK == 0 and shape[1] > 0
+
+
+def padded_rows(n: int) -> int:
+    """Rows of a weight's blocks as MAX's kernel takes them: N a multiple of 32 (its weight repacking
+    says "N must be a multiple of 32"; tiny.en's vocabulary is 51864 = 1620.75 x 32)."""
+    return -(-n // BLOCK) * BLOCK
+
+
+def with_blocks(weights, quantizes) -> dict:
+    """`weights` (state-dict key -> float32 array) plus, for each eligible weight `quantizes(key)` selects,
+    its Q4_0 blocks under `key + precision.QUANT_KEY`, zero rows appended up to `padded_rows`."""
+    from maxwhisper.precision import QUANT_KEY
+
+    out = dict(weights)
+    for k, v in weights.items():
+        if eligible(k, np.shape(v)) and quantizes(k):
+            b = q4_0_blocks(v)
+            out[k + QUANT_KEY] = np.pad(b, [(0, padded_rows(len(b)) - len(b)), (0, 0)])
+    return out

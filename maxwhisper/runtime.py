@@ -22,6 +22,7 @@ from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, Weight
 
 from maxwhisper.device import parse_device
 from maxwhisper.layers import Scope, cast
+from maxwhisper.precision import QUANT_KEY
 
 
 @functools.cache
@@ -51,13 +52,17 @@ def weight_data(a: np.ndarray, dtype: DType):
     torch's `.to(dtype)` rounds. numpy has no bfloat16: its bits go in as uint16, viewed by MAX."""
     if dtype == DType.float32:
         return a
+    if dtype == DType.uint8:  # GGUF blocks (`maxwhisper.quant`), already packed
+        if np.asarray(a).dtype != np.uint8:
+            raise ValueError(f"weights in uint8 are GGUF blocks: expected a uint8 array, got {np.asarray(a).dtype}")
+        return np.ascontiguousarray(a)
     if dtype == DType.float16:
         return np.ascontiguousarray(a, np.float16)
     if dtype == DType.bfloat16:
         u = np.ascontiguousarray(a, np.float32).view(np.uint32)
         bits = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)  # finite weights only
         return driver.Buffer.from_numpy(bits).view(DType.bfloat16)
-    raise ValueError(f"weights in {dtype}: expected float32, bfloat16 or float16")
+    raise ValueError(f"weights in {dtype}: expected float32, bfloat16, float16 or uint8 (GGUF blocks)")
 
 
 def host_float32(buffer: driver.Buffer) -> np.ndarray:
@@ -190,7 +195,7 @@ def functional_graph(name: str, fn: Callable[[dict[str, TensorValue], Scope], Te
                      inputs: Mapping[str, Sequence], params: Mapping[str, tuple[int, ...]], ref: DeviceRef,
                      dtype: DType = DType.float32, bind: bool = False,
                      input_dtypes: Mapping[str, DType] | None = None,
-                     product: Callable | None = None) -> tuple[Graph, list[str]]:
+                     product: Callable | None = None, quantizes: Callable[[str], bool] | None = None) -> tuple[Graph, list[str]]:
     """A one-layer graph: the named activations `inputs` (name -> shape; a str entry is a symbolic
     dim, shared by name between inputs) come first, in order.
 
@@ -203,19 +208,21 @@ def functional_graph(name: str, fn: Callable[[dict[str, TensorValue], Scope], Te
     it (a float32 LayerNorm gain is never rounded), and the outputs leave as float32. Rounding in the
     graph is round-to-nearest-even, as torch's `.to(dtype)`. `input_dtypes` names inputs of another
     type, which enter as they are (token ids are int64 in every precision). `product` is the
-    precision's form of a matmul (`tf32.products`; a plain matmul by default).
+    precision's form of a matmul (`tf32.products`; a plain matmul by default), `quantizes` which weights
+    it multiplies as Q4_0 blocks, which are parameters of their own (uint8, `precision.QUANT_KEY`).
     """
     f32, kinds = DType.float32, dict(input_dtypes or {})
     types = [TensorType(kinds.get(n, f32), list(shape), ref) for n, shape in inputs.items()]
     if not bind:
-        types += [TensorType(f32, list(shape), ref) for shape in params.values()]
+        types += [TensorType(DType.uint8 if k.endswith(QUANT_KEY) else f32, list(shape), ref)
+                  for k, shape in params.items()]
     with Graph(name, input_types=types) as g:
         xs = {k: v.tensor if k in kinds else cast(v.tensor, dtype) for k, v in zip(inputs, g.inputs[:len(inputs)])}
         if bind:
-            lookup = weight_lookup({}, params, ref, f32)
+            lookup = weight_lookup({}, params, ref, lambda k: DType.uint8 if k.endswith(QUANT_KEY) else f32)
         else:
             lookup = dict(zip(params, (v.tensor for v in g.inputs[len(inputs):]))).__getitem__
-        out = fn(xs, Scope(lookup, product=product))
+        out = fn(xs, Scope(lookup, product=product, quantizes=quantizes))
         out = {k: cast(v, f32) for k, v in out.items()} if isinstance(out, dict) else {name: cast(out, f32)}
         g.output(*out.values())
     return g, list(out)

@@ -65,15 +65,17 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def reference_trace(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray], mel: np.ndarray,
-                    dtype: torch.dtype | str = torch.float64, device: str = "cpu") -> dict[str, np.ndarray]:
+                    dtype: torch.dtype | str = torch.float64, device: str = "cpu",
+                    quantize: str | None = None) -> dict[str, np.ndarray]:
     """openai-whisper's encoder on `mel`, every activation by layer id: in float64 the reference,
     in MAX's dtype (and on MAX's kind of device) the yardstick, PyTorch's own error, which the
     derived rule measures MAX by; `dtype` a precision name or its torch dtype (`yardstick.setup`). In a
     16-bit dtype it is whisper's own mixed precision (`transcribe(..., fp16=True)`): float32 weights,
-    the mel rounded to `dtype` (`maxwhisper.precision`)."""
-    dtype, weights, numerics = setup(dtype)
+    the mel rounded to `dtype` (`maxwhisper.precision`). `quantize`: a quantized precision whose products
+    the float64 reference computes (`yardstick.setup`)."""
+    dtype, weights, numerics = setup(dtype, quantize)
     encoder = reference_encoder(dims, state_dict, weights).to(device)
-    with numerics:
+    with numerics(encoder, "encoder."):
         return trace_encoder(encoder, torch.from_numpy(np.asarray(mel)).to(device, dtype))
 
 
@@ -106,23 +108,24 @@ def trace_decoder(decoder: wm.TextDecoder, tokens: torch.Tensor, xa: torch.Tenso
 
 @torch.no_grad()
 def reference_encode(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray], mel: np.ndarray,
-                     dtype: torch.dtype | str = torch.float64, device: str = "cpu") -> np.ndarray:
+                     dtype: torch.dtype | str = torch.float64, device: str = "cpu",
+                     quantize: str | None = None) -> np.ndarray:
     """openai-whisper's encoder output alone (no hooks), as `reference_trace` computes it."""
-    dtype, weights, numerics = setup(dtype)
+    dtype, weights, numerics = setup(dtype, quantize)
     encoder = reference_encoder(dims, state_dict, weights).to(device)
-    with numerics:
+    with numerics(encoder, "encoder."):
         out = encoder(torch.from_numpy(np.asarray(mel)).to(device, dtype))
     return out.cpu().numpy() if out.dtype in (torch.float32, torch.float64) else out.float().cpu().numpy()
 
 
 def reference_decoder_trace(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray], tokens: np.ndarray,
                             features: np.ndarray, dtype: torch.dtype | str = torch.float64,
-                            device: str = "cpu") -> dict[str, np.ndarray]:
+                            device: str = "cpu", quantize: str | None = None) -> dict[str, np.ndarray]:
     """openai-whisper's decoder, teacher-forced on `tokens` over `features`, every activation by id.
     In a 16-bit dtype it is whisper's own mixed precision, as `reference_trace`: float32 weights, the
     features rounded to `dtype`."""
-    dtype, weights, numerics = setup(dtype)
+    dtype, weights, numerics = setup(dtype, quantize)
     decoder = reference_decoder(dims, state_dict, weights).to(device)
-    with numerics:
+    with numerics(decoder, "decoder."):
         return trace_decoder(decoder, torch.from_numpy(np.asarray(tokens, np.int64)).to(device),
                              torch.from_numpy(np.asarray(features)).to(device, dtype))

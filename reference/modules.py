@@ -75,6 +75,11 @@ def attention(dims: wm.ModelDimensions) -> nn.Module:
     return SelfAttention(dims.n_audio_state, dims.n_audio_head)
 
 
+def linear(dims: wm.ModelDimensions) -> nn.Module:
+    """A Linear of the encoder MLP's first shape (a quantized precision's one-layer record)."""
+    return wm.Linear(dims.n_audio_state, 4 * dims.n_audio_state)
+
+
 def mlp(dims: wm.ModelDimensions) -> nn.Module:
     return wm.ResidualAttentionBlock(dims.n_audio_state, dims.n_audio_head).mlp
 

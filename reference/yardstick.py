@@ -66,11 +66,27 @@ class TF32Operands(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def numerics(precision: str):
-    """PyTorch as the yardstick of `precision`: IEEE float32 products, plus the TF32 truncation for tf32."""
+def numerics(precision: str, module=None, prefix: str = ""):
+    """PyTorch as the yardstick of `precision`: IEEE float32 products, plus the TF32 truncation for tf32,
+    plus, for a quantized precision, its Q4_0 products in `module` (state-dict keys under `prefix`)."""
     ieee()
     with TF32Operands() if row(precision).yardstick == "tf32 operands" else contextlib.nullcontext():
-        yield
+        with quantized(precision, module, prefix):
+            yield
+
+
+def quantized(precision: str | None, module, prefix: str = ""):
+    """The Q4_0 products of `precision` (nothing for an unquantized one) in `module`: in the reference
+    (float64) and the yardstick alike, as the precision defines them (`reference.quantized`)."""
+    from maxwhisper.precision import form
+
+    if precision is None or not row(precision).quantized:
+        return contextlib.nullcontext()
+    from reference.quantized import Q4_0Products
+
+    if module is None:
+        raise ValueError(f"{precision}'s quantized products need the module they quantize")
+    return Q4_0Products(module, form(precision).quantizes, prefix)
 
 
 def torch_dtype(precision: str) -> torch.dtype:
@@ -87,16 +103,22 @@ def describe(precision: str, device: str = "cpu") -> str:
     text = f"torch {torch.__version__} {d.torch}, {row(precision).storage}, {flags}"
     if row(precision).yardstick == "tf32 operands":
         text += ", Linear/conv/logits operands truncated to TF32"
+    if row(precision).quantized:
+        text += ", Q4_0 weights times int8 activations (reference.quantized) in the quantized products"
     return text
 
 
 _NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
-def setup(dtype: torch.dtype | str):
+def setup(dtype: torch.dtype | str, quantize: str | None = None):
     """(compute dtype, weights dtype, numeric context) of a reference run: float64 is the reference; a
-    precision name (or its torch dtype) the yardstick, with float32 master weights as whisper keeps them."""
+    precision name (or its torch dtype) the yardstick, with float32 master weights as whisper keeps them.
+    The context is a function of (the module run, its state-dict prefix). `quantize`: the quantized
+    precision whose products the float64 reference computes (a quantized yardstick implies its own)."""
     if dtype == torch.float64:
-        return torch.float64, torch.float64, contextlib.nullcontext()
+        return torch.float64, torch.float64, lambda module, prefix="": quantized(quantize, module, prefix)
     name = _NAMES.get(dtype, dtype)
-    return torch_dtype(name), torch.float32, numerics(name)
+    if quantize not in (None, name):
+        raise ValueError(f"the {name} yardstick cannot compute {quantize}'s quantized products")
+    return torch_dtype(name), torch.float32, lambda module, prefix="": numerics(name, module, prefix)

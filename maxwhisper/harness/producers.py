@@ -22,7 +22,7 @@ import numpy as np
 from maxwhisper.harness.compare import Check, Comparison, compare, compare_traces
 from maxwhisper.harness.registry import ENCODER_OUTPUT
 from maxwhisper.harness.runners import torch_device
-from maxwhisper.precision import mode
+from maxwhisper.precision import mode, row
 
 REFERENCE = "float64"
 
@@ -33,6 +33,7 @@ class Ran:
     dtype: str    # a precision name, or "float64"
     device: str
     mode: str     # MAX's numeric mode (precision.mode) or PyTorch's flags (reference.yardstick.describe)
+    quantize: str | None = None  # the reference's: the quantized precision whose products it computes
 
 
 @dataclass
@@ -56,39 +57,52 @@ def max_decoder(model, tokens: np.ndarray, features: np.ndarray, prompt: int) ->
     return Trace(Ran("max", model.dtype, model.device, mode(model.dtype, model.device, model.form.target)), arrays)
 
 
-def _torch_ran(dtype: str, device: str) -> Ran:
+def _torch_ran(dtype: str, device: str, quantize: str | None = None) -> Ran:
     from reference.yardstick import describe
 
     if dtype == REFERENCE:
-        return Ran("reference", REFERENCE, "cpu", "torch float64 (the reference)")
+        how = f", with {quantize}'s quantized products (reference.quantized)" if quantize else ""
+        return Ran("reference", REFERENCE, "cpu", f"torch float64 (the reference){how}", quantize)
     return Ran("yardstick", dtype, device, describe(dtype, device))
 
 
 def torch_encoder(dims, state_dict, mel: np.ndarray, dtype: str = REFERENCE, device: str = "cpu",
-                  production: bool = True, layers: bool = True) -> Trace:
+                  production: bool = True, layers: bool = True, quantize: str | None = None) -> Trace:
     """openai-whisper's encoder on `mel`, every activation (with `layers`), and (with `production`)
-    `encoder`: its ln_post again, for the production graph's row."""
+    `encoder`: its ln_post again, for the production graph's row. `quantize` (the float64 reference
+    only): the quantized precision whose products it computes, as MAX's run of it does."""
     from reference.capture import reference_encode, reference_trace
 
     import torch
 
     args = (dims, state_dict, mel, torch.float64 if dtype == REFERENCE else dtype,
-            "cpu" if dtype == REFERENCE else torch_device(device))
+            "cpu" if dtype == REFERENCE else torch_device(device), _quantize(dtype, quantize))
+    ran = _torch_ran(dtype, device, args[-1])
     if not layers:
-        return Trace(_torch_ran(dtype, device), {ENCODER_OUTPUT: reference_encode(*args)} if production else {})
+        return Trace(ran, {ENCODER_OUTPUT: reference_encode(*args)} if production else {})
     arrays = reference_trace(*args)
     if production:
         arrays[ENCODER_OUTPUT] = arrays["encoder.ln_post"]
-    return Trace(_torch_ran(dtype, device), arrays)
+    return Trace(ran, arrays)
+
+
+def _quantize(dtype: str, quantize: str | None) -> str | None:
+    """What the float64 reference quantizes; a yardstick quantizes what its own precision does."""
+    if quantize is not None and dtype != REFERENCE:
+        raise ValueError(f"quantize={quantize!r} is the float64 reference's; the {dtype} yardstick follows its precision")
+    return quantize
 
 
 def torch_decoder(dims, state_dict, tokens: np.ndarray, features: np.ndarray, dtype: str = REFERENCE,
-                  device: str = "cpu") -> Trace:
-    """openai-whisper's decoder over all of `tokens` at once (teacher forcing, no cache), every activation."""
+                  device: str = "cpu", quantize: str | None = None) -> Trace:
+    """openai-whisper's decoder over all of `tokens` at once (teacher forcing, no cache), every activation;
+    `quantize` as `torch_encoder`'s."""
     from reference.capture import reference_decoder_trace
 
     if dtype == REFERENCE:
-        return Trace(_torch_ran(dtype, device), reference_decoder_trace(dims, state_dict, tokens, features))
+        q = _quantize(dtype, quantize)
+        return Trace(_torch_ran(dtype, device, q), reference_decoder_trace(dims, state_dict, tokens, features, quantize=q))
+    _quantize(dtype, quantize)
     arrays = reference_decoder_trace(dims, state_dict, tokens, features.astype(np.float32), dtype, torch_device(device))
     return Trace(_torch_ran(dtype, device), arrays)
 
@@ -102,12 +116,16 @@ def max_layer(spec, dims, x, params, dtype: str = "float32", device: str = "cpu"
     return Trace(Ran("max", dtype, device, mode(dtype, device, emulate)), arrays)
 
 
-def torch_layer(spec, dims, x, params, dtype: str = REFERENCE, device: str = "cpu") -> Trace:
-    """openai-whisper's module for the record on the same inputs: float64, or the yardstick in `dtype`."""
+def torch_layer(spec, dims, x, params, dtype: str = REFERENCE, device: str = "cpu",
+                quantize: str | None = None) -> Trace:
+    """openai-whisper's module for the record on the same inputs: float64, or the yardstick in `dtype`;
+    `quantize` as `torch_encoder`'s."""
     from maxwhisper.harness.runners import run_reference
 
     if dtype == REFERENCE:
-        return Trace(_torch_ran(dtype, device), {spec.name: run_reference(spec, dims, x, params)})
+        q = _quantize(dtype, quantize)
+        return Trace(_torch_ran(dtype, device, q), {spec.name: run_reference(spec, dims, x, params, quantize=q)})
+    _quantize(dtype, quantize)
     arrays = {spec.name: run_reference(spec, dims, x, params, dtype, torch_device(device))}
     return Trace(_torch_ran(dtype, device), arrays)
 
@@ -164,6 +182,10 @@ def _triple(actual: Trace, reference: Trace, yardstick: Trace) -> None:
         raise ValueError(f"judge takes (MAX, float64, yardstick), got ({actual.ran}, {reference.ran}, {yardstick.ran})")
     if yardstick.ran.dtype != actual.ran.dtype:
         raise ValueError(f"the yardstick ran in {yardstick.ran.dtype}, MAX in {actual.ran.dtype}: not one precision")
+    want = actual.ran.dtype if row(actual.ran.dtype).quantized else None
+    if reference.ran.quantize != want:
+        raise ValueError(f"MAX ran {actual.ran.dtype}, the float64 reference computed "
+                         f"{reference.ran.quantize or 'no'} quantized products: pass quantize={want!r} to its producer")
 
 
 def _order(actual: Trace, order: Trace | Callable[[], Trace] | None):

@@ -94,7 +94,7 @@ class LayerSpec:
         return Check(self.rule, self.tol(dtype) if guard else None, dtype)
 
     def param_shapes(self, dims: ModelDimensions) -> dict[str, tuple[int, ...]]:
-        return dict(_param_shapes(self.name, astuple(dims)))
+        return dict(_param_shapes(self.reference, astuple(dims)))
 
     def input_shapes(self, dims: ModelDimensions) -> dict[str, list]:
         return {i.name: i.shape(dims) for i in self.inputs}
@@ -242,6 +242,16 @@ SPECS.update({s.name: s for s in [
     LayerSpec("logits", lambda x, s, d: layers.logits(x["x"], s), ref.logits, (_text(inputs.acts),)),
 ]})
 
+# A quantized precision's one-layer records: those whose quantized product reads the record's own input,
+# so MAX, the reference and the yardstick quantize the same float32 values to the same codes and differ
+# only in how they sum (reference.quantized). Where one quantized product feeds another (mlp.0's GELU into
+# mlp.2) an upstream float32 error can move a code by one, an error of the quantization and not of the
+# product; the golden trace and `verify` judge those chains. `linear` is the encoder MLP's first Linear.
+QUANTIZED_SPECS: dict[str, LayerSpec] = {s.name: s for s in [
+    LayerSpec("linear", lambda x, s, d: layers.linear(x["x"], s), ref.linear, _x(inputs.acts)),
+    SPECS["logits"],
+]}
+
 # The production graph's output (no trace): `verify`'s last row, judged as the encoder.
 ENCODER_OUTPUT = "encoder"
 
@@ -286,8 +296,8 @@ def layer_flops(name: str, dims: ModelDimensions, batch: int = 1, frames: int | 
 
 
 @functools.cache
-def _param_shapes(name: str, dims: tuple) -> tuple[tuple[str, tuple[int, ...]], ...]:
+def _param_shapes(reference: Callable, dims: tuple) -> tuple[tuple[str, tuple[int, ...]], ...]:
     # Building the reference module (and its random init) costs far more than a small layer's
-    # run: do it once per (layer, dims), not on every run.
-    module = SPECS[name].reference(ModelDimensions(*dims))
+    # run: do it once per (reference module, dims), not on every run.
+    module = reference(ModelDimensions(*dims))
     return tuple((k, tuple(v.shape)) for k, v in module.state_dict().items())

@@ -50,3 +50,13 @@ def reference_text(path: str | os.PathLike) -> str | None:
     except ValueError:
         return None
     return next((r["text"] for r in transcripts(where) if r["file"] == rel), None)
+
+
+def longform_audio(group: dict[str, str], where: Path | None = None):
+    """One long-form group's recording: its files' 16 kHz samples concatenated in order."""
+    import numpy as np
+
+    from maxwhisper.audio import load_audio
+
+    where = where or speech_dir()
+    return np.concatenate([load_audio(where / f) for f in group["files_in_order"].split(",")])

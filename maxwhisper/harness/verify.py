@@ -15,6 +15,7 @@ from maxwhisper.harness.inputs import PROMPT, teacher_tokens
 from maxwhisper.harness.registry import check_of, input_of
 from maxwhisper.harness.speech import reference_text, speech_dir
 from maxwhisper.model import MaxWhisper
+from maxwhisper.precision import row
 
 # Spoken by eSpeak NG when the shared speech data (and so jfk.flac) is absent.
 DEFAULT_SENTENCE = "And so my fellow Americans, ask not what your country can do for you."
@@ -114,10 +115,11 @@ def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE) -> V
     dims, sd, dtype, device = model.dims, model.state_dict, model.dtype, model.device
     check, inputs = check_of(dims, dtype, guard=True), input_of(dims)
     ordered = dtype == "float32"
+    quantize = dtype if row(dtype).quantized else None  # the reference computes the same quantized products
     found = encoded_windows(dims, sd, audio)
     windows, first = [], None
     for seek, mel in found.windows:
-        encoder = [producers.max_encoder(model, mel), producers.torch_encoder(dims, sd, mel),
+        encoder = [producers.max_encoder(model, mel), producers.torch_encoder(dims, sd, mel, quantize=quantize),
                    producers.torch_encoder(dims, sd, mel, dtype, device)]
         order = producers.order_encoder(dims, sd, mel) if ordered else None
         windows.append(Window(seek, producers.judge(*encoder, check, inputs, order=order)))
@@ -125,7 +127,7 @@ def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE) -> V
     text = found.first_text if len(windows) > 1 else text
     features, tokens = first[1].arrays["encoder.ln_post"], teacher_tokens(dims, text)
     decoder = [producers.max_decoder(model, tokens, features, PROMPT),
-               producers.torch_decoder(dims, sd, tokens, features),
+               producers.torch_decoder(dims, sd, tokens, features, quantize=quantize),
                producers.torch_decoder(dims, sd, tokens, features, dtype, device)]
     order = producers.order_decoder(dims, sd, tokens, features) if ordered else None
     rows = producers.judge(*decoder, check, inputs, order=order)

@@ -1,0 +1,137 @@
+"""Which layers may run quantized, chosen by what users hear (`python -m maxwhisper.harness.choose`).
+
+Like Polygraphy's `debug precision`: a greedy search over groups of weights, in order of what quantizing
+them saves, keeping a group when word error rate stays within the 16-bit gate (0.3 points) of float32's.
+It chooses on half of LibriSpeech test-other (5 of its 10 speakers) and reports on the other half and
+on the 10 long-form groups (which hold all 10 speakers' chapters: chosen-half audio too, as long form).
+
+Each candidate runs openai-whisper in PyTorch float32 with the chosen groups' products computed as
+MAX's Q4_0 arithmetic (`reference.quantized`: Q4_0 weights, activations quantized to int8 per block of
+32 from their float32 values), not MAX itself: MAX's kernel computes that arithmetic bit for bit
+(tests/test_quant.py), and a MAX graph per candidate would be a cold compile each (~100 s). The chosen
+mix is then a precision (`precision.PRECISIONS`), which `verify` and the benchmarks run on MAX.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from maxwhisper.harness.speech import longform_audio, longform_groups, speech_dir, transcripts
+from maxwhisper.harness.wer import wer
+
+GATE = 0.3  # WER points over float32's: the project's gate for a 16-bit precision's transcripts
+
+
+def groups(n_audio_layer: int, n_text_layer: int) -> dict[str, tuple[str, ...]]:
+    """Candidate -> its weights' fnmatch patterns, in search order: the logits (80 MB of float32 read per
+    token), each decoder block (read per token), each encoder block's MLP (2/3 of its FLOPs), then
+    each encoder block's attention projections."""
+    out = {"logits": ("decoder.token_embedding.weight",)}
+    out.update({f"decoder.blocks.{i}": (f"decoder.blocks.{i}.*",) for i in range(n_text_layer)})
+    out.update({f"encoder.blocks.{i}.mlp": (f"encoder.blocks.{i}.mlp.*",) for i in range(n_audio_layer)})
+    out.update({f"encoder.blocks.{i}.attn": (f"encoder.blocks.{i}.attn.*",) for i in range(n_audio_layer)})
+    return out
+
+
+def halves() -> tuple[list[dict], list[dict]]:
+    """(choose, report): test-other's rows split by speaker, alternate speakers in sorted order."""
+    rows = [r for r in transcripts() if r["subset"] == "test-other"]
+    if not rows:
+        raise ValueError("the speech data (../shared/speech) is absent")
+    speakers = sorted({r["file"].rsplit("/", 1)[-1].split("-")[0] for r in rows})
+    choose = set(speakers[::2])
+    return ([r for r in rows if r["file"].rsplit("/", 1)[-1].split("-")[0] in choose],
+            [r for r in rows if r["file"].rsplit("/", 1)[-1].split("-")[0] not in choose])
+
+
+class Emulation:
+    """openai-whisper (PyTorch float32, greedy) with a set of patterns' products as Q4_0's."""
+
+    def __init__(self):
+        import torch
+
+        from maxwhisper.transcribe import pipeline_model
+        from maxwhisper import load_model
+
+        torch.set_grad_enabled(False)
+        self.max_model = load_model()
+        self.model = pipeline_model(self.max_model, "torch", "torch")
+        self.dims = self.max_model.dims
+
+    def texts(self, audios, patterns: tuple[str, ...]) -> list[str]:
+        import contextlib
+        import fnmatch
+
+        from maxwhisper.transcribe import transcribe
+        from reference.quantized import Q4_0Products
+
+        mode = (Q4_0Products(self.model, lambda k: any(fnmatch.fnmatchcase(k, p) for p in patterns))
+                if patterns else contextlib.nullcontext())
+        with mode:
+            return [transcribe(self.model, a, fp16=False)["text"] for a in audios]
+
+
+def _load(rows):
+    from maxwhisper.audio import load_audio
+
+    return [load_audio(speech_dir() / r["file"]) for r in rows]
+
+
+def _longform():
+    return [(longform_audio(g), g["text"]) for g in longform_groups().values()]
+
+
+def search(log=print) -> dict:
+    """The greedy search and its report (WER in %, seconds of PyTorch emulation)."""
+    em = Emulation()
+    choose, report = halves()
+    ca, ra = _load(choose), _load(report)
+    cref, rref = [r["text"] for r in choose], [r["text"] for r in report]
+
+    def score(audios, refs, patterns):
+        t0 = time.perf_counter()
+        w = 100 * wer(refs, em.texts(audios, patterns))
+        return round(w, 2), round(time.perf_counter() - t0, 1)
+
+    base, s = score(ca, cref, ())
+    log(f"float32 on the choosing half: {base:.2f}% ({s} s)")
+    kept: list[str] = []
+    steps = []
+    for name, pats in groups(em.dims.n_audio_layer, em.dims.n_text_layer).items():
+        trial = tuple(p for g in [*kept, name] for p in groups(em.dims.n_audio_layer, em.dims.n_text_layer)[g])
+        w, s = score(ca, cref, trial)
+        ok = w <= base + GATE
+        steps.append(dict(group=name, wer=w, kept=ok))
+        log(f"+ {name}: {w:.2f}% ({'kept' if ok else 'dropped'}, {s} s)")
+        if ok:
+            kept.append(name)
+    table = groups(em.dims.n_audio_layer, em.dims.n_text_layer)
+    chosen = tuple(p for g in kept for p in table[g])
+    every = tuple(p for g in table for p in table[g])
+    out = dict(gate_points=GATE, choose_files=len(choose), report_files=len(report),
+               choose=dict(float32=base, steps=steps), kept=kept, patterns=list(chosen), report={})
+    long = _longform()
+    for label, pats in (("float32", ()), ("chosen", chosen), ("every Linear", every)):
+        w, s = score(ra, rref, pats)
+        lw, ls = score([a for a, _ in long], [t for _, t in long], pats)
+        out["report"][label] = dict(report_half=w, longform=lw)
+        log(f"report {label}: other half {w:.2f}%, long form {lw:.2f}% ({s + ls:.0f} s)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m maxwhisper.harness.choose", description=__doc__.split("\n")[0])
+    p.add_argument("--out", help="write the search and its report as JSON")
+    args = p.parse_args(argv)
+    result = search()
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""The reference side of a quantized precision: openai-whisper's modules with MAX's Q4_0 arithmetic.
+
+In a quantized precision (`precision.Row.quantized`) a selected Linear (and the logits' `x @ E.T`)
+multiplies GGUF Q4_0 weights by activations quantized to int8 per block of 32 along K, as MAX's CPU
+`qmatmul` does (`maxwhisper.quant`, shown bit-exact there). Both quantizations belong to the precision,
+not to an implementation, so the reference and the yardstick apply them too: the weights are the
+dequantized blocks of the float32 master weights (exact in float32 and float64), and an activation is
+quantized from its float32 value with float32 arithmetic (the quantizer MAX runs). Only the product
+differs: exact-ish in float64 (the reference), PyTorch float32 (the yardstick), integer dots summed in
+float32 (MAX). One consequence: where an upstream float32 error moves an activation across a rounding
+boundary of its code, the code differs by one (docs/precision.md: why the one-layer records feed a
+quantized product only the record's own input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+
+from maxwhisper.quant import BLOCK, eligible, q4_0_blocks, q4_0_weights
+
+_MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__)
+
+
+def q8(a: torch.Tensor) -> torch.Tensor:
+    """`a` (..., K) as MAX's kernel quantizes it, dequantized in `a`'s dtype: per block of 32 along K,
+    codes round-half-even(x * (127 / max|x|)) and scale max|x| / 127, both in float32 from float32 x."""
+    x = a.float().reshape(*a.shape[:-1], a.shape[-1] // BLOCK, BLOCK)
+    top = x.abs().amax(-1, keepdim=True)
+    # a true division: `127 / top` is torch's __rtruediv__, reciprocal(top) * 127, an ulp off at times
+    mult = torch.where(top != 0, torch.full_like(top, 127) / top, torch.zeros_like(top))
+    codes = torch.round(x * mult)
+    return (codes.to(a.dtype) * (top / 127).to(a.dtype)).reshape(a.shape)
+
+
+class Q4_0Products(TorchFunctionMode):
+    """Within the mode, the selected weights' products of `module` are Q4_0's: F.linear (every Linear)
+    and the logits' matmul through the transposed token embedding. `calls` counts them."""
+
+    def __init__(self, module: nn.Module, quantizes: Callable[[str], bool], prefix: str = ""):
+        super().__init__()
+        self.calls, self.weights = 0, {}
+        for name, p in module.named_parameters():
+            if eligible(name, p.shape) and quantizes(prefix + name):
+                w = q4_0_weights(q4_0_blocks(p.detach().cpu().float().numpy()))  # exact in float32
+                self.weights[id(p)] = torch.from_numpy(w).to(p.device, p.dtype)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear and id(args[1]) in self.weights:
+            self.calls += 1
+            return func(q8(args[0]), self.weights[id(args[1])].to(args[0].dtype), *args[2:], **kwargs)
+        if func in _MATMULS and getattr(args[1], "_base", None) is not None and id(args[1]._base) in self.weights:
+            self.calls += 1  # x @ E.T, E a selected weight: whisper's logits
+            w = self.weights[id(args[1]._base)].to(args[0].dtype)
+            return func(q8(args[0]), w.T, *args[2:], **kwargs)
+        return func(*args, **kwargs)
