@@ -43,9 +43,9 @@ class Row:
     yardstick: str            # PyTorch in `storage` with IEEE float32 products ("ieee"), or their operands
                               # truncated to TF32 first ("tf32 operands"): reference.yardstick
     emulated: tuple[str, ...] = ()   # ops in float32 on 16-bit values (MAX's 16-bit kernel errs 9-13x torch's)
-    # test family (records: one-layer property and golden tests; golden: the encoder's golden trace;
-    # golden_decoder: the decoder's; tiny_en: tiny.en on jfk.flac; pipeline: transcripts) -> whether CI
-    # runs it (False: pytest --thorough only)
+    # test family (records: one-layer property and golden tests; quantized_records: a quantized row's own;
+    # golden: the encoder's golden trace; golden_decoder: the decoder's; tiny_en: tiny.en on jfk.flac;
+    # pipeline: transcripts) -> whether CI runs it (False: pytest --thorough only)
     families: dict = field(default_factory=dict)
     why: str = field(default="", compare=False)
     # Weights stored as GGUF Q4_0 blocks and multiplied by MAX's CPU `qmatmul` (activations quantized to
@@ -76,7 +76,7 @@ PRECISIONS = {r.name: r for r in [
     # quantized arithmetic (reference.quantized), its yardstick PyTorch float32 of it; one-layer records:
     # `linear` and `logits` (registry.QUANTIZED_SPECS), whose quantized product reads the record's input.
     Row("q4_0", "float32", 2.0**-23, False, {"cpu": "q4_0"}, "q4_0 operands",
-        families={"quantized_records": True, "golden": False, "golden_decoder": False, "tiny_en": False},
+        families={"quantized_records": True},  # and test_cli's verify on jfk.flac, on MAX's inputs too
         why="every Linear and the logits as GGUF Q4_0 weights times int8 activations (MAX's qmatmul), float32 otherwise",
         quantized=("*",)),
 ]}

@@ -15,6 +15,8 @@ from pathlib import Path
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 from whisper.utils import optional_float, optional_int, str2bool
 
+from maxwhisper.precision import PRECISIONS
+
 WORD_OPTIONS = ("highlight_words", "max_line_count", "max_line_width", "max_words_per_line")
 # openai-whisper's default punctuation, as its command line spells it
 PREPEND, APPEND = "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、"
@@ -27,7 +29,7 @@ def add_transcribe(sub) -> None:
     a("--model", default="tiny.en", help="model name or path (default: the embedded tiny.en)")
     a("--model_dir", "--model-dir", default=None, help="where NAME.pt is found (default ~/.cache/whisper); nothing is downloaded")
     a("--device", default="cpu", help="cpu, gpu or gpu:N (openai-whisper's cuda and cuda:N mean gpu)")
-    a("--dtype", default=None, choices=["float32", "tf32", "bfloat16", "float16"],
+    a("--dtype", default=None, choices=list(PRECISIONS),
       help="MAX's precision (default float32; float16 on a GPU with --fp16 True, as openai-whisper)")
     a("--output_dir", "--output-dir", "-o", default=".", help="directory to save the outputs")
     a("--output_format", "--output-format", "-f", default="all", choices=["txt", "vtt", "srt", "tsv", "json", "all"])

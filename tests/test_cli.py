@@ -68,6 +68,23 @@ def test_verify_tf32_layers_only(speech_dir, tmp_path, capsys):
     assert report["decoder"]["top1_failures"] == []
 
 
+def test_verify_q4_0(speech_dir, tmp_path, capsys):
+    """q4_0 on jfk.flac: every chained row within the rule against PyTorch float32 of the same quantized
+    arithmetic, each quantized product also judged on MAX's own input (20 encoder and 25 decoder rows
+    more), top-1 equal at every step, the same words as openai-whisper float32."""
+    out = tmp_path / "v.json"
+    assert main(["verify", str(speech_dir / "jfk.flac"), "--dtype", "q4_0", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "MAX: q4_0 (GGUF Q4_0 weights times int8 activations" in printed
+    assert "Q4_0 weights times int8 activations (reference.quantized)" in printed
+    report = json.loads(out.read_text())
+    layers = [r["layer"] for r in report["layers"]]
+    assert len(layers) == 110 + 20 + 25 and report["passed"]
+    assert "encoder.blocks.1.mlp.0 (on MAX's input)" in layers and "decoder.logits (on MAX's input)" in layers
+    assert report["decoder"]["top1_equal"] == 28 and report["decoder"]["top1_failures"] == []
+    assert report["transcripts"]["wer_max_vs_torch"] == 0.0
+
+
 def test_verify_fails_and_names_the_layer(speech_dir, capsys, monkeypatch, tiny_en_model):
     """A wrong activation gives exit 1 and names the first bad layer (the mutation tests inject
     real bugs into the graph; here the trace is doctored so that no extra graph is compiled)."""

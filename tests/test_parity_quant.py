@@ -156,3 +156,29 @@ def test_torch_quantizer_is_maxs_bit_for_bit():
     codes, scale = q8_activations(a)
     want = (codes.reshape(4000, 12, 32) * scale[..., None]).reshape(a.shape)
     np.testing.assert_array_equal(q8(torch.from_numpy(a)).numpy(), want)
+
+
+def test_model_mutant_scale_fails_on_maxs_input_at_its_layer(tiny_en, jfk_mel, monkeypatch):
+    """In the traced model, chained rows cannot see a scale one ulp off (an upstream code flip moves a row
+    ~1e-3, the bug ~1e-4): the product judged on MAX's own input (`harness.quantized`) fails, at its layer,
+    and every clean product passes there."""
+    from maxwhisper import model as M
+    from maxwhisper.harness import quantized
+    from maxwhisper.harness.registry import check_of
+
+    key = "encoder.blocks.1.mlp.0.weight.q4_0"
+    real = M.with_blocks
+
+    def bugged(weights, quantizes):
+        out = real(weights, quantizes)
+        out[key] = np.stack([_bumped(out[key], row)[row] for row in range(len(out[key]))])  # block 3 of every channel
+        return out
+
+    monkeypatch.setattr(M, "with_blocks", bugged)
+    m = M.MaxWhisper(*tiny_en, dtype="q4_0")
+    trace = P.max_encoder(m, jfk_mel, production=False).arrays
+    rows = quantized.judge_on_max_inputs(trace, m.dims, m.state_dict, m.form, check_of(m.dims, "q4_0"))
+    assert len(rows) == 4 * 5  # q, k, v, mlp.0, mlp.2 of 4 blocks (the attention's out-projection has no traced input)
+    bad = [layer for layer, c in rows.items() if not c.passed]
+    assert bad == ["encoder.blocks.1.mlp.0"], {k: c.report() for k, c in rows.items() if k in bad or k.endswith("1.mlp.0")}
+    assert min(rows["encoder.blocks.1.mlp.0"].ratios.values()) > 32

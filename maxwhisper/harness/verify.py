@@ -99,6 +99,16 @@ def default_audio(path: str | None = None) -> tuple[str, np.ndarray]:
     return f"eSpeak NG: {DEFAULT_SENTENCE!r}", synthesize(DEFAULT_SENTENCE)
 
 
+def _on_max_inputs(model: MaxWhisper, rows: list[Comparison], trace) -> list[Comparison]:
+    """A quantized precision's rows, each quantized product judged again on MAX's own input after its
+    chained row (`harness.quantized`: chained, a code flip upstream hides a small bug)."""
+    from maxwhisper.harness import quantized
+
+    extra = quantized.judge_on_max_inputs(trace.arrays, model.dims, model.state_dict, model.form,
+                                          check_of(model.dims, model.dtype))
+    return quantized.interleave(rows, extra)
+
+
 def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE) -> Verification:
     """`maxwhisper verify` for one model (one precision). Encoder rows, for every window openai-whisper's
     `transcribe` encodes (`seeks.encoded_windows`): the MAX encoder traced and the reference, every
@@ -109,7 +119,8 @@ def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE) -> V
     decoder on the same features; plus every step's top-1 token compared. The yardstick is
     openai-whisper in the model's precision (`maxwhisper.precision`), and in float32 also float32 in
     sequential summation order where that errs more (`reference.sequential`); the check is that
-    precision's; every trace comes from a `producers` producer."""
+    precision's; every trace comes from a `producers` producer. A quantized precision's reference computes
+    its quantized products, and each of them is judged again on MAX's own input (`harness.quantized`)."""
     from maxwhisper.harness.seeks import encoded_windows
 
     dims, sd, dtype, device = model.dims, model.state_dict, model.dtype, model.device
@@ -122,7 +133,8 @@ def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE) -> V
         encoder = [producers.max_encoder(model, mel), producers.torch_encoder(dims, sd, mel, quantize=quantize),
                    producers.torch_encoder(dims, sd, mel, dtype, device)]
         order = producers.order_encoder(dims, sd, mel) if ordered else None
-        windows.append(Window(seek, producers.judge(*encoder, check, inputs, order=order)))
+        rows = producers.judge(*encoder, check, inputs, order=order)
+        windows.append(Window(seek, _on_max_inputs(model, rows, encoder[0]) if quantize else rows))
         first = first or encoder
     text = found.first_text if len(windows) > 1 else text
     features, tokens = first[1].arrays["encoder.ln_post"], teacher_tokens(dims, text)
@@ -131,6 +143,7 @@ def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE) -> V
                producers.torch_decoder(dims, sd, tokens, features, dtype, device)]
     order = producers.order_decoder(dims, sd, tokens, features) if ordered else None
     rows = producers.judge(*decoder, check, inputs, order=order)
+    rows = _on_max_inputs(model, rows, decoder[0]) if quantize else rows
     got, logits, same = (t.arrays["decoder.logits"][0] for t in decoder)
     top2 = np.sort(logits, axis=-1)[:, -2:]
     failures = top1_failures(got, logits.argmax(-1), top2[:, 1] - top2[:, 0], top1_tie(same, logits))
