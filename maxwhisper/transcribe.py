@@ -9,7 +9,9 @@ PyTorch's instead, for comparison.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 
 import numpy as np
 import torch
@@ -23,6 +25,33 @@ from maxwhisper.weights import to_torch_model
 
 # Greedy decoding without temperature fallback: deterministic, so two pipelines can be compared token by token.
 GREEDY = dict(temperature=0.0, fp16=False)
+
+_threads = {"depth": 0, "saved": None}
+_threads_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def torch_beside_max(model: whisper.model.Whisper):
+    """openai-whisper's per-token torch work (logit filters, token updates, the mel) on one torch thread
+    while `model`'s decoder runs on MAX: MAX's CPU workers keep polling the cores after each call, and a
+    second torch thread only fights them (benchmarks/README.md has the measurement). A PyTorch decoder
+    keeps its threads. Restored when the last of several concurrent transcriptions
+    (`batch.transcribe_many`'s workers) leaves."""
+    if not hasattr(model.decoder, "max_decoder"):
+        yield
+        return
+    with _threads_lock:
+        if _threads["depth"] == 0:
+            _threads["saved"] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads["depth"] += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads["depth"] -= 1
+            if _threads["depth"] == 0:
+                torch.set_num_threads(_threads["saved"])
 
 
 class MaxEncoder(nn.Module):
@@ -66,4 +95,5 @@ def transcribe(model: MaxWhisper | whisper.model.Whisper, audio: str | os.PathLi
         audio = load_audio(audio)  # openai-whisper's own loader needs the ffmpeg program
     if audio.ndim != 1 or audio.size == 0 or not np.isfinite(audio).all():
         raise ValueError("audio must be non-empty, finite, 1-D float32 samples at 16 kHz")
-    return whisper.transcribe(model, audio.astype(np.float32), **{**GREEDY, **options})
+    with torch_beside_max(model):
+        return whisper.transcribe(model, audio.astype(np.float32), **{**GREEDY, **options})

@@ -182,3 +182,40 @@ def test_transcribe_many_bad_input_before_any_work(pipelines):
         transcribe_many(pipelines[0], [good, np.zeros(0, np.float32)])
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         transcribe_many(pipelines[0], [good], batch_size=0)
+
+
+def test_torch_work_beside_a_max_decoder_runs_on_one_thread(monkeypatch):
+    """openai-whisper's per-token torch work beside a MAX decoder runs on one torch thread (MAX's polling
+    workers fight a second one), restored afterwards, also when several transcriptions overlap (the
+    batched workers) and when one raises; a PyTorch decoder keeps its threads. No MAX runs here."""
+    import threading
+    import types
+
+    import maxwhisper.transcribe as T
+
+    seen = []
+    gate = threading.Barrier(2)
+
+    def fake(model, audio, **options):
+        seen.append(torch.get_num_threads())
+        if options.get("overlap"):
+            gate.wait(timeout=10)
+        if options.get("boom"):
+            raise RuntimeError("boom")
+        return {"text": ""}
+
+    monkeypatch.setattr(T.whisper, "transcribe", fake)
+    before = torch.get_num_threads()
+    on_max = types.SimpleNamespace(encoder=None, decoder=types.SimpleNamespace(max_decoder=object()))
+    on_torch = types.SimpleNamespace(encoder=None, decoder=types.SimpleNamespace())
+    audio = np.zeros(1600, np.float32)
+    T.transcribe(on_max, audio)
+    T.transcribe(on_torch, audio)
+    workers = [threading.Thread(target=T.transcribe, args=(on_max, audio), kwargs={"overlap": True}) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    with pytest.raises(RuntimeError):
+        T.transcribe(on_max, audio, boom=True)
+    assert seen == [1, before, 1, 1, 1] and torch.get_num_threads() == before

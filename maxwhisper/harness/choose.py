@@ -2,14 +2,15 @@
 
 Like Polygraphy's `debug precision`: a greedy search over groups of weights, in order of what quantizing
 them saves, keeping a group when word error rate stays within the 16-bit gate (0.3 points) of float32's.
-It chooses on half of LibriSpeech test-other (5 of its 10 speakers) and reports on the other half and
-on the 10 long-form groups (which hold all 10 speakers' chapters: chosen-half audio too, as long form).
+It chooses on half of LibriSpeech test-other (5 of its 10 speakers); `--report DTYPE` then runs the chosen
+precision on MAX itself on the other half and on the 10 long-form groups (which hold all 10 speakers'
+chapters: chosen-half audio too, as long form).
 
 Each candidate runs openai-whisper in PyTorch float32 with the chosen groups' products computed as
 MAX's Q4_0 arithmetic (`reference.quantized`: Q4_0 weights, activations quantized to int8 per block of
 32 from their float32 values), not MAX itself: MAX's kernel computes that arithmetic bit for bit
 (tests/test_quant.py), and a MAX graph per candidate would be a cold compile each (~100 s). The chosen
-mix is then a precision (`precision.PRECISIONS`), which `verify` and the benchmarks run on MAX.
+mix is then a precision (`precision.PRECISIONS`), which `verify`, `--report` and the benchmarks run on MAX.
 """
 
 from __future__ import annotations
@@ -78,45 +79,50 @@ def _load(rows):
     return [load_audio(speech_dir() / r["file"]) for r in rows]
 
 
-def _longform():
-    return [(longform_audio(g), g["text"]) for g in longform_groups().values()]
-
-
 def search(log=print) -> dict:
-    """The greedy search and its report (WER in %, seconds of PyTorch emulation)."""
+    """The greedy search on the choosing half (WER in %, seconds of PyTorch emulation)."""
     em = Emulation()
-    choose, report = halves()
-    ca, ra = _load(choose), _load(report)
-    cref, rref = [r["text"] for r in choose], [r["text"] for r in report]
+    choose, _ = halves()
+    audios, refs = _load(choose), [r["text"] for r in choose]
 
-    def score(audios, refs, patterns):
+    def score(patterns):
         t0 = time.perf_counter()
-        w = 100 * wer(refs, em.texts(audios, patterns))
-        return round(w, 2), round(time.perf_counter() - t0, 1)
+        return round(100 * wer(refs, em.texts(audios, patterns)), 2), round(time.perf_counter() - t0, 1)
 
-    base, s = score(ca, cref, ())
+    table = groups(em.dims.n_audio_layer, em.dims.n_text_layer)
+    base, s = score(())
     log(f"float32 on the choosing half: {base:.2f}% ({s} s)")
     kept: list[str] = []
     steps = []
-    for name, pats in groups(em.dims.n_audio_layer, em.dims.n_text_layer).items():
-        trial = tuple(p for g in [*kept, name] for p in groups(em.dims.n_audio_layer, em.dims.n_text_layer)[g])
-        w, s = score(ca, cref, trial)
+    for name in table:
+        w, s = score(tuple(p for g in [*kept, name] for p in table[g]))
         ok = w <= base + GATE
         steps.append(dict(group=name, wer=w, kept=ok))
         log(f"+ {name}: {w:.2f}% ({'kept' if ok else 'dropped'}, {s} s)")
-        if ok:
-            kept.append(name)
-    table = groups(em.dims.n_audio_layer, em.dims.n_text_layer)
-    chosen = tuple(p for g in kept for p in table[g])
-    every = tuple(p for g in table for p in table[g])
-    out = dict(gate_points=GATE, choose_files=len(choose), report_files=len(report),
-               choose=dict(float32=base, steps=steps), kept=kept, patterns=list(chosen), report={})
-    long = _longform()
-    for label, pats in (("float32", ()), ("chosen", chosen), ("every Linear", every)):
-        w, s = score(ra, rref, pats)
-        lw, ls = score([a for a, _ in long], [t for _, t in long], pats)
-        out["report"][label] = dict(report_half=w, longform=lw)
-        log(f"report {label}: other half {w:.2f}%, long form {lw:.2f}% ({s + ls:.0f} s)")
+        kept += [name] if ok else []
+    return dict(gate_points=GATE, choose_files=len(choose), float32=base, steps=steps, kept=kept,
+                patterns=[p for g in kept for p in table[g]])
+
+
+def report(dtype: str, log=print) -> dict:
+    """What users hear, on MAX itself: WER of MAX in `dtype` and in float32 on the report half and on each
+    long-form group (the gate: within `GATE` points of float32 on the half and on every group)."""
+    from maxwhisper import load_model
+    from maxwhisper.transcribe import pipeline_model, transcribe
+
+    _, rows = halves()
+    audios, refs = _load(rows), [r["text"] for r in rows]
+    long = [(g, longform_audio(row), row["text"]) for g, row in longform_groups().items()]
+    out = {}
+    for d in ("float32", dtype):
+        model = pipeline_model(load_model(dtype=d))
+        half = 100 * wer(refs, [transcribe(model, a)["text"] for a in audios])
+        per = {g: 100 * wer(text, transcribe(model, a)["text"]) for g, a, text in long}
+        out[d] = dict(report_half=round(half, 2), longform={g: round(w, 2) for g, w in per.items()})
+        log(f"{d}: report half {half:.2f}%, long form " + " ".join(f"{w:.1f}" for w in per.values()))
+    f32, q = out["float32"], out[dtype]
+    worse = [g for g in q["longform"] if q["longform"][g] > f32["longform"][g] + GATE]
+    out["within_gate"] = dict(report_half=q["report_half"] <= f32["report_half"] + GATE, longform_groups_over=worse)
     return out
 
 
@@ -124,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m maxwhisper.harness.choose", description=__doc__.split("\n")[0])
-    p.add_argument("--out", help="write the search and its report as JSON")
+    p.add_argument("--out", help="write the result as JSON")
+    p.add_argument("--report", metavar="DTYPE", help="instead of searching, report a chosen precision on MAX")
     args = p.parse_args(argv)
-    result = search()
+    result = report(args.report) if args.report else search()
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
