@@ -79,6 +79,11 @@ PRECISIONS = {r.name: r for r in [
         families={"quantized_records": True},  # and test_cli's verify on jfk.flac, on MAX's inputs too
         why="every Linear and the logits as GGUF Q4_0 weights times int8 activations (MAX's qmatmul), float32 otherwise",
         quantized=("*",)),
+    # The layers the harness chose (`python -m maxwhisper.harness.choose`: a greedy search keeping a group
+    # while test-other WER on 5 speakers stays within 0.3 points of float32; benchmarks/q4_0_mix_search.json).
+    Row("q4_0_mix", "float32", 2.0**-23, False, {"cpu": "q4_0"}, "q4_0 operands",
+        why="q4_0 in the layers the WER search kept, float32 elsewhere",
+        quantized=("decoder.blocks.0.*", "encoder.blocks.0.mlp.*", "encoder.blocks.3.attn.*")),
 ]}
 
 
@@ -178,7 +183,8 @@ def mode(name: str, device: str = "cpu", emulate: str | None = None) -> str:
     how = _PRODUCTS[f.products]
     if f.quantized:
         what = "all" if f.quantized == ("*",) else ", ".join(f.quantized)
-        how += f" matching {what} (the logits' tied embedding included), every other product IEEE float32"
+        logits = " (the logits' tied embedding included)" if f.quantizes("decoder.token_embedding.weight") else ""
+        how += f" matching {what}{logits}, every other product IEEE float32"
     if f.products == "tf32":
         how += " (truncated in the graph)" if f.marked else " (by the GPU's tensor cores)"
     elif f.products == "3xtf32":

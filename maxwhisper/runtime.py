@@ -118,7 +118,8 @@ def log_use(graph_name: str, key: str) -> None:
 
 
 def _registry(weights: Mapping[str, np.ndarray] | None, kinds: Mapping[str, DType] | None) -> dict:
-    return {k: weight_data(v, (kinds or {}).get(k, DType.float32)) for k, v in (weights or {}).items()}
+    default = lambda k: DType.uint8 if k.endswith(QUANT_KEY) else DType.float32  # noqa: E731  (GGUF blocks: uint8)
+    return {k: weight_data(v, (kinds or {}).get(k, default(k))) for k, v in (weights or {}).items()}
 
 
 class Compiled:

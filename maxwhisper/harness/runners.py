@@ -164,15 +164,15 @@ def bound_max(spec: LayerSpec, dims: ModelDimensions, params: Mapping[str, np.nd
     PyTorch module (whose weights are loaded once) does not do. Weights enter as `Weight`s, so
     new values reuse MAX's cached compile; each call to this function is one (warm) load.
     """
-    shapes = spec.param_shapes(dims)
-    missing = sorted(set(shapes) - set(params))
+    missing = sorted(set(spec.param_shapes(dims)) - set(params))
     if missing:
         raise ValueError(f"{spec.name}: params lack {missing}")
     f = form(dtype, device)
     graph, _ = functional_graph(f"{spec.name}_bound{f.suffix}", lambda x, s: spec.build(x, s, dims),
-                                spec.input_shapes(dims), shapes, device_ref(device), dtype_of(dtype), bind=True,
-                                input_dtypes=_input_dtypes(spec), product=products(f))
-    return Compiled(graph, device, {k: params[k] for k in shapes})
+                                spec.input_shapes(dims), param_shapes(spec, dims, f), device_ref(device),
+                                dtype_of(dtype), bind=True, input_dtypes=_input_dtypes(spec), product=products(f),
+                                quantizes=_quantizes(f))
+    return Compiled(graph, device, param_values(spec, dims, f, params))
 
 
 def torch_device(device: str) -> str:
