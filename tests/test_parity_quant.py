@@ -182,3 +182,31 @@ def test_model_mutant_scale_fails_on_maxs_input_at_its_layer(tiny_en, jfk_mel, m
     bad = [layer for layer, c in rows.items() if not c.passed]
     assert bad == ["encoder.blocks.1.mlp.0"], {k: c.report() for k, c in rows.items() if k in bad or k.endswith("1.mlp.0")}
     assert min(rows["encoder.blocks.1.mlp.0"].ratios.values()) > 32
+
+
+@pytest.mark.parametrize("dtype, encoder, step, cross", [
+    ("q4_0", 4 * 6, 4 * 8 + 1, 4 * 2),  # per block: q, k, v, out, mlp.0, mlp.2; the decoder's also cross q, out; the logits
+    ("q4_0_mix", 2 + 4, 8, 2),  # encoder block 0's MLP and block 3's attention; decoder block 0 (its cross K/V: 2)
+    ("float32", 0, 0, 0),
+])
+def test_graphs_quantize_exactly_the_rows_products(tiny_en, dtype, encoder, step, cross):
+    """Built, not compiled: the encoder and decoder graphs call MAX's Q4_0 kernel once per product the
+    precision's patterns select, and nowhere else (a pattern that silently matched nothing, or a Linear
+    left float32, changes a count)."""
+    from max.graph import DeviceRef
+
+    from maxwhisper import decoder, model
+    from maxwhisper.precision import form
+    from maxwhisper.quant import with_blocks
+
+    dims, state_dict = tiny_en
+    f = form(dtype)
+    q = f.quantizes if f.quantized else None
+    shapes = {k: v.shape for k, v in (with_blocks(state_dict, q) if q else state_dict).items()}
+    enc = {k: s for k, s in shapes.items() if k.startswith("encoder.")}
+    dec = {k: s for k, s in shapes.items() if k.startswith("decoder.")}
+    ref = DeviceRef.CPU()
+    count = lambda g: str(g).count("vroom_q4_0_matmul")  # noqa: E731
+    assert count(model.encoder_graph(dims, enc, ref, quantizes=q)[0]) == encoder
+    assert count(decoder.step_graph(dims, dec, ref, quantizes=q)[0]) == step
+    assert count(decoder.cross_graph(dims, dec, ref, quantizes=q)[0]) == cross
