@@ -184,15 +184,21 @@ def test_model_mutant_scale_fails_on_maxs_input_at_its_layer(tiny_en, jfk_mel, m
     assert min(rows["encoder.blocks.1.mlp.0"].ratios.values()) > 32
 
 
-@pytest.mark.parametrize("dtype, encoder, step, cross", [
-    ("q4_0", 4 * 6, 4 * 8 + 1, 4 * 2),  # per block: q, k, v, out, mlp.0, mlp.2; the decoder's also cross q, out; the logits
-    ("q4_0_mix", 2 + 4, 8, 2),  # encoder block 0's MLP and block 3's attention; decoder block 0 (its cross K/V: 2)
-    ("float32", 0, 0, 0),
-])
-def test_graphs_quantize_exactly_the_rows_products(tiny_en, dtype, encoder, step, cross):
+# search 1's mix (docs/precision.md): encoder block 0's MLP, block 3's attention, decoder block 0
+MIX = ("decoder.blocks.0.*", "encoder.blocks.0.mlp.*", "encoder.blocks.3.attn.*")
+
+
+@pytest.mark.parametrize("patterns, encoder, step, cross", [
+    (("*",), 4 * 6, 4 * 8 + 1, 4 * 2),  # q4_0. Per block q, k, v, out, mlp.0, mlp.2; decoder: cross q, out too; the logits
+    (MIX, 2 + 4, 8, 2),  # decoder block 0's cross K/V: 2
+    ((), 0, 0, 0),  # float32
+], ids=["q4_0", "mix", "float32"])
+def test_graphs_quantize_exactly_the_selected_products(tiny_en, patterns, encoder, step, cross):
     """Built, not compiled: the encoder and decoder graphs call MAX's Q4_0 kernel once per product the
-    precision's patterns select, and nowhere else (a pattern that silently matched nothing, or a Linear
-    left float32, changes a count)."""
+    patterns (`precision.Row.quantized`) select, and nowhere else (a pattern that silently matched
+    nothing, or a Linear left float32, changes a count)."""
+    from dataclasses import replace
+
     from max.graph import DeviceRef
 
     from maxwhisper import decoder, model
@@ -200,7 +206,7 @@ def test_graphs_quantize_exactly_the_rows_products(tiny_en, dtype, encoder, step
     from maxwhisper.quant import with_blocks
 
     dims, state_dict = tiny_en
-    f = form(dtype)
+    f = replace(form("q4_0"), quantized=patterns)
     q = f.quantizes if f.quantized else None
     shapes = {k: v.shape for k, v in (with_blocks(state_dict, q) if q else state_dict).items()}
     enc = {k: s for k, s in shapes.items() if k.startswith("encoder.")}
