@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("step", help="time one-token decoder steps (MAX or PyTorch); print JSON")
     s.add_argument("impl", choices=["max", "torch"])
     s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--dtype", default="float32", help="MAX's precision (max only)")
     args = p.parse_args(argv)
     try:
         if args.command == "rss":
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(transcribe_probe(args.impl, args.batch, args.limit, args.device, args.tokens, args.dtype)))
             return 0
         if args.command == "step":
-            print(json.dumps(step_probe(args.impl, args.batch)))
+            print(json.dumps(step_probe(args.impl, args.batch, dtype=args.dtype)))
             return 0
         if args.command == "compile":
             print(json.dumps({"graph": args.graph, "load_s": compile_time(args.graph)}))

@@ -153,13 +153,16 @@ def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device
     return out
 
 
-def step_probe(impl: str, batch: int = 1, cache: int = 32, steps: int = 50) -> dict:
-    """Median time of one-token decoder steps after `cache` cached tokens, at `batch` sequences."""
+def step_probe(impl: str, batch: int = 1, cache: int = 32, steps: int = 50, dtype: str = "float32") -> dict:
+    """Median time of one-token decoder steps after `cache` cached tokens, at `batch` sequences; `dtype`,
+    MAX's precision (PyTorch runs float32)."""
     import torch
 
     from maxwhisper import load_model
 
-    m = load_model()
+    if impl != "max" and dtype != "float32":
+        raise ValueError(f"PyTorch's step runs float32 here, not {dtype!r}")
+    m = load_model(dtype=dtype if impl == "max" else "float32")
     rng = np.random.default_rng(0)
     features = rng.standard_normal((batch, m.dims.n_audio_ctx, m.dims.n_audio_state)).astype(np.float32)
     prompt = rng.integers(0, 50000, (batch, cache))
@@ -189,4 +192,4 @@ def step_probe(impl: str, batch: int = 1, cache: int = 32, steps: int = 50) -> d
                     times.append(time.perf_counter() - t0)
                 for h in hooks:
                     h.remove()
-    return dict(impl=impl, batch=batch, cache=cache, median_ms=1e3 * float(np.median(times)))
+    return dict(impl=impl, dtype=dtype, batch=batch, cache=cache, median_ms=1e3 * float(np.median(times)))
