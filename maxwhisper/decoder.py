@@ -144,7 +144,7 @@ class MaxDecoder:
         if which not in ("step", "trace", "cross"):
             raise ValueError(f"no decoder graph {which!r}: step, trace or cross")
         if not self._compiled:
-            q = self.form.quantizes if self.form.quantized else None
+            q = self.form.quantizer
             weights = with_blocks(self.weights, q) if q else self.weights
             shapes = {k: v.shape for k, v in weights.items()}
             ref, dtype, how, suffix = device_ref(self.device), self._dtype, products(self.form), self.form.suffix

@@ -109,15 +109,15 @@ class MaxWhisper:
         whichever is asked for first compiles both (their shared kernels once; docs/architecture.md)."""
         if trace not in self._compiled:
             weights = {k: v for k, v in self.state_dict.items() if k.startswith("encoder.")}
-            weights = with_blocks(weights, self.form.quantizes) if self.form.quantized else weights
+            weights = with_blocks(weights, self.form.quantizer) if self.form.quantized else weights
             shapes = {k: v.shape for k, v in weights.items()}
             module = Module()
             # Weights are stored in the dtype they are used in (bfloat16 data enters as a view of its
             # bits): half the memory of float32 and no cast per call; one compile per dtype either way.
             graphs = [encoder_graph(self.dims, shapes, device_ref(self.device), t,
                                     "whisper_encoder" + ("_trace" if t else "") + self.form.suffix,
-                                    self._dtype, products(self.form), module,
-                                    self.form.quantizes if self.form.quantized else None) for t in (False, True)]
+                                    self._dtype, products(self.form), module, self.form.quantizer)
+                      for t in (False, True)]
             kinds = {k: param_dtype(k, self._dtype) for k in weights}
             compiled = Compiled.together(graphs, module, self.device, weights, kinds)
             self._compiled = dict(zip((False, True), compiled))

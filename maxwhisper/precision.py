@@ -114,6 +114,11 @@ class Form:
         """Whether the product of weight `key` (a state-dict key) is a quantized one in this form."""
         return any(fnmatch.fnmatchcase(key, p) for p in self.quantized)
 
+    @property
+    def quantizer(self):
+        """`quantizes`, or None for a form without quantized products (what graph builders take)."""
+        return self.quantizes if self.quantized else None
+
 
 def form(name: str, device: str = "cpu", emulate: str | None = None) -> Form:
     """The form of precision `name` on `device`; `emulate="gpu"` builds a GPU's numerics on the CPU

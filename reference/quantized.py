@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -37,6 +38,11 @@ def q8(a: torch.Tensor) -> torch.Tensor:
     return (codes.to(a.dtype) * (top / 127).to(a.dtype)).reshape(a.shape)
 
 
+def dequantized(w: np.ndarray) -> np.ndarray:
+    """float32 weights (N, K) as their Q4_0 blocks stand for them (exact in float32 and float64)."""
+    return q4_0_weights(q4_0_blocks(np.asarray(w, np.float32)))
+
+
 class Q4_0Products(TorchFunctionMode):
     """Within the mode, the selected weights' products of `module` are Q4_0's: F.linear (every Linear)
     and the logits' matmul through the transposed token embedding. `calls` counts them."""
@@ -46,8 +52,7 @@ class Q4_0Products(TorchFunctionMode):
         self.calls, self.weights = 0, {}
         for name, p in module.named_parameters():
             if eligible(name, p.shape) and quantizes(prefix + name):
-                w = q4_0_weights(q4_0_blocks(p.detach().cpu().float().numpy()))  # exact in float32
-                self.weights[id(p)] = torch.from_numpy(w).to(p.device, p.dtype)
+                self.weights[id(p)] = torch.from_numpy(dequantized(p.detach().cpu().float().numpy())).to(p.device, p.dtype)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

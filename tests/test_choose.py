@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 
-from maxwhisper.harness.choose import groups, halves
+from maxwhisper.harness.choose import groups, halves, speaker
 from maxwhisper.quant import eligible
 from maxwhisper.sizes import SIZES
 
@@ -26,7 +26,6 @@ def test_groups_cover_every_quantizable_weight_once(tiny_en):
 
 def test_halves_split_test_other_by_speaker(speech_dir):
     choose, report = halves()
-    speaker = lambda r: r["file"].rsplit("/", 1)[-1].split("-")[0]  # noqa: E731
     assert len(choose) == len(report) == 50
     assert not {speaker(r) for r in choose} & {speaker(r) for r in report}
     assert {r["subset"] for r in choose + report} == {"test-other"}

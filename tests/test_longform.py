@@ -6,13 +6,12 @@ runner's shards (`maxwhisper.harness.shards`) can put it beside the 108-file cor
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from maxwhisper.audio import SAMPLE_RATE, load_audio
+from maxwhisper.audio import SAMPLE_RATE
 from maxwhisper.batch import transcribe_many
-from maxwhisper.harness.speech import longform_groups
+from maxwhisper.harness.speech import longform_audio, longform_groups
 from maxwhisper.harness.wer import normalize, wer
 from maxwhisper.precision import mode
 from maxwhisper.transcribe import pipeline_model, transcribe
@@ -28,7 +27,7 @@ def longform(speech_dir, pipelines):
     def get(group: str):
         if group not in done:
             row = longform_groups(speech_dir)[group]
-            audio = np.concatenate([load_audio(speech_dir / f) for f in row["files_in_order"].split(",")])
+            audio = longform_audio(row, speech_dir)
             done[group] = (row, audio, *(transcribe(p, audio) for p in pipelines))
         return done[group]
     return get

@@ -207,7 +207,7 @@ def test_graphs_quantize_exactly_the_selected_products(tiny_en, patterns, encode
 
     dims, state_dict = tiny_en
     f = replace(form("q4_0"), quantized=patterns)
-    q = f.quantizes if f.quantized else None
+    q = f.quantizer
     shapes = {k: v.shape for k, v in (with_blocks(state_dict, q) if q else state_dict).items()}
     enc = {k: s for k, s in shapes.items() if k.startswith("encoder.")}
     dec = {k: s for k, s in shapes.items() if k.startswith("decoder.")}

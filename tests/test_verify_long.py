@@ -3,13 +3,11 @@ by layer, and a bug that only shows after the first window is found in the windo
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from maxwhisper.audio import load_audio
 from maxwhisper.harness import verify
 from maxwhisper.harness.seeks import encoded_windows
-from maxwhisper.harness.speech import longform_groups
+from maxwhisper.harness.speech import longform_audio, longform_groups
 from mutants import STALE_ENCODER
 
 GROUP = "3005-163389-0000_0009"  # the shortest long-form group, 66 s: three windows
@@ -17,8 +15,7 @@ GROUP = "3005-163389-0000_0009"  # the shortest long-form group, 66 s: three win
 
 @pytest.fixture(scope="module")
 def long_audio(speech_dir):
-    row = longform_groups(speech_dir)[GROUP]
-    return np.concatenate([load_audio(speech_dir / f) for f in row["files_in_order"].split(",")])
+    return longform_audio(longform_groups(speech_dir)[GROUP], speech_dir)
 
 
 def test_verify_judges_every_window_openai_whisper_encodes(long_audio, tiny_en, tiny_en_model):

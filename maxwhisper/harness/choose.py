@@ -41,10 +41,14 @@ def halves() -> tuple[list[dict], list[dict]]:
     rows = [r for r in transcripts() if r["subset"] == "test-other"]
     if not rows:
         raise ValueError("the speech data (../shared/speech) is absent")
-    speakers = sorted({r["file"].rsplit("/", 1)[-1].split("-")[0] for r in rows})
+    speakers = sorted({speaker(r) for r in rows})
     choose = set(speakers[::2])
-    return ([r for r in rows if r["file"].rsplit("/", 1)[-1].split("-")[0] in choose],
-            [r for r in rows if r["file"].rsplit("/", 1)[-1].split("-")[0] not in choose])
+    return [r for r in rows if speaker(r) in choose], [r for r in rows if speaker(r) not in choose]
+
+
+def speaker(row: dict) -> str:
+    """A LibriSpeech row's speaker id: its file name's first field (`1688-142285-0000.flac`)."""
+    return row["file"].rsplit("/", 1)[-1].split("-")[0]
 
 
 class Emulation:
@@ -63,13 +67,14 @@ class Emulation:
 
     def texts(self, audios, patterns: tuple[str, ...]) -> list[str]:
         import contextlib
-        import fnmatch
+        from dataclasses import replace
 
+        from maxwhisper.precision import form
         from maxwhisper.transcribe import transcribe
         from reference.quantized import Q4_0Products
 
-        mode = (Q4_0Products(self.model, lambda k: any(fnmatch.fnmatchcase(k, p) for p in patterns))
-                if patterns else contextlib.nullcontext())
+        quantizes = replace(form("q4_0"), quantized=patterns).quantizes  # q4_0's arithmetic, these weights only
+        mode = Q4_0Products(self.model, quantizes) if patterns else contextlib.nullcontext()
         with mode:
             return [transcribe(self.model, a, fp16=False)["text"] for a in audios]
 
@@ -125,7 +130,11 @@ def search(log=print, yardstick: str = "bfloat16") -> dict:
         steps.append(dict(group=name, wer=w, divergence=d, kept=ok))
         log(f"+ {name}: divergence {d:.2f}%, WER {w:.2f}% ({'kept' if ok else 'dropped'}, {s} s)")
         kept += [name] if ok else []
-    return dict(criterion=f"divergence from float32's transcripts at most MAX {yardstick}'s", bound=bound,
+    from maxwhisper.precision import mode
+
+    modes = dict(candidates="openai-whisper, PyTorch float32 on the CPU, IEEE, the candidate's products as "
+                 "Q4_0 weights times int8 activations (reference.quantized)", yardstick=f"MAX {mode(yardstick)}")
+    return dict(modes=modes, criterion=f"divergence from float32's transcripts at most MAX {yardstick}'s", bound=bound,
                 choose_files=len(choose), float32=base_wer, yardstick_wer=round(100 * wer(refs, other), 2),
                 steps=steps, kept=kept, patterns=[p for g in kept for p in table[g]])
 
@@ -134,6 +143,7 @@ def report(dtype: str, log=print) -> dict:
     """What users hear, on MAX itself: WER of MAX in `dtype` and in float32 on the report half and on each
     long-form group (the gate: within `GATE` points of float32 on the half and on every group)."""
     from maxwhisper import load_model
+    from maxwhisper.precision import mode
     from maxwhisper.transcribe import pipeline_model, transcribe
 
     _, rows = halves()
@@ -144,7 +154,8 @@ def report(dtype: str, log=print) -> dict:
         model = pipeline_model(load_model(dtype=d))
         half = 100 * wer(refs, [transcribe(model, a)["text"] for a in audios])
         per = {g: 100 * wer(text, transcribe(model, a)["text"]) for g, a, text in long}
-        out[d] = dict(report_half=round(half, 2), longform={g: round(w, 2) for g, w in per.items()})
+        out[d] = dict(mode=f"MAX {mode(d)}", report_half=round(half, 2),
+                      longform={g: round(w, 2) for g, w in per.items()})
         log(f"{d}: report half {half:.2f}%, long form " + " ".join(f"{w:.1f}" for w in per.values()))
     f32, q = out["float32"], out[dtype]
     worse = [g for g in q["longform"] if q["longform"][g] > f32["longform"][g] + GATE]

@@ -40,17 +40,15 @@ def products(dims, state_dict: Mapping[str, np.ndarray], form: Form) -> dict[str
     return out
 
 
-def _product(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, dtype) -> np.ndarray:
+def _product(x: np.ndarray, wq: np.ndarray, bias: np.ndarray | None, dtype) -> np.ndarray:
+    """q8(x) @ wq.T + bias in torch `dtype`: `wq` the dequantized Q4_0 weights (`reference.quantized`)."""
     import torch
 
-    from maxwhisper.quant import q4_0_blocks, q4_0_weights
     from reference.quantized import q8
     from reference.yardstick import ieee
 
     ieee()
-    t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(dtype)
-    wq = torch.from_numpy(q4_0_weights(q4_0_blocks(w))).to(dtype)
-    y = q8(t) @ wq.T
+    y = q8(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(dtype)) @ torch.from_numpy(wq).to(dtype).T
     if bias is not None:
         y = y + torch.from_numpy(np.asarray(bias, np.float32)).to(dtype)
     return y.numpy()
@@ -62,14 +60,16 @@ def judge_on_max_inputs(trace: Mapping[str, np.ndarray], dims, state_dict: Mappi
     float64 of the same quantized arithmetic, in units of PyTorch float32's (`check_of(id)`'s rule)."""
     import torch
 
+    from reference.quantized import dequantized
+
     out = {}
     for layer, source in products(dims, state_dict, form).items():
         if layer not in trace or source not in trace:
             continue
-        w, b = state_dict[_weight(layer)], state_dict.get(layer + ".bias")
+        wq, b = dequantized(state_dict[_weight(layer)]), state_dict.get(layer + ".bias")
         x = trace[source]
-        reference = _product(x, w, b, torch.float64)
-        yardstick = _product(x, w, b, torch.float32)
+        reference = _product(x, wq, b, torch.float64)
+        yardstick = _product(x, wq, b, torch.float32)
         c: Check = check_of(layer)
         out[layer] = compare(layer + SUFFIX, trace[layer], reference, Check(c.rule, None, c.dtype), yardstick)
     return out

@@ -43,10 +43,6 @@ def _input_dtypes(spec: LayerSpec) -> dict[str, DType]:
     return {n: DType.int64 for n, t in spec.input_dtypes().items() if t == "int64"}
 
 
-def _quantizes(f: Form):
-    return f.quantizes if f.quantized else None
-
-
 def param_shapes(spec: LayerSpec, dims: ModelDimensions, f: Form) -> dict[str, tuple[int, ...]]:
     """The record's parameters in graph order: its state dict's, then, in a quantized form, the Q4_0
     blocks of each weight the form quantizes (uint8, `precision.QUANT_KEY`)."""
@@ -76,7 +72,7 @@ def compile_layer(spec: LayerSpec, dims: ModelDimensions, dtype: str = "float32"
         f = form(dtype, device, emulate)
         graph, _ = functional_graph(spec.name + f.suffix, lambda x, s: spec.build(x, s, dims), spec.input_shapes(dims),
                                     param_shapes(spec, dims, f), device_ref(device), dtype_of(dtype),
-                                    input_dtypes=_input_dtypes(spec), product=products(f), quantizes=_quantizes(f))
+                                    input_dtypes=_input_dtypes(spec), product=products(f), quantizes=f.quantizer)
         _COMPILED[key] = (spec, Compiled(graph, device))
     return _COMPILED[key][1]
 
@@ -107,7 +103,7 @@ class Records:
 
         graph, self.outputs = functional_graph(name + f.suffix, build, inputs, params, device_ref(device),
                                                dtype_of(dtype), input_dtypes=kinds, product=products(f),
-                                               quantizes=_quantizes(f))
+                                               quantizes=f.quantizer)
         self.compiled = Compiled(graph, device)
         # the graph takes every record's inputs first, then every record's parameters
         self.keys = [*inputs, *params]
@@ -171,7 +167,7 @@ def bound_max(spec: LayerSpec, dims: ModelDimensions, params: Mapping[str, np.nd
     graph, _ = functional_graph(f"{spec.name}_bound{f.suffix}", lambda x, s: spec.build(x, s, dims),
                                 spec.input_shapes(dims), param_shapes(spec, dims, f), device_ref(device),
                                 dtype_of(dtype), bind=True, input_dtypes=_input_dtypes(spec), product=products(f),
-                                quantizes=_quantizes(f))
+                                quantizes=f.quantizer)
     return Compiled(graph, device, param_values(spec, dims, f, params))
 
 
