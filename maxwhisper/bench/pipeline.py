@@ -57,6 +57,7 @@ def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device
     from maxwhisper.device import parse_device
 
     dev = parse_device(device)
+    fp16 = impl == "torch" and dev.kind == "gpu"  # openai-whisper's own default on a GPU
     if dev.kind != "cpu" and impl not in ("max", "torch"):
         raise ValueError(f"{impl} runs on the CPU only here; on {device}: max or torch")
     if tokens and impl == "faster-whisper":
@@ -100,7 +101,6 @@ def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device
 
         encoder, decoder = {"max": ("max", "max"), "max-encoder": ("max", "torch"), "torch": ("torch", "torch")}[impl]
         model = pipeline_model(load_model(device=device if impl == "max" else "cpu", dtype=dtype), encoder, decoder)
-        fp16 = impl == "torch" and dev.kind == "gpu"
         if fp16:
             model = model.to(dev.torch)
         if encoder == "max":
@@ -139,7 +139,7 @@ def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device
     spent = {k: round(v, 3) for k, v in clock.spent.items()}
     if spent:  # the rest: openai-whisper's Python loop, segments and token bookkeeping, copies
         spent["rest"] = round(seconds - sum(spent.values()), 3)
-    out = dict(impl=impl, dtype=dtype, batch=batch, device=device, files=len(audios), audio_s=audio_s, seconds=seconds,
+    out = dict(impl=impl, dtype=dtype, mode=_mode(impl, dtype, device, fp16), batch=batch, device=device, files=len(audios), audio_s=audio_s, seconds=seconds,
                rtf=seconds / audio_s, spent=spent,
                texts_sha256=hashlib.sha256("\n".join(t.strip() for t in texts).encode()).hexdigest()[:16])
     from maxwhisper.harness.wer import wer
@@ -192,4 +192,18 @@ def step_probe(impl: str, batch: int = 1, cache: int = 32, steps: int = 50, dtyp
                     times.append(time.perf_counter() - t0)
                 for h in hooks:
                     h.remove()
-    return dict(impl=impl, dtype=dtype, batch=batch, cache=cache, median_ms=1e3 * float(np.median(times)))
+    return dict(impl=impl, dtype=dtype, mode=_mode(impl, dtype), batch=batch, cache=cache,
+                median_ms=1e3 * float(np.median(times)))
+
+
+def _mode(impl: str, dtype: str, device: str = "cpu", fp16: bool = False) -> str:
+    """What the probed implementation computed in, for its JSON line."""
+    if impl == "faster-whisper":
+        return f"CTranslate2 compute_type={dtype}, cpu"
+    torch_side = "openai-whisper PyTorch " + ("float16 (fp16=True)" if fp16 else "float32, IEEE") + f", {device}"
+    if impl == "torch":
+        return torch_side
+    from maxwhisper.precision import mode
+
+    max_side = f"MAX {mode(dtype, device if impl == 'max' else 'cpu')}"
+    return max_side if impl == "max" else f"{max_side}; decoder: openai-whisper PyTorch float32, IEEE, cpu"
