@@ -95,3 +95,18 @@ def test_mutation_key_bias_is_invisible_downstream(mutant_traces):
     traces, expected = mutant_traces[:2]
     bugged, expected = traces["nonzero_key_bias"].arrays, expected.arrays
     assert np.abs(bugged["encoder.blocks.0.attn"] - expected["encoder.blocks.0.attn"]).max() < 1e-4
+
+
+@pytest.mark.parametrize("bug", ["clean", *NEAR_THRESHOLD])
+def test_diff_gate_fails_each_near_threshold_mutant_at_its_layer(bug, mutant_traces):
+    """`maxwhisper diff` (growth in units of this machine's yardsticks, from max(the baseline's ratio, 1))
+    on the golden mel: each near-threshold mutant, LayerNorm eps 1e-6 among them, regresses first at the
+    layer it lives in, and the clean encoder's figures from the same graph do not regress."""
+    from maxwhisper.harness import diff
+
+    traces, expected, torch32, dims, order = mutant_traces
+    baseline = diff.load(diff.BASELINE)
+    baseline = {**baseline, "inputs": {"golden": baseline["inputs"]["golden"]}}
+    rows = diff.regressions(baseline, {"golden": diff.figures(traces[bug], expected, torch32, order, dims)})
+    first = next((r for r in rows if r.regressed), None)
+    assert (first and first.layer) == BUGS[bug][1], diff.format_rows(rows)

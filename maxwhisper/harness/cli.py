@@ -105,13 +105,18 @@ def cmd_diff(args) -> int:
     from maxwhisper.precision import mode
     from reference.yardstick import describe
 
+    from maxwhisper.bench.machine import cpu
+
     model = load_model(args.model, device=args.device)
-    print(f"MAX: {mode('float32', args.device)}\nyardstick: {describe('float32', args.device)}")
+    print(f"MAX: {mode('float32', args.device)}\nyardstick: {describe('float32', args.device)}, and float32 "
+          f"summed in sequential order where it errs more (the unit: the larger)\nthis machine: {cpu()}; "
+          f"the baseline's: {baseline.get('measured_on', 'not recorded')}")
     rows = diff.regressions(baseline, diff.measure(model), args.factor)
     print(diff.format_rows(rows))
     bad = next((r for r in rows if r.regressed), None)
     print(f"first layer whose error grew more than {args.factor:g}x: {bad.input} {bad.layer}" if bad else
-          f"no layer's error grew more than {args.factor:g}x over {args.baseline} ({len(rows)} rows)")
+          f"no layer's error grew more than {args.factor:g}x over {args.baseline} ({len(rows)} rows; growth "
+          "in units of the yardsticks' error on this machine, from max(the baseline's ratio, 1))")
     return 1 if bad else 0
 
 
@@ -139,7 +144,7 @@ def add_commands(sub) -> None:
     d = sub.add_parser("diff", help="the encoder-change gate: this tree's errors per layer against a saved baseline")
     d.add_argument("baseline", nargs="?", default=None, help="written by verify --save-trace "
                    "(default: fixtures/encoder_errors_baseline.json)")
-    d.add_argument("--factor", type=float, default=None, help="regression: error grown more than this (default 2)")
+    d.add_argument("--factor", type=float, default=None, help="regression: a ratio grown more than this over max(the baseline's, 1) (default 2)")
     d.add_argument("--model", default="tiny.en", help="model name or path (default: embedded tiny.en)")
     d.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
     d.set_defaults(func=cmd_diff)
