@@ -20,7 +20,7 @@ from maxwhisper.quant import with_blocks
 from maxwhisper.seams import seam
 from maxwhisper.runtime import Compiled, device_ref, weight_lookup
 from maxwhisper.tf32 import products
-from maxwhisper.weights import load_weights
+from maxwhisper.weights import alignment_heads as weights_heads, check_heads, load_weights
 
 
 def mel_type(dims: ModelDimensions, ref: DeviceRef) -> TensorType:
@@ -95,9 +95,15 @@ class MaxWhisper:
     """
 
     def __init__(self, dims: ModelDimensions, state_dict: Mapping[str, np.ndarray], device: str = "cpu",
-                 dtype: str = "float32", emulate: str | None = None, name: str | None = None):
+                 dtype: str = "float32", emulate: str | None = None, name: str | None = None,
+                 alignment_heads: list[list[int]] | None = None):
         self._dtype = dtype_of(dtype)  # a bad dtype fails here, naming it
-        self.name = name  # openai-whisper's model name, where known: its word-alignment heads
+        self.name = name  # openai-whisper's model name, where known
+        # the (layer, head) pairs word timestamps read: given, else openai-whisper's table for `name`,
+        # else None, its default (`weights.alignment_heads` says which and why)
+        if alignment_heads is None and name is not None:
+            alignment_heads, _ = weights_heads(name, dims)
+        self.alignment_heads = None if alignment_heads is None else check_heads(alignment_heads, dims, "alignment_heads")
         self.form = form(dtype, device, emulate)
         self.dims, self.state_dict, self.device, self.dtype = dims, dict(state_dict), device, dtype
         self._compiled: dict[bool, Compiled] = {}
@@ -160,4 +166,5 @@ def load_model(name_or_path: str | os.PathLike = "tiny.en", device: str = "cpu",
 
     dims, state_dict = load_weights(name_or_path)
     name = str(name_or_path) if str(name_or_path) in whisper.available_models() else None
-    return MaxWhisper(dims, state_dict, device, dtype, emulate, name)
+    heads, _ = weights_heads(name_or_path, dims)
+    return MaxWhisper(dims, state_dict, device, dtype, emulate, name, heads)

