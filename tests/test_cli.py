@@ -68,6 +68,7 @@ def test_verify_tf32_layers_only(speech_dir, tmp_path, capsys):
     assert report["decoder"]["top1_failures"] == []
 
 
+@pytest.mark.precision("q4_0")
 def test_verify_q4_0(speech_dir, tmp_path, capsys):
     """q4_0 on jfk.flac: every chained row within the rule against PyTorch float32 of the same quantized
     arithmetic, each quantized product also judged on MAX's own input (20 encoder and 25 decoder rows

@@ -21,7 +21,7 @@ from maxwhisper.precision import mode
 from maxwhisper.quant import BLOCK_BYTES, q4_0_blocks, q4_0_weights
 from maxwhisper.sizes import SIZES
 
-pytestmark = pytest.mark.gate
+pytestmark = [pytest.mark.gate, pytest.mark.precision("q4_0")]
 
 TINY_EN = SIZES["tiny.en"]
 CASES = [pytest.param(name, regime, p.values[0], marks=p.marks, id=f"{name}-{regime}-{p.values[0]}")

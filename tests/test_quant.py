@@ -8,6 +8,8 @@ import pytest
 
 from maxwhisper.quant import BLOCK_BYTES, q4_0_blocks, q4_0_matmul, q4_0_weights, q8_activations
 
+pytestmark = pytest.mark.precision("q4_0")  # MAX's Q4_0 kernel is a CPU kernel
+
 
 def test_one_block_by_hand():
     """Values -8..7 halved: the largest magnitude is -4.0, so d = 0.5 and each code is x / 0.5 + 8."""

@@ -26,6 +26,10 @@ class ParityRecorder:
         return "record_parity"
 
     def pytest_terminal_summary(self, terminalreporter, config):
+        if hasattr(config, "_device_deselected"):
+            kind, names, count = config._device_deselected
+            terminalreporter.write_line(f"--device {config.getoption('--device')}: {count} tests of "
+                                        f"{', '.join(names)} deselected (no {kind} form: a CPU-only precision)")
         if not self.comparisons:
             return
         judged = [c for c in self.comparisons if c.ratios and not c.layer.startswith("mutant ")]
@@ -40,7 +44,11 @@ class ParityRecorder:
 
         device = config.getoption("--device")
         for dtype in dict.fromkeys(c.check.dtype for c in judged):  # what each side ran in
-            terminalreporter.write_line(f"parity {dtype}: MAX {mode(dtype, device)}; yardstick {describe(dtype, device)}")
+            try:
+                how = mode(dtype, device)
+            except ValueError:  # a CPU-only precision's record from a test that runs no MAX graph
+                how = mode(dtype) + f" (a CPU-only precision: not on {device})"
+            terminalreporter.write_line(f"parity {dtype}: MAX {how}; yardstick {describe(dtype, device)}")
         path = config.getoption("--parity-report")
         if path:
             with open(path, "w") as f:
@@ -63,18 +71,37 @@ def pytest_addoption(parser):
                           "kept in one shard, the groups balanced by graph count; else every N-th test")
 
 
+def precision_of(item) -> str:
+    """The precision a test runs in: its `dtype` parameter, else its `precision` marker, else float32."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "dtype" in callspec.params:
+        return callspec.params["dtype"]
+    marker = item.get_closest_marker("precision")
+    return marker.args[0] if marker else "float32"
+
+
 @pytest.hookimpl(trylast=True)  # after -k and -m: shards split what is selected
 def pytest_collection_modifyitems(config, items):
-    """--dtype and --shard: deselected items are counted in pytest's summary, never skipped."""
+    """--dtype, --device and --shard: deselected items are counted in pytest's summary and named in a
+    line at its end, never skipped. On a device other than the CPU the tests of a precision that device
+    cannot run (q4_0: MAX's quantized kernels are CPU kernels) are deselected."""
+    from maxwhisper.device import parse_device
+    from maxwhisper.precision import PRECISIONS
+
     dtype, shard = config.getoption("--dtype"), config.getoption("--shard")
     keep = list(items)
     if dtype is not None:
-        from maxwhisper.precision import PRECISIONS
-
         if dtype not in PRECISIONS:
             raise pytest.UsageError(f"--dtype {dtype!r}: not a precision (one of {', '.join(PRECISIONS)})")
-        keep = [i for i in keep if getattr(i, "callspec", None) is None and dtype == "float32"
-                or getattr(i, "callspec", None) is not None and i.callspec.params.get("dtype", "float32") == dtype]
+        keep = [i for i in keep if precision_of(i) == dtype]
+    try:
+        kind = parse_device(config.getoption("--device")).kind
+    except ValueError as e:
+        raise pytest.UsageError(f"--device: {e}") from None
+    unable = [i for i in keep if kind not in PRECISIONS[precision_of(i)].products]
+    if unable:
+        config._device_deselected = (kind, sorted({precision_of(i) for i in unable}), len(unable))
+        keep = [i for i in keep if i not in unable]
     if shard is not None:
         try:
             index, count = (int(x) for x in shard.split("/"))
