@@ -152,3 +152,14 @@ def test_verify_without_speech_data_uses_espeak(monkeypatch, capsys, tmp_path, t
     assert report["audio"].startswith("eSpeak NG") and report["passed"]
     assert report["transcripts"]["wer_max_vs_torch"] == 0.0 and "reference" not in report["transcripts"]
     assert "country" in report["transcripts"]["max"].lower()
+
+
+@pytest.mark.parametrize("command", ["verify", "transcribe"])
+def test_every_precision_is_in_the_dtype_help(command, capsys):
+    """`--help` lists every precision the command accepts, from the one table (`precision.PRECISIONS`)."""
+    from maxwhisper.precision import PRECISIONS
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--dtype" in text and all(name in text.split("--dtype", 1)[1] for name in PRECISIONS), text

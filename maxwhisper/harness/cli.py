@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from maxwhisper.precision import PRECISIONS
+
 
 def _dtypes(values: list[str] | None) -> list[str]:
     """`--dtype a,b --dtype c` -> [a, b, c] (float32 when none), each checked, no repeats."""
@@ -128,8 +130,8 @@ def add_commands(sub) -> None:
     v.add_argument("--model", default="tiny.en", help="model name or path (default: embedded tiny.en)")
     v.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
     v.add_argument("--dtype", action="append", metavar="DTYPE[,DTYPE]",
-                   help="float32 (default), tf32, bfloat16, float16; several (comma-separated or repeated) give "
-                        "one table each and one plot panel each")
+                   help=", ".join(f"{n} (default)" if n == "float32" else n for n in PRECISIONS)
+                   + "; several (comma-separated or repeated) give one table each and one plot panel each")
     v.add_argument("--emulate", choices=["gpu"], default=None,
                    help="build each dtype in its NVIDIA GPU form on this device (float32 as 3xTF32, tf32 "
                         "truncated), the tensor cores' operand truncation done in the graph")
