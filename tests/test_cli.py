@@ -16,6 +16,7 @@ def test_verify_jfk_writes_table_and_json(speech_dir, tmp_path, capsys, tiny_en_
                  "--dtype", "float32,bfloat16", "--dtype", "float32"]) == 0
     printed = capsys.readouterr().out
     assert png.read_bytes()[:4] == b"\x89PNG" and f"error plot written to {png}" in printed
+    assert "word-alignment heads: 8 (openai-whisper's table for tiny.en)" in printed
     assert "encoder.blocks.3.attn.key" in printed and printed.count("within tolerance") == 2
     assert "MAX: bfloat16 (real 16-bit MAX kernels" in printed and "emulated" in printed
     assert printed.count("\nyardstick: torch ") == 2 and "float32, matmul ieee, conv ieee" in printed

@@ -30,7 +30,7 @@ def cmd_verify(args) -> int:
     from maxwhisper.harness.speech import reference_text
     from maxwhisper.precision import form
     from maxwhisper.runtime import device_ref
-    from maxwhisper.weights import load_weights
+    from maxwhisper.weights import alignment_heads, load_weights
 
     dtypes = _dtypes(args.dtype)
     for d in dtypes:
@@ -38,9 +38,11 @@ def cmd_verify(args) -> int:
     source, audio = verify.default_audio(args.audio)
     device_ref(args.device)
     dims, state_dict = load_weights(args.model)
-    models = {d: MaxWhisper(dims, state_dict, args.device, d, args.emulate) for d in dtypes}
-    print(f"model: {args.model}  audio: {source} ({len(audio) / 16000:.2f} s)  device: {args.device}",
-          flush=True)
+    heads, why = alignment_heads(args.model, dims)
+    models = {d: MaxWhisper(dims, state_dict, args.device, d, args.emulate, alignment_heads=heads) for d in dtypes}
+    print(f"model: {args.model}  audio: {source} ({len(audio) / 16000:.2f} s)  device: {args.device}\n"
+          f"word-alignment heads: {len(heads) if heads else dims.n_text_head * (dims.n_text_layer - dims.n_text_layer // 2)}"
+          f" ({why})", flush=True)
     results = {}
 
     def write_json():  # after every dtype and again after the transcripts: a run cut short keeps its tables
