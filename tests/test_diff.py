@@ -97,3 +97,16 @@ def test_growth_is_counted_from_one_unit(baseline):
         e["max"]["max"] = units * unit(e)
         rows = {(r.input, r.layer): r.regressed for r in diff.regressions(baseline, now)}
         assert rows[("random-1", layer)] is regressed, units
+
+
+def test_the_baselines_sequential_order_figures_are_this_machines(baseline, tiny_en_model):
+    """`diff` reads the sequential order's figures from the baseline (one fixed order of float32 adds:
+    the same on every CPU, where only a transcendental's last-place rounding may differ), so they must be
+    what this tree computes: recomputed on the golden mel, each within 1.25x (inside the gate's factor
+    2; a stale baseline, other weights or another order, moves them by far more or leaves the 1e-12 match)."""
+    from maxwhisper.harness.golden import load_fixture
+
+    now = diff._figures(tiny_en_model, load_fixture().mel, with_order=True)
+    for layer, entry in baseline["inputs"]["golden"].items():
+        for f in diff.FIGURES:
+            assert 0.8 <= now[layer]["order"][f] / entry["order"][f] <= 1.25, (layer, f)

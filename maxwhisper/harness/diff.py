@@ -2,8 +2,9 @@
 
 `save` measures every traced layer of the MAX encoder against the float64 reference on the golden
 fixture's mel and on seeded random mels, with the yardsticks' errors on the same input: PyTorch
-float32's and the sequential-order float32 sum's (`reference.sequential`). `diff` measures the same
-again, on this machine, and names the first layer whose error grew more than `factor` times.
+float32's and the sequential-order float32 sum's (`reference.sequential`). `diff` measures MAX's and
+PyTorch's again, on this machine (the sequential order's, the same on every CPU, it reads from the
+baseline), and names the first layer whose error grew more than `factor` times.
 
 Growth is counted in the yardstick's units, not in absolute error: a layer's ratio is MAX's error
 over the larger of the two yardsticks' (as `verify` judges), each measured on the machine at hand.
@@ -27,6 +28,7 @@ import numpy as np
 
 from maxwhisper.harness import fixture, golden, producers as P
 from maxwhisper.harness.inputs import random_mel
+from maxwhisper.harness.judge import errors
 from maxwhisper.harness.registry import check_of, input_of
 from maxwhisper.model import MaxWhisper
 
@@ -42,35 +44,44 @@ UNIT_FLOOR = 2.0**-24
 
 
 def figures(actual: P.Trace, reference: P.Trace, yardstick: P.Trace, order: P.Trace | None, dims) -> dict:
-    """{layer: {"max", "torch", "order": error figures against float64}}: MAX's (`actual`), PyTorch's in
-    the same precision (`yardstick`) and, in float32, the sequential order's (`order`; else PyTorch's
-    again), all on one input and this machine."""
+    """{layer: {"max", "torch"[, "order"]: error figures against float64}}: MAX's (`actual`), PyTorch's
+    in the same precision (`yardstick`) and, where given, the sequential order's (`order`), on one input."""
     checks = check_of(dims, actual.ran.dtype)
     out = {}
-    for plain, wide in zip(*(P.judge(actual, reference, yardstick, checks, input_of(dims), order=o)
-                             for o in (None, order))):
-        if plain.verdict is None:
-            raise ValueError(plain.report())
-        torch = plain.verdict.yardstick.as_dict()
-        out[plain.layer] = {"max": plain.verdict.max_errors.as_dict(), "torch": torch,
-                            "order": wide.verdict.order.as_dict() if wide.verdict.order else torch}
+    for c in P.judge(actual, reference, yardstick, checks, input_of(dims)):
+        if c.verdict is None:
+            raise ValueError(c.report())
+        out[c.layer] = {"max": c.verdict.max_errors.as_dict(), "torch": c.verdict.yardstick.as_dict()}
+    if order is not None:
+        for layer, arrays in order.arrays.items():
+            if layer in out:
+                src = input_of(dims)(layer)  # as compare_traces: the reference's input, for an element scale
+                out[layer]["order"] = errors(arrays, reference.arrays[layer], checks(layer).rule,
+                                             reference.arrays[src] if src else None).as_dict()
     return out
 
 
-def _figures(model: MaxWhisper, mel: np.ndarray) -> dict:
+def _figures(model: MaxWhisper, mel: np.ndarray, with_order: bool) -> dict:
     d, sd = model.dims, model.state_dict
     quantize = model.dtype if model.form.quantized else None
+    order = P.order_encoder(d, sd, mel, production=False) if with_order and model.dtype == "float32" else None
     return figures(P.max_encoder(model, mel, production=False),
                    P.torch_encoder(d, sd, mel, production=False, quantize=quantize),
-                   P.torch_encoder(d, sd, mel, model.dtype, model.device, production=False),
-                   P.order_encoder(d, sd, mel, production=False) if model.dtype == "float32" else None, d)
+                   P.torch_encoder(d, sd, mel, model.dtype, model.device, production=False), order, d)
 
 
-def measure(model: MaxWhisper) -> dict:
-    """{input name: figures} for the golden mel and random mels."""
-    mels = {"golden": golden.load_fixture().mel}
-    mels.update({f"random-{s}": random_mel(np.random.default_rng(s), model.dims, 1) for s in RANDOM_SEEDS})
-    return {name: _figures(model, mel) for name, mel in mels.items()}
+def mels(dims) -> dict[str, np.ndarray]:
+    """The gate's inputs: the golden fixture's mel and seeded random mels."""
+    out = {"golden": golden.load_fixture().mel}
+    out.update({f"random-{s}": random_mel(np.random.default_rng(s), dims, 1) for s in RANDOM_SEEDS})
+    return out
+
+
+def measure(model: MaxWhisper, with_order: bool = False) -> dict:
+    """{input name: figures} for the gate's mels. The sequential order's figures (`with_order`, ~12-25 s
+    a mel on 2 cores) are the same on every CPU (one fixed order of float32 adds), so `diff` reads
+    them from the baseline, which `save` measures them into (`tests/test_diff.py` checks they are fresh)."""
+    return {name: _figures(model, mel, with_order) for name, mel in mels(model.dims).items()}
 
 
 def save(model: MaxWhisper, path: str | Path, model_name: str) -> dict:
@@ -78,7 +89,7 @@ def save(model: MaxWhisper, path: str | Path, model_name: str) -> dict:
     from maxwhisper.weights import weights_hash
 
     data = {"format": FORMAT, "model": model_name, "weights_sha256": weights_hash(model.state_dict),
-            "measured_on": cpu(), "inputs": measure(model)}
+            "measured_on": cpu(), "inputs": measure(model, with_order=True)}
     Path(path).write_text(json.dumps(data, indent=1) + "\n")
     return data
 
@@ -105,9 +116,11 @@ def load(path: str | Path) -> dict:
     return data
 
 
-def ratios(entry: dict) -> dict:
-    """figure -> MAX's error in units of the larger yardstick (PyTorch float32, the sequential order)."""
-    return {f: entry["max"][f] / max(entry["torch"][f], entry["order"][f], UNIT_FLOOR) for f in FIGURES}
+def ratios(entry: dict, order: dict | None = None) -> dict:
+    """figure -> MAX's error in units of the larger yardstick: PyTorch float32's (`entry`'s, on its
+    machine) or the sequential order's (`entry`'s, else `order`: the baseline's)."""
+    order = entry.get("order", order)
+    return {f: entry["max"][f] / max(entry["torch"][f], order[f], UNIT_FLOOR) for f in FIGURES}
 
 
 def regressions(baseline: dict, current: dict, factor: float = FACTOR) -> list[Row]:
@@ -119,7 +132,7 @@ def regressions(baseline: dict, current: dict, factor: float = FACTOR) -> list[R
             if now is None:
                 rows.append(Row(name, layer, float("nan"), float("nan"), {}, True))
                 continue
-            b, n = ratios(base), ratios(now)
+            b, n = ratios(base), ratios(now, base["order"])
             growth = {f: n[f] / max(b[f], 1.0) for f in FIGURES}
             rows.append(Row(name, layer, b["norm"], n["norm"], growth, not all(g <= factor for g in growth.values())))
     return rows
