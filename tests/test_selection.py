@@ -56,3 +56,11 @@ def test_a_gpu_selection_without_a_gpu_skips_saying_so(tmp_path):
     skipped = [line for line in run.stdout.splitlines() if line.startswith("SKIPPED")]
     assert skipped and all("--device gpu:" in line for line in skipped), skipped
     assert not log.exists() or not log.read_text().strip(), log.read_text()
+
+
+def test_a_gpu_selection_collects_the_whole_suite():
+    """Every test's precision is read without error, a `dtype` parameter that names no precision
+    (test_api's float64, bf16, ...) included: once a KeyError stopped the collection."""
+    for device in ("cpu", "gpu"):
+        run = _pytest("--device", device, "--co", "-q")
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
