@@ -92,7 +92,7 @@ def test_unknown_name_and_missing_paths(tmp_path):
     assert_raises("tiny.xx", "tiny.xx", "unknown model name")
     assert_raises(tmp_path / "nope" / "model.bin", tmp_path / "nope" / "model.bin", "no such file")
     assert_raises(str(tmp_path / "nope.pt"), tmp_path / "nope.pt", "no such file")
-    assert_raises(tmp_path, tmp_path, "no CTranslate2 model.bin")
+    assert_raises(tmp_path, tmp_path, "neither a CTranslate2 model.bin nor a transformers config.json")
 
 
 def _save_pt(path, dims, sd):
