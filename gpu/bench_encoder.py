@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from reference.modules import reference_encoder
     from reference.yardstick import ieee
     from maxwhisper.precision import PRECISIONS
-    from maxwhisper.weights import load_weights
+    from maxwhisper.checkpoints import load_weights
 
     dev = parse_device(args.device)
     dims, sd = load_weights("tiny.en")

@@ -178,7 +178,7 @@ class MaxDecoderWhisper(Whisper):
 
 def with_max_decoder(decoder: MaxDecoder, state_dict) -> MaxDecoderWhisper:
     """openai-whisper's model on `state_dict`, built as `MaxDecoderWhisper`, deciding with `decoder`."""
-    from maxwhisper.weights import to_torch_model
+    from maxwhisper.checkpoints import to_torch_model
 
     model = to_torch_model(decoder.dims, state_dict, MaxDecoderWhisper)
     model.max_decoder = decoder

@@ -1,4 +1,4 @@
-"""The MAX Whisper model: weights from `maxwhisper.weights`, the encoder as one MAX graph, the decoder
+"""The MAX Whisper model: weights from `maxwhisper.checkpoints`, the encoder as one MAX graph, the decoder
 as two (`maxwhisper.decoder`)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from maxwhisper.quant import with_blocks
 from maxwhisper.seams import seam
 from maxwhisper.runtime import Compiled, device_ref, weight_lookup
 from maxwhisper.tf32 import products
-from maxwhisper.weights import alignment_heads as weights_heads, check_heads, load_weights
+from maxwhisper.checkpoints import alignment_heads as weights_heads, check_heads, load_weights
 
 
 def mel_type(dims: ModelDimensions, ref: DeviceRef) -> TensorType:
@@ -159,7 +159,7 @@ class MaxWhisper:
 def load_model(name_or_path: str | os.PathLike = "tiny.en", device: str = "cpu",
                dtype: str = "float32", emulate: str | None = None) -> MaxWhisper:
     """Load Whisper weights (embedded tiny.en by default; a .pt, a CTranslate2 model, a transformers
-    checkpoint folder: `maxwhisper.weights`) and their alignment heads onto MAX, to
+    checkpoint folder: `maxwhisper.checkpoints`) and their alignment heads onto MAX, to
     compute in `dtype` (float32, tf32, bfloat16, float16 or q4_0; see `maxwhisper.precision`)."""
     device_ref(device)  # a bad device, dtype or emulation fails here, before any weights are read
     form(dtype, device, emulate)

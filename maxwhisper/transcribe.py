@@ -21,7 +21,7 @@ from torch import nn
 from maxwhisper.audio import load_audio
 from maxwhisper.inference import with_max_decoder
 from maxwhisper.model import MaxWhisper
-from maxwhisper.weights import set_heads, to_torch_model
+from maxwhisper.checkpoints import set_heads, to_torch_model
 
 # Greedy decoding without temperature fallback: deterministic, so two pipelines can be compared token by token.
 GREEDY = dict(temperature=0.0, fp16=False)

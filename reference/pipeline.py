@@ -35,7 +35,7 @@ def _rounding(module: nn.Module, dtype: torch.dtype, argument: int) -> None:
 
 def torch_pipeline(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray], dtype: str) -> wm.Whisper:
     """openai-whisper's model, float32 weights, computing in `dtype` ("bfloat16" or "float16")."""
-    from maxwhisper.weights import to_torch_model
+    from maxwhisper.checkpoints import to_torch_model
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: a 16-bit PyTorch pipeline is one of {sorted(DTYPES)}")

@@ -8,7 +8,7 @@ from maxwhisper.harness import producers as P
 from maxwhisper.harness.compare import passed
 from maxwhisper.harness.registry import ENCODER_OUTPUT, SPECS
 from maxwhisper.model import check_mel
-from maxwhisper.weights import WeightsError
+from maxwhisper.checkpoints import WeightsError
 
 
 def test_load_model_default_is_embedded_tiny_en(tiny_en_model):

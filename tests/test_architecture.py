@@ -14,13 +14,13 @@ from maxwhisper.harness.registry import SPECS, governing
 from maxwhisper.model import emit_encoder, mel_type
 from maxwhisper.runtime import device_ref, weight_lookup
 from maxwhisper.sizes import SIZES
-from maxwhisper.weights import expected_shapes
+from maxwhisper.checkpoints import expected_shapes
 
 pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_MODULES = ["maxwhisper", "maxwhisper.model", "maxwhisper.layers", "maxwhisper.runtime", "maxwhisper.weights",
-                 "maxwhisper.ct2", "maxwhisper.audio", "maxwhisper.sizes", "maxwhisper.transcribe", "maxwhisper.cli",
+MODEL_MODULES = ["maxwhisper", "maxwhisper.model", "maxwhisper.layers", "maxwhisper.runtime", "maxwhisper.checkpoints",
+                 "maxwhisper.checkpoints.ct2", "maxwhisper.checkpoints.hf", "maxwhisper.audio", "maxwhisper.sizes", "maxwhisper.transcribe", "maxwhisper.cli",
                  "maxwhisper.precision", "maxwhisper.tf32", "maxwhisper.device", "maxwhisper.decoder"]
 DIMS = SIZES["tiny.en"]
 
@@ -31,6 +31,36 @@ def test_model_package_imports_no_harness_and_no_benchmarks():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip() == "[]", f"the model package pulls in {p.stdout.strip()}"
+
+
+def test_checkpoints_modules_import_each_other_in_one_direction():
+    """The checkpoints wing has no import circle (weights.py and ct2.py had one, hidden by an import
+    inside a function): no module imports a sibling lazily, and the sibling imports form no cycle."""
+    import ast
+
+    pkg = ROOT / "maxwhisper" / "checkpoints"
+    graph = {}
+    for f in pkg.glob("*.py"):
+        tree, deps = ast.parse(f.read_text()), set()
+        for node in ast.walk(tree):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for n in (n for n in names if n.startswith("maxwhisper.checkpoints")):
+                assert node.col_offset == 0, f"{f.name}:{node.lineno} imports {n} inside a function"
+                deps.add(n.removeprefix("maxwhisper.checkpoints").lstrip(".") or "__init__")
+        graph[f.stem] = deps
+    assert graph.pop("__init__") and all("__init__" not in d for d in graph.values()), graph
+    done: set = set()
+
+    def visit(m, path):
+        assert m not in path, f"import circle: {' -> '.join([*path, m])}"
+        if m not in done:
+            for d in graph[m]:
+                visit(d, [*path, m])
+            done.add(m)
+
+    for m in graph:
+        visit(m, [])
 
 
 def test_precision_table_and_device_parser_import_neither_max_nor_torch():
@@ -115,7 +145,7 @@ def test_reference_runs_where_importing_max_raises_from_the_installed_package(tm
     tree, so `reference` is the installed distribution's (tox installs it; a dev venv maps it)."""
     code = NO_MAX + ("import numpy as np, reference, reference.capture as c\n"
                      "from maxwhisper.sizes import SIZES\n"
-                     "from maxwhisper.weights import expected_shapes\n"
+                     "from maxwhisper.checkpoints import expected_shapes\n"
                      "dims = SIZES['tiny.en']\n"
                      "rng = np.random.default_rng(0)\n"
                      "sd = {k: rng.standard_normal(s).astype(np.float32) * 0.02 for k, s in expected_shapes(dims).items()}\n"

@@ -1,12 +1,12 @@
-"""maxwhisper.ct2: reading CTranslate2 model.bin files and mapping them to openai-whisper names."""
+"""maxwhisper.checkpoints.ct2: reading CTranslate2 model.bin files and mapping them to openai-whisper names."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from maxwhisper.ct2 import read_ct2_model_bin
-from maxwhisper.weights import load_weights, weights_hash
+from maxwhisper.checkpoints.ct2 import read_ct2_model_bin
+from maxwhisper.checkpoints import load_weights, weights_hash
 from maxwhisper.harness.pytest_plugin import require
 from weights_helpers import ALIASES, TINY, assert_raises, synthetic, write_ct2  # noqa: F401 (a fixture)
 

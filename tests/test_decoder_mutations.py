@@ -25,7 +25,7 @@ from maxwhisper.harness.fixture import StaleFixtureError
 from maxwhisper.harness.registry import check_of, input_of
 from maxwhisper.precision import mode
 from maxwhisper.runtime import Compiled, device_ref, weight_lookup
-from maxwhisper.weights import weights_hash
+from maxwhisper.checkpoints import weights_hash
 from mutants import DECODER_BUGS, assert_caught_at
 
 pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription

@@ -19,7 +19,7 @@ from maxwhisper.harness.pytest_plugin import assert_in_order, axis, fresh, golde
 from maxwhisper.harness.registry import check_of, golden_cases, input_of
 from maxwhisper.sizes import SIZES
 from maxwhisper.trace import encoder_trace
-from maxwhisper.weights import weights_hash
+from maxwhisper.checkpoints import weights_hash
 from reference.capture import layer_ids
 
 pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription

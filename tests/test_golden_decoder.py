@@ -26,7 +26,7 @@ from maxwhisper.harness.pytest_plugin import assert_in_order, axis, fresh, golde
 from maxwhisper.harness.registry import check_of, input_of
 from maxwhisper.sizes import SIZES
 from maxwhisper.trace import decoder_trace
-from maxwhisper.weights import weights_hash
+from maxwhisper.checkpoints import weights_hash
 
 pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription
 

@@ -1,4 +1,4 @@
-"""Hugging Face transformers checkpoints (`maxwhisper.hf`): transformers' own `save_pretrained` output
+"""Hugging Face transformers checkpoints (`maxwhisper.checkpoints.hf`): transformers' own `save_pretrained` output
 loads, and transformers is a second reference; tiny.en written as a transformers checkpoint transcribes
 to openai-whisper's text. No download: models are built from a config and saved to a temporary folder."""
 
@@ -17,9 +17,9 @@ from maxwhisper import load_model  # noqa: E402
 from maxwhisper.harness import producers as P  # noqa: E402
 from maxwhisper.harness.compare import compare  # noqa: E402
 from maxwhisper.harness.registry import check_of  # noqa: E402
-from maxwhisper.hf import save_hf, to_openai, to_transformers  # noqa: E402
+from maxwhisper.checkpoints.hf import save_hf, to_openai, to_transformers  # noqa: E402
 from maxwhisper.sizes import SIZES  # noqa: E402
-from maxwhisper.weights import WeightsError, expected_shapes, load_weights  # noqa: E402
+from maxwhisper.checkpoints import WeightsError, expected_shapes, load_weights  # noqa: E402
 
 TINY_EN = SIZES["tiny.en"]
 TINY_EN_HEADS = [[1, 0], [2, 0], [2, 5], [3, 0], [3, 1], [3, 2], [3, 3], [3, 4]]

@@ -17,7 +17,7 @@ from maxwhisper.harness.pytest_plugin import assert_in_order, axis
 from reference.capture import layer_ids
 from maxwhisper.harness.registry import ENCODER_OUTPUT, check_of, input_of
 from maxwhisper.sizes import SIZES
-from maxwhisper.weights import to_torch_model
+from maxwhisper.checkpoints import to_torch_model
 
 pytestmark = pytest.mark.gate  # the gate for encoder changes (tox -e gate): no transcription
 

@@ -11,7 +11,7 @@ import runtime_checks as rc
 from maxwhisper.audio import synthesize
 from maxwhisper.harness import golden
 from maxwhisper.transcribe import pipeline_model
-from maxwhisper.weights import to_torch_model
+from maxwhisper.checkpoints import to_torch_model
 from mutants import RUNTIME_BUGS
 
 

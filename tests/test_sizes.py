@@ -4,7 +4,7 @@ the decoder's depth its own (turbo: 32 encoder layers, 4 decoder layers)."""
 import whisper
 
 from maxwhisper.sizes import SIZES
-from maxwhisper.weights import expected_shapes
+from maxwhisper.checkpoints import expected_shapes
 
 
 def test_every_openai_whisper_name_has_a_size():

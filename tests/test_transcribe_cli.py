@@ -15,7 +15,7 @@ import whisper.model as wm
 from maxwhisper.audio import load_audio
 from maxwhisper.cli import main
 from maxwhisper.transcribe_cli import options
-from maxwhisper.weights import to_torch_model
+from maxwhisper.checkpoints import to_torch_model
 
 
 def _option_names(help_text: str) -> set[str]:

@@ -1,4 +1,4 @@
-"""maxwhisper.weights: .pt / name loading, validation, hashing and the PyTorch round trip (CT2: test_ct2.py)."""
+"""maxwhisper.checkpoints: .pt / name loading, validation, hashing and the PyTorch round trip (CT2: test_ct2.py)."""
 
 import dataclasses
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 import torch
 import whisper.model as wm
 
-from maxwhisper.weights import WeightsError, check_state_dict, load_weights, to_torch_model, weights_hash
+from maxwhisper.checkpoints import WeightsError, check_state_dict, load_weights, to_torch_model, weights_hash
 from maxwhisper.harness.pytest_plugin import require
 from weights_helpers import TINY, assert_raises, random_state_dict, synthetic  # noqa: F401 (a fixture)
 
@@ -57,16 +57,22 @@ def test_tiny_en_via_pt_checkpoint_matches(tiny_en, tmp_path):
 
 
 def test_pt_round_trip_and_cache_name(tmp_path, monkeypatch):
+    """A bare openai-whisper name reads its file in the cache (named as its URL names it), where the
+    sha256 matches; nothing is fetched then (the URL's port is closed). Downloads: test_download.py."""
+    from maxwhisper.checkpoints import download
+
     sd = random_state_dict(TINY, seed=1)
     (tmp_path / "whisper").mkdir()
+    target = tmp_path / "whisper" / "base.pt"
     torch.save({"dims": dataclasses.asdict(TINY),
-                "model_state_dict": {k: torch.from_numpy(a) for k, a in sd.items()}},
-               tmp_path / "whisper" / "base.pt")
+                "model_state_dict": {k: torch.from_numpy(a) for k, a in sd.items()}}, target)
+    table = {"base": f"http://127.0.0.1:9/{download.sha256(target)}/base.pt",
+             "small.en": f"http://127.0.0.1:9/{'0' * 64}/small.en.pt"}
+    monkeypatch.setattr(download, "urls", lambda: table)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     dims, got = load_weights("base")  # a bare openai-whisper name -> the cache
     assert dims == TINY and weights_hash(got) == weights_hash(sd)
-    msg = assert_raises("small.en", "small.en.pt", "nothing is downloaded", "base")
-    assert "tiny.en" in msg  # the embedded one is listed as available
+    assert_raises("small.en", "small.en", "cannot be downloaded", "connect")
 
 
 def test_to_torch_model_holds_the_weights(synthetic):

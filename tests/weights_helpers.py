@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import whisper.model as wm
 
-from maxwhisper.weights import WeightsError, load_weights
+from maxwhisper.checkpoints import WeightsError, load_weights
 
 TINY = wm.ModelDimensions(
     n_mels=4, n_audio_ctx=6, n_audio_state=8, n_audio_head=2, n_audio_layer=2,

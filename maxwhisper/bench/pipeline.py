@@ -177,7 +177,7 @@ def step_probe(impl: str, batch: int = 1, cache: int = 32, steps: int = 50, dtyp
                 state.step(prompt[:, i % cache:i % cache + 1])
                 times.append(time.perf_counter() - t0)
     else:
-        from maxwhisper.weights import to_torch_model
+        from maxwhisper.checkpoints import to_torch_model
 
         tm = to_torch_model(m.dims, m.state_dict)
         xa = torch.from_numpy(features)

@@ -32,7 +32,7 @@ def rss_probe(impl: str, config: str, batch: int, device: str = "cpu") -> dict:
     from maxwhisper.harness.inputs import random_mel, random_weights
 
     if config == "tiny.en":
-        from maxwhisper.weights import load_weights
+        from maxwhisper.checkpoints import load_weights
 
         dims, sd = load_weights("tiny.en")
     elif config in SIZES:
@@ -78,7 +78,7 @@ GRAPHS = ("encoder", "block", "conv_stem", "layer_norm")
 def compile_time(graph: str) -> float:
     """Seconds to build and load one graph for the embedded tiny.en in this process: a cold compile
     when MAX's cache (under $XDG_CACHE_HOME) is empty, a cache load otherwise."""
-    from maxwhisper.weights import load_weights
+    from maxwhisper.checkpoints import load_weights
 
     if graph not in GRAPHS:
         raise ValueError(f"graph {graph!r}: expected one of {', '.join(GRAPHS)}")

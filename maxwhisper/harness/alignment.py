@@ -104,7 +104,7 @@ def judge(model, audio: np.ndarray, text_tokens: list[int], heads: list[list[int
     float32's on `heads` (default: openai-whisper's table for `model.name`, else the model's own, else
     openai-whisper's default). `max_scores`: MAX's scores, where already run."""
     from maxwhisper.transcribe import pipeline_model
-    from maxwhisper.weights import alignment_heads
+    from maxwhisper.checkpoints import alignment_heads
 
     pipeline = pipeline_model(model, "torch", "torch")  # builds no MAX graph; its heads are MAX's pipeline's
     tokenizer = whisper.tokenizer.get_tokenizer(pipeline.is_multilingual, num_languages=pipeline.num_languages,

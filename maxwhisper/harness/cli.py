@@ -30,7 +30,7 @@ def cmd_verify(args) -> int:
     from maxwhisper.harness.speech import reference_text
     from maxwhisper.precision import form
     from maxwhisper.runtime import device_ref
-    from maxwhisper.weights import alignment_heads, load_weights
+    from maxwhisper.checkpoints import alignment_heads, load_weights
 
     dtypes = _dtypes(args.dtype)
     for d in dtypes:

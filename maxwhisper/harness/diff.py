@@ -86,7 +86,7 @@ def measure(model: MaxWhisper, with_order: bool = False) -> dict:
 
 def save(model: MaxWhisper, path: str | Path, model_name: str) -> dict:
     from maxwhisper.bench.machine import cpu
-    from maxwhisper.weights import weights_hash
+    from maxwhisper.checkpoints import weights_hash
 
     data = {"format": FORMAT, "model": model_name, "weights_sha256": weights_hash(model.state_dict),
             "measured_on": cpu(), "inputs": measure(model, with_order=True)}

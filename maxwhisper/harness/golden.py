@@ -34,7 +34,7 @@ WHAT = "golden fixture"
 class GoldenFixture:
     path: Path
     version: int
-    weights_hash: str        # maxwhisper.weights.weights_hash of the whole tiny.en state dict
+    weights_hash: str        # maxwhisper.checkpoints.weights_hash of the whole tiny.en state dict
     mel_hash: str            # sha256 of `mel`'s float32 bytes
     whisper_version: str     # informational: openai-whisper and torch that made the file
     torch_version: str

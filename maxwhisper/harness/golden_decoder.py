@@ -45,7 +45,7 @@ def select(layer: str, full: np.ndarray, token_positions: np.ndarray, frame_posi
 class DecoderFixture:
     path: Path
     version: int
-    weights_hash: str           # maxwhisper.weights.weights_hash of the whole tiny.en state dict
+    weights_hash: str           # maxwhisper.checkpoints.weights_hash of the whole tiny.en state dict
     mel_hash: str               # the encoder golden fixture's mel, which the features were made from
     text: str                   # the transcript the tokens spell
     whisper_version: str        # informational: openai-whisper and torch that made the file

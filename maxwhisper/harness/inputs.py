@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 from whisper.model import ModelDimensions
 
-from maxwhisper.weights import expected_shapes
+from maxwhisper.checkpoints import expected_shapes
 
 
 def random_params(rng: np.random.Generator, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:

@@ -39,7 +39,7 @@ from reference.modules import reference_encoder
 from maxwhisper.harness.registry import golden_cases
 from maxwhisper.harness.speech import speech_dir
 from maxwhisper.trace import decoder_trace, encoder_trace
-from maxwhisper.weights import load_weights, weights_hash
+from maxwhisper.checkpoints import load_weights, weights_hash
 
 N_SPREAD = 20  # evenly spread positions; with the boundary pair, the peak and HARD_FRAME: 24
 # Encoder frame where MAX float32 errs most on tiny.en/jfk.flac (1.3e-2 at block 3's MLP, see the

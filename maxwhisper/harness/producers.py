@@ -151,7 +151,7 @@ _KEEP = 4
 def order_encoder(dims, state_dict, mel: np.ndarray, production: bool = True) -> Trace:
     """`torch_encoder` in float32 with every reduction in sequential order (`order_layer`); the
     slowest producer (~12 s for a 30 s window of tiny.en on 2 cores), so the last few are kept."""
-    from maxwhisper.weights import weights_hash
+    from maxwhisper.checkpoints import weights_hash
     from reference.sequential import SequentialOrder
 
     key = (repr(dims), weights_hash(state_dict), hashlib.sha256(np.ascontiguousarray(mel)).hexdigest(), production)

@@ -184,7 +184,7 @@ def golden_fixtures(module, raw: str, checked: str):
     """Two module fixtures for a golden fixture module (`golden`, `golden_decoder`): `raw`, the checked-in
     file as read, fresh or not; `checked`, the same refused (every dependent test fails) unless fresh
     for tiny.en's weights."""
-    from maxwhisper.weights import weights_hash
+    from maxwhisper.checkpoints import weights_hash
 
     @pytest.fixture(scope="module", name=raw)
     def as_read():
@@ -220,7 +220,7 @@ def speech_dir():
 @pytest.fixture(scope="session")
 def tiny_en():
     """(dims, state_dict) of the embedded tiny.en."""
-    from maxwhisper.weights import load_weights
+    from maxwhisper.checkpoints import load_weights
 
     return load_weights("tiny.en")
 

@@ -32,7 +32,7 @@ def encoded_windows(dims, state_dict, audio: np.ndarray) -> Found:
     import whisper
     from whisper.audio import N_SAMPLES, log_mel_spectrogram
 
-    from maxwhisper.weights import to_torch_model
+    from maxwhisper.checkpoints import to_torch_model
 
     model = to_torch_model(dims, state_dict)
     seen: list[np.ndarray] = []

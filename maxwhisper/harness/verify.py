@@ -189,7 +189,7 @@ def end_to_end(model: MaxWhisper, audio: np.ndarray, source: str) -> dict:
 
 def report(model_name: str, model: MaxWhisper, source: str, device: str, result: Verification) -> dict:
     """What `maxwhisper verify --json` writes (and `fixtures/tiny_en_errors.json` holds)."""
-    from maxwhisper.weights import weights_hash
+    from maxwhisper.checkpoints import weights_hash
 
     bad = result.first_failure
     return {"model": model_name, "weights_sha256": weights_hash(model.state_dict), "audio": source,

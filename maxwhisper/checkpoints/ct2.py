@@ -1,5 +1,5 @@
 """CTranslate2 (faster-whisper) Whisper models: our own `model.bin` reader and its mapping to
-openai-whisper's state-dict names. `maxwhisper.weights.load_weights` is the entry point.
+openai-whisper's state-dict names. `maxwhisper.checkpoints.load_weights` is the entry point.
 """
 
 import re
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from whisper.model import ModelDimensions
 
-from maxwhisper.weights import WeightsError, _one_line, check_state_dict, expected_shapes
+from maxwhisper.checkpoints.state import WeightsError, check_state_dict, expected_shapes, one_line
 
 
 # ---------------------------------------------------------------- CT2 model.bin
@@ -62,7 +62,7 @@ def read_ct2_model_bin(path) -> tuple[str, dict[str, np.ndarray]]:
     try:
         buf = Path(path).read_bytes()
     except OSError as e:
-        raise WeightsError(f"{path}: cannot read CTranslate2 model: {_one_line(e)}") from None
+        raise WeightsError(f"{path}: cannot read CTranslate2 model: {one_line(e)}") from None
     r = _Cursor(buf, path)
     (version,) = r.unpack("I", "binary version")
     if version not in _CT2_VERSIONS:

@@ -1,6 +1,6 @@
 """Hugging Face transformers Whisper checkpoints: a folder with `config.json` and `model.safetensors`
 (or `pytorch_model.bin`), as `WhisperForConditionalGeneration.save_pretrained` writes it, mapped to
-openai-whisper's state-dict names. `maxwhisper.weights.load_weights` is the entry point.
+openai-whisper's state-dict names. `maxwhisper.checkpoints.load_weights` is the entry point.
 
 `KEYS` is the one mapping between transformers' names and openai-whisper's (both ways: `to_openai`,
 `to_transformers`). transformers' output projection (`proj_out`) is tied to the token embedding as
@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from whisper.model import ModelDimensions
+
+from maxwhisper.checkpoints.state import WeightsError, check_state_dict, one_line
 
 # transformers' module name -> openai-whisper's, per block ({i}) and at the top
 KEYS = {
@@ -63,14 +65,14 @@ def to_transformers(key: str) -> str:
     return f"model.{m[1]}.layers.{m[2]}.{inverse[m[3]]}.{m[4]}"
 
 
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")  # the first found is read
+
+
 def is_checkpoint(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file() and any(
-        (path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin"))
+    return path.is_dir() and (path / "config.json").is_file() and any((path / f).is_file() for f in WEIGHTS)
 
 
 def dims_of(config: dict, source: str) -> ModelDimensions:
-    from maxwhisper.weights import WeightsError
-
     if config.get("model_type") != "whisper":
         raise WeightsError(f"{source}: not a Whisper config (model_type {config.get('model_type')!r})")
     for key, want in (("activation_function", "gelu"), ("scale_embedding", False)):
@@ -86,23 +88,22 @@ def dims_of(config: dict, source: str) -> ModelDimensions:
 
 
 def _tensors(path: Path) -> dict[str, np.ndarray]:
-    from maxwhisper.weights import WeightsError, _one_line
-
     try:
-        if (path / "model.safetensors").is_file():
-            from safetensors.numpy import load_file
+        from safetensors.numpy import load_file
 
+        if (path / "model.safetensors").is_file():
             return load_file(str(path / "model.safetensors"))
+        if (index := path / "model.safetensors.index.json").is_file():  # sharded, as large checkpoints are
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return {k: v for shard in shards for k, v in load_file(str(path / shard)).items()}
         state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
         return {k: v.float().numpy() for k, v in state.items()}
     except Exception as e:  # safetensors and torch raise many types for a bad file
-        raise WeightsError(f"{path}: cannot read the weights: {_one_line(e)}") from None
+        raise WeightsError(f"{path}: cannot read the weights: {one_line(e)}") from None
 
 
 def load_hf(path: Path) -> tuple[ModelDimensions, dict[str, np.ndarray]]:
     """(dims, openai-whisper state dict) of a transformers checkpoint folder."""
-    from maxwhisper.weights import WeightsError, check_state_dict
-
     config = json.loads((path / "config.json").read_text())
     dims = dims_of(config, str(path / "config.json"))
     tensors, sd = _tensors(path), {}
