@@ -24,10 +24,23 @@ def layer_ids(n_layer: int) -> list[str]:
     return [t.id for t in encoder_trace(n_layer)]
 
 
+class _Sink(dict):
+    """A trace dict that hands each activation to `sink(layer id, numpy array)` as the hook records it,
+    keeping none: a large model's trace need not fit in memory at once."""
+
+    def __init__(self, sink):
+        super().__init__()
+        self.sink = sink
+
+    def __setitem__(self, key, value):
+        self.sink(key, _numpy(value))
+
+
 @torch.no_grad()
-def trace_encoder(encoder: wm.AudioEncoder, mel: torch.Tensor) -> dict[str, np.ndarray]:
-    """Run `encoder` once on `mel` and return {layer id: activation (batch, time, channels)}."""
-    out: dict[str, torch.Tensor] = {}
+def trace_encoder(encoder: wm.AudioEncoder, mel: torch.Tensor, sink=None) -> dict[str, np.ndarray]:
+    """Run `encoder` once on `mel` and return {layer id: activation (batch, time, channels)}; with
+    `sink`, hand each to `sink(layer id, array)` in execution order instead, and return {}."""
+    out: dict[str, torch.Tensor] = {} if sink is None else _Sink(sink)
     modules = dict(encoder.named_modules())
     hooks = []
 
@@ -56,7 +69,7 @@ def trace_encoder(encoder: wm.AudioEncoder, mel: torch.Tensor) -> dict[str, np.n
     finally:
         for h in hooks:
             h.remove()
-    return {k: _numpy(out[k]) for k in layer_ids(len(encoder.blocks))}
+    return {} if sink is not None else {k: _numpy(out[k]) for k in layer_ids(len(encoder.blocks))}
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -66,8 +79,9 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 def reference_trace(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray], mel: np.ndarray,
                     dtype: torch.dtype | str = torch.float64, device: str = "cpu",
-                    quantize: str | None = None) -> dict[str, np.ndarray]:
-    """openai-whisper's encoder on `mel`, every activation by layer id: in float64 the reference,
+                    quantize: str | None = None, sink=None) -> dict[str, np.ndarray]:
+    """openai-whisper's encoder on `mel`, every activation by layer id (or, with `sink`, each handed to
+    it as it is computed: `trace_encoder`): in float64 the reference,
     in MAX's dtype (and on MAX's kind of device) the yardstick, PyTorch's own error, which the
     derived rule measures MAX by; `dtype` a precision name or its torch dtype (`yardstick.setup`). In a
     16-bit dtype it is whisper's own mixed precision (`transcribe(..., fp16=True)`): float32 weights,
@@ -76,7 +90,7 @@ def reference_trace(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarra
     dtype, weights, numerics = setup(dtype, quantize)
     encoder = reference_encoder(dims, state_dict, weights).to(device)
     with numerics(encoder, "encoder."):
-        return trace_encoder(encoder, torch.from_numpy(np.asarray(mel)).to(device, dtype))
+        return trace_encoder(encoder, torch.from_numpy(np.asarray(mel)).to(device, dtype), sink)
 
 
 @torch.no_grad()

@@ -62,8 +62,8 @@ def test_e2e_longform_axis_window_by_window(dtype, longform, tiny_en, tiny_en_in
     reaching the end, words covering the text); compared window by window (text per seek) with the
     MAX float32 pipeline and, whole, with openai-whisper's own pipeline computing in the same dtype on
     the CPU (`reference.pipeline`: openai-whisper cannot be asked for it there) on every other group
-    (5 of 10 for the suite's cold time, docs/testing.md; sequential, as openai-whisper runs). WER within the 16-bit
-    gate (0.3 points) of float32's on all 10, and of openai-whisper's in the same dtype on its 5."""
+    (3 of 10, groups 0, 4 and 8, for the suite's cold time, docs/testing.md; sequential, as openai-whisper runs). WER within the 16-bit
+    gate (0.3 points) of float32's on all 10, and of openai-whisper's in the same dtype on its 3."""
     from reference.pipeline import torch_pipeline
 
     groups = [longform(g) for g in longform_groups()]
@@ -71,7 +71,7 @@ def test_e2e_longform_axis_window_by_window(dtype, longform, tiny_en, tiny_en_in
     audios = [audio for _, audio, _, _ in groups]
     low = transcribe_many(pipeline_model(tiny_en_in(dtype), "max", "max"), audios, batch_size=10)
     torch16 = torch_pipeline(*tiny_en, dtype)
-    same = {i: transcribe(torch16, audios[i]) for i in range(0, len(audios), 2)}
+    same = {i: transcribe(torch16, audios[i]) for i in range(0, len(audios), 4)}
     lines, aligned, equal = [], 0, 0
     for (row, audio, m32, _), r in zip(groups, low):
         duration, gid = len(audio) / SAMPLE_RATE, row["group_id"]

@@ -37,10 +37,13 @@ def cmd_verify(args) -> int:
         form(d, args.device, args.emulate)  # a bad device or emulation: exit 2 before any work
     source, audio = verify.default_audio(args.audio)
     device_ref(args.device)
-    dims, state_dict = load_weights(args.model)
-    heads, why = alignment_heads(args.model, dims)
+    if args.random_weights:
+        dims, state_dict, heads, why = verify.random_model(args.model)
+    else:
+        dims, state_dict = load_weights(args.model)
+        heads, why = alignment_heads(args.model, dims)
     models = {d: MaxWhisper(dims, state_dict, args.device, d, args.emulate, alignment_heads=heads) for d in dtypes}
-    print(f"model: {args.model}  audio: {source} ({len(audio) / 16000:.2f} s)  device: {args.device}\n"
+    print(f"model: {args.model}{f' (seeded random weights, seed {verify.SEED}, at its true size)' if args.random_weights else ''}  audio: {source} ({len(audio) / 16000:.2f} s)  device: {args.device}\n"
           f"word-alignment heads: {len(heads) if heads else dims.n_text_head * (dims.n_text_layer - dims.n_text_layer // 2)}"
           f" ({why})", flush=True)
     results = {}
@@ -130,6 +133,9 @@ def add_commands(sub) -> None:
     v.add_argument("audio", nargs="?", help="audio file (default: ../shared/speech/jfk.flac, "
                    "else a sentence spoken offline by eSpeak NG)")
     v.add_argument("--model", default="tiny.en", help="model name or path (default: embedded tiny.en)")
+    v.add_argument("--random-weights", action="store_true",
+                   help="seeded random weights at the true dimensions of the size --model names "
+                        "(maxwhisper.sizes: base ... large-v3-turbo, distil-*), instead of its checkpoint")
     v.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
     v.add_argument("--dtype", action="append", metavar="DTYPE[,DTYPE]",
                    help=", ".join(f"{n} (default)" if n == "float32" else n for n in PRECISIONS)

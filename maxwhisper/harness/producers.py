@@ -67,10 +67,12 @@ def _torch_ran(dtype: str, device: str, quantize: str | None = None) -> Ran:
 
 
 def torch_encoder(dims, state_dict, mel: np.ndarray, dtype: str = REFERENCE, device: str = "cpu",
-                  production: bool = True, layers: bool = True, quantize: str | None = None) -> Trace:
+                  production: bool = True, layers: bool = True, quantize: str | None = None, sink=None) -> Trace:
     """openai-whisper's encoder on `mel`, every activation (with `layers`), and (with `production`)
     `encoder`: its ln_post again, for the production graph's row. `quantize` (the float64 reference
-    only): the quantized precision whose products it computes, as MAX's run of it does."""
+    only): the quantized precision whose products it computes, as MAX's run of it does. With `sink`,
+    each activation goes to `sink(layer id, array)` as it is computed and the trace holds none
+    (`judge_stream`)."""
     from reference.capture import reference_encode, reference_trace
 
     import torch
@@ -80,6 +82,9 @@ def torch_encoder(dims, state_dict, mel: np.ndarray, dtype: str = REFERENCE, dev
     ran = _torch_ran(dtype, device, args[-1])
     if not layers:
         return Trace(ran, {ENCODER_OUTPUT: reference_encode(*args)} if production else {})
+    if sink is not None:
+        reference_trace(*args, sink=sink)
+        return Trace(ran, {})
     arrays = reference_trace(*args)
     if production:
         arrays[ENCODER_OUTPUT] = arrays["encoder.ln_post"]
@@ -212,6 +217,62 @@ def judge(actual: Trace, reference: Trace, yardstick: Trace, check_of: Callable[
     _triple(actual, reference, yardstick)
     return compare_traces(actual.arrays, reference.arrays, check_of, yardstick.arrays, input_of, until_first_failure,
                           _order(actual, order))
+
+
+def trace_bytes(dims, itemsize: int = 8) -> int:
+    """The bytes of one window's encoder trace (every traced activation) at `itemsize` per value."""
+    from maxwhisper.trace import encoder_trace
+
+    def values(layer: str) -> int:  # conv1 runs at the mel's 3000 frames, the MLP 4x wide
+        return (2 if layer.startswith("encoder.conv1") else 4 if layer.endswith((".mlp.0", ".mlp.1")) else 1) \
+            * dims.n_audio_ctx * dims.n_audio_state
+
+    return sum(values(t.id) for t in encoder_trace(dims.n_audio_layer)) * itemsize
+
+
+def _carries(layer: str) -> bool:
+    """A layer whose activation is the next block's input: what a stream holds on to."""
+    parts = layer.split(".")
+    return layer == "encoder.positional_embedding" or (len(parts) == 3 and parts[1] == "blocks")
+
+
+def judge_stream(actual: Trace, reference: Callable[[Callable], Trace], yardstick: Trace,
+                 check_of: Callable[[str], Check], input_of: Callable[[str], str | None] = lambda layer: None,
+                 order: Callable[[], Trace] | None = None) -> tuple[list[Comparison], dict[str, np.ndarray]]:
+    """`judge` with the float64 reference streamed: `reference(sink)` runs it (`torch_encoder(...,
+    sink=sink)`), and each activation is judged as its hook records it, against MAX's and the
+    yardstick's (each dropped once judged), so only one block of the float64 trace is held at once.
+    The same rows, in the same order, as `judge` with a lazy `order`; and the reference's activations
+    still held at the end (its last block's and `encoder.ln_post`)."""
+    from maxwhisper.harness.compare import _failed
+
+    rows, recent, lazy = [], {}, _order(actual, order)
+    ordered = None
+
+    def take(layer: str, expected: np.ndarray) -> None:
+        nonlocal ordered
+        recent[layer] = expected
+        if layer not in actual.arrays:
+            rows.append(_failed(layer, expected.shape, check_of(layer), "missing from the MAX trace"))
+            return
+        src = input_of(layer)
+        args = (layer, actual.arrays.pop(layer), expected, check_of(layer), yardstick.arrays.pop(layer),
+                recent[src] if src else None)
+        rows.append(compare(*args, order=None if ordered is None else ordered[layer]))
+        if not rows[-1].passed and ordered is None and lazy is not None and rows[-1].verdict is not None:
+            ordered = lazy()  # as compare_traces: from here on every row also has the sequential order's unit
+            rows[-1] = compare(*args, order=ordered[layer])
+        if _carries(layer):
+            for k in [k for k in recent if k != layer]:
+                del recent[k]
+
+    ran = reference(take).ran
+    _triple(Trace(actual.ran, {}), Trace(ran, {}), yardstick)
+    if ENCODER_OUTPUT in actual.arrays and "encoder.ln_post" in recent:  # the production graph's row
+        take(ENCODER_OUTPUT, recent["encoder.ln_post"])
+    for layer in list(actual.arrays):
+        rows.append(_failed(layer, actual.arrays[layer].shape, check_of(layer), "missing from the reference trace"))
+    return rows, recent
 
 
 def judge_layer(actual: Trace, reference: Trace, yardstick: Trace, check: Check, x: np.ndarray | None = None,

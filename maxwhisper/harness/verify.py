@@ -57,6 +57,7 @@ class Verification:
     mode: str = ""  # MAX's numeric mode (precision.mode)
     yardstick: str = ""  # PyTorch's, read back from its flags (reference.yardstick.describe)
     order: str = ""  # the second yardstick's (float32 only), `producers.ORDER`
+    streamed: bool = False  # the float64 reference judged as computed (`run`'s `stream`)
     transcripts: dict = field(default_factory=dict)
 
     @property
@@ -89,6 +90,26 @@ class Verification:
         return self.first_failure is None and not self.decoder.get("top1_failures")
 
 
+SEED = 0  # verify --random-weights: the same weights on every run and machine
+
+
+def random_model(name: str) -> tuple:
+    """(dims, state dict, alignment heads, where they come from) of seeded random weights at the true
+    size `name` names (`maxwhisper.sizes`): trained-scale (`inputs.random_weights`), heads as
+    openai-whisper's table has them for the name, else its default."""
+    from maxwhisper.checkpoints import alignment_heads
+    from maxwhisper.harness.inputs import random_weights
+    from maxwhisper.sizes import SIZES
+
+    if name not in SIZES:
+        raise ValueError(f"--random-weights: {name!r} is not a size (one of {', '.join(SIZES)}); "
+                         "a checkpoint's own weights load without the flag")
+    dims = SIZES[name]
+    heads, why = alignment_heads(name, dims) if not name.startswith("distil-") else \
+        (None, "openai-whisper's default: every head of the last half of the decoder's layers")
+    return dims, random_weights(np.random.default_rng(SEED), dims, prefix=""), heads, why
+
+
 def default_audio(path: str | None = None) -> tuple[str, np.ndarray]:
     """(what it is, 16 kHz samples): `path`, else jfk.flac from the speech data, else eSpeak NG."""
     if path is not None:
@@ -109,7 +130,10 @@ def _on_max_inputs(model: MaxWhisper, rows: list[Comparison], trace) -> list[Com
     return quantized.interleave(rows, extra)
 
 
-def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE) -> Verification:
+STREAM_BYTES = 1 << 30  # a float64 encoder trace above this (small and up) is judged as it is computed
+
+
+def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE, stream: bool | None = None) -> Verification:
     """`maxwhisper verify` for one model (one precision). Encoder rows, for every window openai-whisper's
     `transcribe` encodes (`seeks.encoded_windows`): the MAX encoder traced and the reference, every
     layer compared; the row `encoder` is the production graph (no trace outputs), which users run.
@@ -120,37 +144,55 @@ def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE) -> V
     openai-whisper in the model's precision (`maxwhisper.precision`), and in float32 also float32 in
     sequential summation order where that errs more (`reference.sequential`); the check is that
     precision's; every trace comes from a `producers` producer. A quantized precision's reference computes
-    its quantized products, and each of them is judged again on MAX's own input (`harness.quantized`)."""
+    its quantized products, and each of them is judged again on MAX's own input (`harness.quantized`).
+
+    `stream` (default: when the float64 encoder trace passes `STREAM_BYTES`, as from small up): the
+    float64 reference is judged as it is computed (`producers.judge_stream`), so a large model's trace
+    need not fit in memory, and the sequential-order yardstick, whose cost grows with the model (~12 s
+    a window for tiny.en, ~80x that for large-v3), is computed only once a row fails against PyTorch's
+    error alone: a unit it could only widen, so no verdict changes."""
     from maxwhisper.harness.seeks import encoded_windows
 
     dims, sd, dtype, device = model.dims, model.state_dict, model.dtype, model.device
     check, inputs = check_of(dims, dtype, guard=True), input_of(dims)
-    ordered = dtype == "float32"
     quantize = dtype if row(dtype).quantized else None  # the reference computes the same quantized products
+    stream = (producers.trace_bytes(dims) > STREAM_BYTES) if stream is None else stream
+    if stream and quantize:
+        raise ValueError(f"{dtype}: a quantized precision's rows are judged again on MAX's inputs, which a stream drops")
+    ordered = dtype == "float32"
     found = encoded_windows(dims, sd, audio)
-    windows, first = [], None
+    windows, features, modes = [], None, None
     for seek, mel in found.windows:
-        encoder = [producers.max_encoder(model, mel), producers.torch_encoder(dims, sd, mel, quantize=quantize),
-                   producers.torch_encoder(dims, sd, mel, dtype, device)]
-        order = producers.order_encoder(dims, sd, mel) if ordered else None
-        rows = producers.judge(*encoder, check, inputs, order=order)
-        windows.append(Window(seek, _on_max_inputs(model, rows, encoder[0]) if quantize else rows))
-        first = first or encoder
+        actual, yardstick = producers.max_encoder(model, mel), producers.torch_encoder(dims, sd, mel, dtype, device)
+        modes = modes or (actual.ran.mode, yardstick.ran.mode)
+        order = (lambda mel=mel: producers.order_encoder(dims, sd, mel)) if ordered else None
+        if stream:
+            rows, kept = producers.judge_stream(
+                actual, lambda sink, mel=mel: producers.torch_encoder(dims, sd, mel, sink=sink), yardstick, check,
+                inputs, order=order)
+        else:
+            reference = producers.torch_encoder(dims, sd, mel, quantize=quantize)
+            rows, kept = producers.judge(actual, reference, yardstick, check, inputs,
+                                         order=order() if ordered else None), reference.arrays
+            rows = _on_max_inputs(model, rows, actual) if quantize else rows
+        windows.append(Window(seek, rows))
+        features = kept["encoder.ln_post"] if features is None else features
     text = found.first_text if len(windows) > 1 else text
-    features, tokens = first[1].arrays["encoder.ln_post"], teacher_tokens(dims, text)
+    tokens = teacher_tokens(dims, text)
     decoder = [producers.max_decoder(model, tokens, features, PROMPT),
                producers.torch_decoder(dims, sd, tokens, features, quantize=quantize),
                producers.torch_decoder(dims, sd, tokens, features, dtype, device)]
-    order = producers.order_decoder(dims, sd, tokens, features) if ordered else None
-    rows = producers.judge(*decoder, check, inputs, order=order)
+    order = (lambda: producers.order_decoder(dims, sd, tokens, features)) if ordered else None
+    rows = producers.judge(*decoder, check, inputs, order=order if stream else order() if ordered else None)
     rows = _on_max_inputs(model, rows, decoder[0]) if quantize else rows
     got, logits, same = (t.arrays["decoder.logits"][0] for t in decoder)
     top2 = np.sort(logits, axis=-1)[:, -2:]
     failures = top1_failures(got, logits.argmax(-1), top2[:, 1] - top2[:, 0], top1_tie(same, logits))
     equal = int((got.argmax(-1) == logits.argmax(-1)).sum())
     agreement = dict(text=text, steps=int(tokens.shape[1]), top1_equal=equal, top1_failures=failures)
-    return Verification(windows, rows, agreement, dtype, device, first[0].ran.mode, first[2].ran.mode,
-                        producers.ORDER.mode if ordered else "")
+    return Verification(windows, rows, agreement, dtype, device, modes[0], modes[1],
+                        (producers.ORDER.mode + (", computed where PyTorch's error alone fails a row" if stream else ""))
+                        if ordered else "", stream)
 
 
 def format_windows(result: Verification) -> str:
