@@ -67,3 +67,23 @@ def test_bench_decoder_step(impl, batch, request, memory_record, benchmark):
     assert result["median_ms"] > 0
     memory_record(dict(kind="decoder-step", **result))
     print(f"\ndecoder step {impl} batch {batch}: {result['median_ms']:.2f} ms")
+
+
+TRUE_SIZES = ("base", "small", "medium", "large-v3-turbo")
+
+
+@pytest.mark.parametrize("impl", ["max", "torch"])
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("what", ["encoder", "step"])
+@pytest.mark.parametrize("size", TRUE_SIZES)
+def test_bench_true_size(size, what, batch, impl, request, memory_record, benchmark):
+    """Each size's encoder, and one decoder step after 32 cached tokens, at batch 1 and 8: MAX float32
+    against openai-whisper's PyTorch float32, each in a process of its own (random weights at the true
+    dims; large-v3-turbo's encoder at batch 8 takes minutes a call here), so --benchmark-only only."""
+    if not request.config.getoption("benchmark_only"):
+        pytest.skip("the true-size speed runs under --benchmark-only (minutes of compiles and calls)")
+    result = benchmark.pedantic(lambda: _probe("size", impl, size, "--what", what, "--batch", str(batch)),
+                                rounds=1, iterations=1)
+    assert result["median_ms"] > 0
+    memory_record(dict(kind=f"true-size-{what}", **result))
+    print(f"\n{size} {what} {impl} batch {batch}: {result['median_ms']:.1f} ms")

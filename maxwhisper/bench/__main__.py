@@ -8,6 +8,7 @@ import sys
 from maxwhisper.bench.gate import check
 from maxwhisper.bench.pipeline import IMPLS, step_probe, transcribe_probe
 from maxwhisper.bench.probes import GRAPHS, compile_time, rss_probe
+from maxwhisper.bench.sizes import IMPLS as SIZE_IMPLS, WHAT, size_probe
 from maxwhisper.sizes import SIZES
 
 
@@ -41,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("impl", choices=["max", "torch"])
     s.add_argument("--batch", type=int, default=1)
     s.add_argument("--dtype", default="float32", help="MAX's precision (max only)")
+    z = sub.add_parser("size", help="time one size's encoder or decoder step (random weights, MAX or PyTorch); print JSON")
+    z.add_argument("impl", choices=SIZE_IMPLS)
+    z.add_argument("size", choices=list(SIZES))
+    z.add_argument("--what", choices=WHAT, default="encoder")
+    z.add_argument("--batch", type=int, default=1)
+    z.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
     try:
         if args.command == "rss":
@@ -51,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "step":
             print(json.dumps(step_probe(args.impl, args.batch, dtype=args.dtype)))
+            return 0
+        if args.command == "size":
+            print(json.dumps(size_probe(args.impl, args.size, args.what, args.batch, args.rounds)))
             return 0
         if args.command == "compile":
             print(json.dumps({"graph": args.graph, "load_s": compile_time(args.graph)}))
