@@ -27,7 +27,7 @@ def add_transcribe(sub) -> None:
     a = t.add_argument
     a("audio", nargs="+", metavar="FILE", help="wav, flac, mp3 or ogg; any rate, mono or stereo")
     a("--model", default="tiny.en", help="model name or path (default: the embedded tiny.en)")
-    a("--model_dir", "--model-dir", default=None, help="where NAME.pt is found (default ~/.cache/whisper); nothing is downloaded")
+    a("--model_dir", "--model-dir", default=None, help="where openai-whisper's NAME.pt is kept and downloaded to (default ~/.cache/whisper)")
     a("--device", default="cpu", help="cpu, gpu or gpu:N (openai-whisper's cuda and cuda:N mean gpu)")
     a("--dtype", default=None, choices=list(PRECISIONS),
       help="MAX's precision (default float32; float16 on a GPU with --fp16 True, as openai-whisper)")
@@ -103,13 +103,16 @@ def _schedule(start: float, step: float) -> list[float]:
 
 
 def model_path(name: str, model_dir: str | None) -> str:
-    """`name`, or `model_dir/name.pt` where `--model_dir` is given and `name` is not a path."""
+    """`name`, or where `--model_dir` (openai-whisper's `download_root`) is given and `name` is one of
+    openai-whisper's names, its `.pt` there, downloaded into it when absent, as `whisper.load_model` does."""
     if model_dir is None or Path(name).exists():
         return name
-    path = Path(model_dir) / f"{name}.pt"
-    if not path.is_file():
-        raise ValueError(f"--model_dir {model_dir}: no {name}.pt there (nothing is downloaded)")
-    return str(path)
+    from maxwhisper.checkpoints import download
+
+    if name not in download.urls():
+        raise ValueError(f"--model_dir {model_dir}: {name!r} is not one of openai-whisper's names "
+                         f"({', '.join(download.urls())}), which is what it holds")
+    return str(download.openai_checkpoint(name, Path(model_dir)))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -221,3 +221,14 @@ def test_a_hub_id_that_does_not_exist_is_named(server, tmp_path):
     err = got["nobody/no-such-whisper"]["error"]
     assert "nobody/no-such-whisper" in err and "no such model on the Hugging Face Hub" in err, err
     assert server.hits, "the Hub was asked"
+
+
+def test_transcribe_model_dir_is_the_download_root(server, monkeypatch, tmp_path):
+    """`transcribe --model_dir DIR` keeps and downloads openai-whisper's `.pt` in DIR, as
+    `whisper.load_model(name, download_root=DIR)` does."""
+    from maxwhisper.transcribe_cli import model_path
+
+    _, body = serve_pt(server, monkeypatch, tmp_path / "xdg")
+    path = model_path("base", str(tmp_path / "mine"))
+    assert path == str(tmp_path / "mine" / "base.pt") and Path(path).read_bytes() == body
+    assert not (tmp_path / "xdg" / "whisper").exists()

@@ -60,7 +60,7 @@ def test_options_as_openai_whisper_makes_them():
 
 @pytest.mark.parametrize("argv, words", [
     (["--max_line_count", "2"], "--max_line_count requires --word_timestamps True"),
-    (["--model_dir", "/nonexistent", "--model", "base"], "no base.pt there"),
+    (["--model_dir", "/nonexistent", "--model", "nonsense"], "not one of openai-whisper's names"),
     (["--device", "cuda:x"], "device 'gpu:x'"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
 ])
