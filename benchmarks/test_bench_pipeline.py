@@ -72,16 +72,19 @@ def test_bench_decoder_step(impl, batch, request, memory_record, benchmark):
 TRUE_SIZES = ("base", "small", "medium", "large-v3-turbo")
 
 
-@pytest.mark.parametrize("impl", ["max", "torch"])
+@pytest.mark.parametrize("impl", ["max", "torch", "ct2-float32", "ct2-int8"])
 @pytest.mark.parametrize("batch", [1, 8])
 @pytest.mark.parametrize("what", ["encoder", "step"])
 @pytest.mark.parametrize("size", TRUE_SIZES)
 def test_bench_true_size(size, what, batch, impl, request, memory_record, benchmark):
     """Each size's encoder, and one decoder step after 32 cached tokens, at batch 1 and 8: MAX float32
-    against openai-whisper's PyTorch float32, each in a process of its own (random weights at the true
-    dims; large-v3-turbo's encoder at batch 8 takes minutes a call here), so --benchmark-only only."""
+    against openai-whisper's PyTorch float32 and CTranslate2 float32 and int8 (its own converter, the
+    same weights), each in a process of its own (random weights at the true dims; large-v3-turbo's
+    encoder at batch 8 takes minutes a call here), so --benchmark-only only."""
     if not request.config.getoption("benchmark_only"):
         pytest.skip("the true-size speed runs under --benchmark-only (minutes of compiles and calls)")
+    if impl.startswith("ct2"):
+        pytest.importorskip("ctranslate2", reason="CTranslate2 is in the bench extra: pip install -e .[test,bench]")
     result = benchmark.pedantic(lambda: _probe("size", impl, size, "--what", what, "--batch", str(batch)),
                                 rounds=1, iterations=1)
     assert result["median_ms"] > 0
