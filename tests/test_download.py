@@ -216,7 +216,8 @@ def test_a_hub_id_and_a_distil_name_load_from_a_filled_cache_offline(tmp_path):
 def test_a_hub_id_that_does_not_exist_is_named(server, tmp_path):
     """The Hub answers an unknown repo 404 with X-Error-Code RepoNotFound; so does this loopback one."""
     server.headers["X-Error-Code"] = "RepoNotFound"
-    got = hub_probe({"HF_HUB_CACHE": str(tmp_path), "HF_ENDPOINT": server.url, "HF_HUB_DISABLE_TELEMETRY": "1"},
+    got = hub_probe({"HF_HUB_CACHE": str(tmp_path), "HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "0",
+                     "HF_HUB_DISABLE_TELEMETRY": "1"},
                     "nobody/no-such-whisper")
     err = got["nobody/no-such-whisper"]["error"]
     assert "nobody/no-such-whisper" in err and "no such model on the Hugging Face Hub" in err, err
