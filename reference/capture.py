@@ -88,7 +88,8 @@ def reference_trace(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarra
     the mel rounded to `dtype` (`maxwhisper.precision`). `quantize`: a quantized precision whose products
     the float64 reference computes (`yardstick.setup`)."""
     dtype, weights, numerics = setup(dtype, quantize)
-    encoder = reference_encoder(dims, state_dict, weights).to(device)
+    # streamed (a large model), the float64 weights are made one block at a time as well
+    encoder = reference_encoder(dims, state_dict, weights, per_part=sink is not None and device == "cpu").to(device)
     with numerics(encoder, "encoder."):
         return trace_encoder(encoder, torch.from_numpy(np.asarray(mel)).to(device, dtype), sink)
 

@@ -219,8 +219,39 @@ def load(module: nn.Module, state_dict: Mapping[str, np.ndarray], prefix: str = 
 
 
 def reference_encoder(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray],
-                      dtype: torch.dtype = torch.float64) -> wm.AudioEncoder:
-    return load(encoder(dims), state_dict, "encoder.", dtype)
+                      dtype: torch.dtype = torch.float64, per_part: bool = False) -> wm.AudioEncoder:
+    """openai-whisper's AudioEncoder holding `state_dict`'s encoder weights in `dtype`: built on the
+    meta device and handed the arrays themselves (no random init, and in float32 no copy). With
+    `per_part` (for a model whose `dtype` copy would not fit beside its trace: large-v3's is 5 GB in
+    float64), it keeps the float32 arrays and each part that holds weights (conv1, conv2, each block,
+    ln_post) holds its `dtype` copy only while it runs: the same arithmetic, one block's copy at a time."""
+    with torch.device("meta"):
+        module = encoder(dims)
+    own = {k[len("encoder."):]: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()
+           if k.startswith("encoder.")}
+    module.load_state_dict(own, strict=True, assign=True)
+    if not per_part:
+        return module.to(dtype).eval()
+    module.positional_embedding = module.positional_embedding.to(dtype)
+    for part in (module.conv1, module.conv2, *module.blocks, module.ln_post):
+        part.register_forward_pre_hook(_cast_while_running(dtype))
+    return module.eval()
+
+
+def _cast_while_running(dtype: torch.dtype):
+    """A forward pre-hook casting its module to `dtype`, and a hook it installs putting the original
+    tensors back once the module has run."""
+    def before(module, args):
+        kept = {name: p.data for name, p in module.named_parameters()}
+        module.to(dtype)
+
+        def after(module, args, out):
+            for name, p in module.named_parameters():
+                p.data = kept[name]
+            handle.remove()
+
+        handle = module.register_forward_hook(after)
+    return before
 
 
 def reference_decoder(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray],
