@@ -156,8 +156,6 @@ def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device
 def step_probe(impl: str, batch: int = 1, cache: int = 32, steps: int = 50, dtype: str = "float32") -> dict:
     """Median time of one-token decoder steps after `cache` cached tokens, at `batch` sequences; `dtype`,
     MAX's precision (PyTorch runs float32)."""
-    import torch
-
     from maxwhisper import load_model
 
     if impl != "max" and dtype != "float32":
@@ -166,34 +164,40 @@ def step_probe(impl: str, batch: int = 1, cache: int = 32, steps: int = 50, dtyp
     rng = np.random.default_rng(0)
     features = rng.standard_normal((batch, m.dims.n_audio_ctx, m.dims.n_audio_state)).astype(np.float32)
     prompt = rng.integers(0, 50000, (batch, cache))
-    times = []
-    if impl == "max":
-        for _ in range(2):
-            state = m.decoder.start(features)
-            state.step(prompt)
-            times = []
-            for i in range(steps):
-                t0 = time.perf_counter()
-                state.step(prompt[:, i % cache:i % cache + 1])
-                times.append(time.perf_counter() - t0)
-    else:
-        from maxwhisper.checkpoints import to_torch_model
-
-        tm = to_torch_model(m.dims, m.state_dict)
-        xa = torch.from_numpy(features)
-        with torch.no_grad():
-            for _ in range(2):
-                kv, hooks = tm.install_kv_cache_hooks()
-                tm.decoder(torch.from_numpy(prompt), xa, kv_cache=kv)
-                times = []
-                for i in range(steps):
-                    t0 = time.perf_counter()
-                    tm.decoder(torch.from_numpy(prompt[:, i % cache:i % cache + 1]), xa, kv_cache=kv)
-                    times.append(time.perf_counter() - t0)
-                for h in hooks:
-                    h.remove()
+    times = step_times(m if impl == "max" else None, m.dims, m.state_dict, features, prompt, steps)
     return dict(impl=impl, dtype=dtype, mode=_mode(impl, dtype), batch=batch, cache=cache,
                 median_ms=1e3 * float(np.median(times)))
+
+
+def step_times(model, dims, state_dict, features: np.ndarray, prompt: np.ndarray, steps: int) -> list[float]:
+    """Seconds of each of `steps` one-token decoder steps after `prompt` is cached, over `features`: on
+    `model` (a MaxWhisper) where given, else openai-whisper's PyTorch decoder of `state_dict`; the
+    second of two passes (the first compiles or loads, and warms)."""
+    import torch
+
+    from maxwhisper.checkpoints import to_torch_model
+
+    cache, tm = prompt.shape[1], None if model is not None else to_torch_model(dims, state_dict)
+    xa = torch.from_numpy(features)
+    for _ in range(2):
+        times = []
+        with torch.no_grad():
+            if model is not None:
+                state = model.decoder.start(features)
+                state.step(prompt)
+                step = lambda tokens: state.step(tokens)  # noqa: E731
+            else:
+                kv, hooks = tm.install_kv_cache_hooks()
+                tm.decoder(torch.from_numpy(prompt), xa, kv_cache=kv)
+                step = lambda tokens: tm.decoder(torch.from_numpy(tokens), xa, kv_cache=kv)  # noqa: E731
+            for i in range(steps):
+                t0 = time.perf_counter()
+                step(prompt[:, i % cache:i % cache + 1])
+                times.append(time.perf_counter() - t0)
+            if model is None:
+                for h in hooks:
+                    h.remove()
+    return times
 
 
 def _mode(impl: str, dtype: str, device: str = "cpu", fp16: bool = False) -> str:

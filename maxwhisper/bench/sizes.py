@@ -65,36 +65,11 @@ def size_probe(impl: str, size: str, what: str = "encoder", batch: int = 1, roun
     else:
         features = rng.standard_normal((batch, dims.n_audio_ctx, dims.n_audio_state)).astype(np.float32)
         prompt = rng.integers(0, dims.n_vocab - 1000, (batch, cache))
-        steps = 16 * rounds
-        times = []
-        if impl == "max":
-            from maxwhisper.model import MaxWhisper
+        from maxwhisper.bench.pipeline import step_times
+        from maxwhisper.model import MaxWhisper
 
-            decoder = MaxWhisper(dims, sd).decoder
-            for _ in range(2):  # the first pass compiles (or loads) and warms
-                state = decoder.start(features)
-                state.step(prompt)
-                times = []
-                for i in range(steps):
-                    t0 = time.perf_counter()
-                    state.step(prompt[:, i % cache:i % cache + 1])
-                    times.append(1e3 * (time.perf_counter() - t0))
-        else:
-            from maxwhisper.checkpoints import to_torch_model
-
-            tm = to_torch_model(dims, sd)
-            xa = torch.from_numpy(features)
-            with torch.no_grad():
-                for _ in range(2):
-                    kv, hooks = tm.install_kv_cache_hooks()
-                    tm.decoder(torch.from_numpy(prompt), xa, kv_cache=kv)
-                    times = []
-                    for i in range(steps):
-                        t0 = time.perf_counter()
-                        tm.decoder(torch.from_numpy(prompt[:, i % cache:i % cache + 1]), xa, kv_cache=kv)
-                        times.append(1e3 * (time.perf_counter() - t0))
-                    for h in hooks:
-                        h.remove()
+        model = MaxWhisper(dims, sd) if impl == "max" else None
+        times = [1e3 * t for t in step_times(model, dims, sd, features, prompt, 16 * rounds)]
         median = float(np.median(times))
     mode = "MAX float32 (IEEE), cpu" if impl == "max" else f"openai-whisper PyTorch {torch.__version__} float32, IEEE, cpu"
     return dict(impl=impl, size=size, what=what, batch=batch, mode=mode, median_ms=median,
