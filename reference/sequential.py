@@ -28,8 +28,10 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return matmul(a, b[:, None])[..., 0]
     shape = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
     total, term = torch.zeros(shape, dtype=F32), torch.empty(shape, dtype=F32)
+    # k leading and contiguous: a strided row (a Linear's weight.T) made each step ~10x slower
+    columns, rows = a.movedim(-1, 0).contiguous()[..., None], b.movedim(-2, 0).contiguous()[..., None, :]
     for k in range(a.shape[-1]):
-        torch.mul(a[..., :, k:k + 1], b[..., k:k + 1, :], out=term)
+        torch.mul(columns[k], rows[k], out=term)
         total.add_(term)
     return total
 
@@ -37,8 +39,8 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def sum_last(x: torch.Tensor) -> torch.Tensor:
     """Sum over the last axis, one element after another, rounding to float32 at each add."""
     total = torch.zeros(x.shape[:-1], dtype=F32)
-    for k in range(x.shape[-1]):
-        total.add_(x[..., k])
+    for term in x.movedim(-1, 0).contiguous():
+        total.add_(term)
     return total
 
 

@@ -1,6 +1,7 @@
 """The second yardstick's arithmetic (`reference.sequential`): float32 summed one term after another,
 and reaching openai-whisper's own modules through the function mode."""
 
+import numpy as np
 import pytest
 import torch
 import whisper.model as wm
@@ -51,3 +52,27 @@ def test_mode_reaches_whispers_modules():
         exact = exact.double().eval()(x.double())
     assert not torch.equal(plain, ordered)
     torch.testing.assert_close(ordered.double(), exact, rtol=1e-4, atol=1e-4)
+
+
+def _scalar_matmul(a, b):
+    """The definition for 2-d a, b, one float32 scalar at a time: numpy rounds each product and each add."""
+    a, b = a.numpy(), b.numpy()
+    out = np.zeros((a.shape[0], b.shape[1]), dtype=np.float32)
+    for m, n in np.ndindex(out.shape):
+        for k in range(a.shape[1]):
+            out[m, n] = np.float32(out[m, n] + np.float32(a[m, k] * b[k, n]))
+    return torch.from_numpy(out)
+
+
+def test_matmul_is_the_scalar_loop_bit_for_bit():
+    """On views as whisper passes them (a Linear's weight.T, attention's k.transpose, batch dims),
+    every output equals the scalar loop's: the layout the fast path copies to changes no bit."""
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(2, 5, 7, generator=g), torch.randn(3, 7, generator=g)
+    assert torch.equal(S.matmul(x, w.T), torch.stack([_scalar_matmul(x[i], w.T) for i in range(2)]))
+    q, k = torch.randn(2, 3, 4, 6, generator=g), torch.randn(2, 3, 5, 6, generator=g)
+    want = torch.stack([torch.stack([_scalar_matmul(q[i, h], k[i, h].T) for h in range(3)]) for i in range(2)])
+    assert torch.equal(S.matmul(q, k.transpose(-2, -1)), want)
+    s = torch.randn(2, 3, 9, generator=g) * 1e3
+    want = torch.from_numpy(np.add.accumulate(s.numpy(), axis=-1, dtype=np.float32)[..., -1])
+    assert torch.equal(S.sum_last(s.transpose(0, 1)), want.transpose(0, 1))
