@@ -135,12 +135,13 @@ def reference_encode(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarr
 
 def reference_decoder_trace(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray], tokens: np.ndarray,
                             features: np.ndarray, dtype: torch.dtype | str = torch.float64,
-                            device: str = "cpu", quantize: str | None = None) -> dict[str, np.ndarray]:
+                            device: str = "cpu", quantize: str | None = None,
+                            per_part: bool = False) -> dict[str, np.ndarray]:
     """openai-whisper's decoder, teacher-forced on `tokens` over `features`, every activation by id.
     In a 16-bit dtype it is whisper's own mixed precision, as `reference_trace`: float32 weights, the
-    features rounded to `dtype`."""
+    features rounded to `dtype`. `per_part`: `reference_decoder`'s, on the CPU."""
     dtype, weights, numerics = setup(dtype, quantize)
-    decoder = reference_decoder(dims, state_dict, weights).to(device)
+    decoder = reference_decoder(dims, state_dict, weights, per_part=per_part and device == "cpu").to(device)
     with numerics(decoder, "decoder."):
         return trace_decoder(decoder, torch.from_numpy(np.asarray(tokens, np.int64)).to(device),
                              torch.from_numpy(np.asarray(features)).to(device, dtype))

@@ -255,7 +255,22 @@ def _cast_while_running(dtype: torch.dtype):
 
 
 def reference_decoder(dims: wm.ModelDimensions, state_dict: Mapping[str, np.ndarray],
-                      dtype: torch.dtype = torch.float64) -> wm.TextDecoder:
-    decoder = precise(wm.TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head,
-                                     dims.n_text_layer))
-    return load(decoder, state_dict, "decoder.", dtype)
+                      dtype: torch.dtype = torch.float64, per_part: bool = False) -> wm.TextDecoder:
+    """openai-whisper's TextDecoder holding `state_dict`'s decoder weights in `dtype`, built as
+    `reference_encoder` builds the encoder; with `per_part` each block holds its `dtype` copy only
+    while it runs (large-v3's float64 decoder is 7 GB), the token embedding stays float32 (a lookup
+    and whisper's own `.to(x.dtype)` in the logits: exact casts either way)."""
+    with torch.device("meta"):
+        module = precise(wm.TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head,
+                                        dims.n_text_layer))
+    own = {k[len("decoder."):]: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()
+           if k.startswith("decoder.")}
+    module.load_state_dict(own, strict=True, assign=True)
+    module.mask = torch.empty(dims.n_text_ctx, dims.n_text_ctx).fill_(-np.inf).triu_(1)  # a buffer, not loaded
+    if not per_part:
+        return module.to(dtype).eval()
+    module.positional_embedding.data = module.positional_embedding.data.to(dtype)
+    module.ln.to(dtype)
+    for block in module.blocks:
+        block.register_forward_pre_hook(_cast_while_running(dtype))
+    return module.eval()

@@ -92,6 +92,25 @@ def test_the_streamed_judgement_is_the_whole_trace_judgement(tiny_en_model, spee
         assert (failing[:1] == [bad]) if doctor else not failing, failing
 
 
+def test_per_part_float64_weights_give_the_whole_copys_trace(tiny_en_model, speech_dir):
+    """The float64 reference with its weights cast one block at a time (what a stream runs, so large-v3's
+    7 GB float64 decoder never exists whole) computes every activation bit for bit as the whole copy."""
+    from maxwhisper.audio import load_audio, log_mel
+    from maxwhisper.harness.inputs import teacher_tokens
+
+    dims, sd = tiny_en_model.dims, tiny_en_model.state_dict
+    mel = log_mel(load_audio(speech_dir / "jfk.flac"), dims.n_mels)[None]
+    whole = producers.torch_encoder(dims, sd, mel).arrays
+    streamed = {}
+    producers.torch_encoder(dims, sd, mel, sink=lambda layer, a: streamed.__setitem__(layer, a))
+    assert streamed.keys() == whole.keys() - {producers.ENCODER_OUTPUT}  # the production row is whole's alone
+    assert all(np.array_equal(streamed[k], whole[k]) for k in streamed)
+    tokens, features = teacher_tokens(dims, "And so my fellow Americans."), whole["encoder.ln_post"]
+    one = producers.torch_decoder(dims, sd, tokens, features).arrays
+    parts = producers.torch_decoder(dims, sd, tokens, features, per_part=True).arrays
+    assert parts.keys() == one.keys() and all(np.array_equal(parts[k], one[k]) for k in one)
+
+
 @pytest.mark.thorough
 def test_verify_base_with_random_weights_passes(capsys):
     """The whole verify at a size above tiny (base: 6 layers, 512 wide), streamed, every layer within

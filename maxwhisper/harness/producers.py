@@ -99,14 +99,15 @@ def _quantize(dtype: str, quantize: str | None) -> str | None:
 
 
 def torch_decoder(dims, state_dict, tokens: np.ndarray, features: np.ndarray, dtype: str = REFERENCE,
-                  device: str = "cpu", quantize: str | None = None) -> Trace:
+                  device: str = "cpu", quantize: str | None = None, per_part: bool = False) -> Trace:
     """openai-whisper's decoder over all of `tokens` at once (teacher forcing, no cache), every activation;
-    `quantize` as `torch_encoder`'s."""
+    `quantize` as `torch_encoder`'s; `per_part`: the float64 weights made one block at a time (a large model)."""
     from reference.capture import reference_decoder_trace
 
     if dtype == REFERENCE:
         q = _quantize(dtype, quantize)
-        return Trace(_torch_ran(dtype, device, q), reference_decoder_trace(dims, state_dict, tokens, features, quantize=q))
+        return Trace(_torch_ran(dtype, device, q),
+                     reference_decoder_trace(dims, state_dict, tokens, features, quantize=q, per_part=per_part))
     _quantize(dtype, quantize)
     arrays = reference_decoder_trace(dims, state_dict, tokens, features.astype(np.float32), dtype, torch_device(device))
     return Trace(_torch_ran(dtype, device), arrays)

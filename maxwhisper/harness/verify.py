@@ -180,7 +180,7 @@ def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE, stre
     text = found.first_text if len(windows) > 1 else text
     tokens = teacher_tokens(dims, text)
     decoder = [producers.max_decoder(model, tokens, features, PROMPT),
-               producers.torch_decoder(dims, sd, tokens, features, quantize=quantize),
+               producers.torch_decoder(dims, sd, tokens, features, quantize=quantize, per_part=stream),
                producers.torch_decoder(dims, sd, tokens, features, dtype, device)]
     order = (lambda: producers.order_decoder(dims, sd, tokens, features)) if ordered else None
     rows = producers.judge(*decoder, check, inputs, order=order if stream else order() if ordered else None)
