@@ -85,3 +85,28 @@ def test_max_last_moves_every_max_timing_after_the_others_keeping_each_order():
     impl = lambda i: i.split("-", 1)[1] if "-" in i else None
     assert max_last(items, impl) == ["peak-torch", "ln-torch", "enc-torch-lowp", "enc-ctranslate2", "compile",
                                      "peak-max", "ln-max", "enc-max-lowp", "enc-max"]
+
+
+def test_decoder_step_work_is_what_torch_counts():
+    """The true-size benchmark's GFLOP of one decoder step (the rate it reports) equals PyTorch's own
+    count of openai-whisper's decoder stepping once over a cache of 32 tokens."""
+    import numpy as np
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from whisper.model import disable_sdpa
+
+    from maxwhisper.bench.sizes import work_gflop
+    from maxwhisper.checkpoints import to_torch_model
+    from maxwhisper.harness.inputs import random_weights
+
+    dims = SIZES["tiny"]
+    model = to_torch_model(dims, random_weights(np.random.default_rng(0), dims, prefix=""))
+    xa = torch.zeros(2, dims.n_audio_ctx, dims.n_audio_state)
+    kv, hooks = model.install_kv_cache_hooks()
+    with torch.no_grad():
+        model.decoder(torch.zeros(2, 31, dtype=torch.long), xa, kv_cache=kv)
+        with FlopCounterMode(display=False) as counted, disable_sdpa():  # the counter skips CPU SDPA
+            model.decoder(torch.zeros(2, 1, dtype=torch.long), xa, kv_cache=kv)
+    for h in hooks:
+        h.remove()
+    assert counted.get_total_flops() / 1e9 == pytest.approx(work_gflop(dims, "step", 2), rel=1e-3)

@@ -38,6 +38,19 @@ def _median_ms(run, rounds: int) -> tuple[float, list[float], float]:
     return float(np.median(times)), times, first
 
 
+def work_gflop(dims, what: str, batch: int, cache: int = 32) -> float:
+    """The multiply-adds of one call, x2, in GFLOP: the encoder's (`registry.layer_flops`), or one
+    decoder step's Linears (cross-attention's keys and values are cached), its attention over `cache`
+    tokens and the audio frames, and the logits' product. What a rate (GFLOP/s) is read against: a
+    size whose rate is low is bound by something other than its products."""
+    from maxwhisper.harness.registry import layer_flops
+
+    if what == "encoder":
+        return layer_flops("encoder", dims, batch) / 1e9
+    d = dims.n_text_state
+    return batch * (dims.n_text_layer * (28 * d * d + 4 * (cache + dims.n_audio_ctx) * d) + 2 * d * dims.n_vocab) / 1e9
+
+
 def size_probe(impl: str, size: str, what: str = "encoder", batch: int = 1, rounds: int = 3,
                cache: int = 32) -> dict:
     """Median milliseconds of `size`'s encoder on `batch` random mels, or of one one-token decoder
@@ -83,6 +96,7 @@ def size_probe(impl: str, size: str, what: str = "encoder", batch: int = 1, roun
         median, first = float(np.median(times)), None
     mode = "MAX float32 (IEEE), cpu" if impl == "max" else f"openai-whisper PyTorch {torch.__version__} float32, IEEE, cpu"
     return dict(impl=impl, size=size, what=what, batch=batch, mode=mode, median_ms=median,
+                gflop=round(work_gflop(dims, what, batch, cache), 3),
                 times_ms=[round(t, 2) for t in times], first_ms=first and round(first, 1), threads=torch.get_num_threads())
 
 
@@ -148,6 +162,7 @@ def _ct2_probe(impl, size, dims, sd, what, batch, rounds, cache, rng) -> dict:
                 raise RuntimeError(f"CTranslate2 generated {n1} then {n2} tokens: no step to time")
             times.append(1e3 * (long - short) / (n2 - n1))
         median, first = float(np.median(times)), None
-    return dict(impl=impl, size=size, what=what, batch=batch, mode=f"CTranslate2 {ctranslate2.__version__} "
+    return dict(impl=impl, size=size, what=what, batch=batch, gflop=round(work_gflop(dims, what, batch, cache), 3),
+                mode=f"CTranslate2 {ctranslate2.__version__} "
                 f"compute_type={compute_type}, cpu", median_ms=median, times_ms=[round(t, 2) for t in times],
                 first_ms=first and round(first, 1), threads=os.cpu_count() or 1)
