@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from maxwhisper.harness import verify
-from maxwhisper.harness.seeks import encoded_windows
+from maxwhisper.harness.seeks import encoded_windows, first_window
 from maxwhisper.harness.speech import longform_audio, longform_groups
 from mutants import STALE_ENCODER
 
@@ -30,6 +30,15 @@ def test_verify_judges_every_window_openai_whisper_encodes(long_audio, tiny_en, 
     printed = verify.format_windows(result)
     assert printed.count("ok") == len(seeks) and "worst window:" in printed
     assert all(m >= 1 for m, _, _ in result.margins.values())
+
+
+def test_the_first_window_is_openai_whispers_without_transcribing(long_audio, tiny_en):
+    """`first_window` (verify with random weights, whose text is noise) is the mel openai-whisper's
+    transcribe encodes first, at seek 0, bit for bit."""
+    found, first = encoded_windows(*tiny_en, long_audio), first_window(tiny_en[0], long_audio)
+    assert first.seeks == [0] == found.seeks[:1]
+    assert first.windows[0][1].shape == found.windows[0][1].shape
+    assert (first.windows[0][1] == found.windows[0][1]).all()
 
 
 def test_verify_names_the_window_a_stale_encoder_breaks(long_audio, tiny_en_model):

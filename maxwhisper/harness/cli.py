@@ -45,7 +45,8 @@ def cmd_verify(args) -> int:
     models = {d: MaxWhisper(dims, state_dict, args.device, d, args.emulate, alignment_heads=heads) for d in dtypes}
     print(f"model: {args.model}{f' (seeded random weights, seed {verify.SEED}, at its true size)' if args.random_weights else ''}  audio: {source} ({len(audio) / 16000:.2f} s)  device: {args.device}\n"
           f"word-alignment heads: {len(heads) if heads else dims.n_text_head * (dims.n_text_layer - dims.n_text_layer // 2)}"
-          f" ({why})", flush=True)
+          f" ({why})" + ("\nwindows: seek 0 only (random weights: openai-whisper's seeks follow its text, "
+                         "here noise)" if args.random_weights else ""), flush=True)
     results = {}
 
     def write_json():  # after every dtype and again after the transcripts: a run cut short keeps its tables
@@ -54,7 +55,8 @@ def cmd_verify(args) -> int:
             Path(args.json).write_text(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}, indent=1) + "\n")
 
     for dtype, model in models.items():
-        result = results[dtype] = verify.run(model, audio, reference_text(source) or verify.DEFAULT_SENTENCE)
+        result = results[dtype] = verify.run(model, audio, reference_text(source) or verify.DEFAULT_SENTENCE,
+                                             seeks=not args.random_weights)
         print(f"\nMAX: {result.mode}\nyardstick: {result.yardstick}"
               + (f"\nsecond yardstick: {result.order}, where it errs more" if result.order else "")
               + "\nMAX/torch: MAX's error over the yardstick's, both against float64"

@@ -53,6 +53,15 @@ def encoded_windows(dims, state_dict, audio: np.ndarray) -> Found:
     return Found(windows, text)
 
 
+def first_window(dims, audio: np.ndarray) -> Found:
+    """The window openai-whisper's `transcribe` encodes first, at seek 0, without transcribing: where its
+    text (and so every later seek) is noise, as with random weights."""
+    from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
+
+    whole = log_mel_spectrogram(np.asarray(audio, np.float32), dims.n_mels, padding=N_SAMPLES).numpy()
+    return Found([(0, np.ascontiguousarray(whole[None, :, :N_FRAMES]))], "")
+
+
 def _place(whole: np.ndarray, window: np.ndarray, start: int) -> int:
     """The frame of `whole` at which `window` begins (its first LOOKAHEAD frames equal), from `start` on."""
     head = window[:, :LOOKAHEAD]

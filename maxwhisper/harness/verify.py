@@ -133,7 +133,8 @@ def _on_max_inputs(model: MaxWhisper, rows: list[Comparison], trace) -> list[Com
 STREAM_BYTES = 1 << 30  # a float64 encoder trace above this (small and up) is judged as it is computed
 
 
-def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE, stream: bool | None = None) -> Verification:
+def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE, stream: bool | None = None,
+        seeks: bool = True) -> Verification:
     """`maxwhisper verify` for one model (one precision). Encoder rows, for every window openai-whisper's
     `transcribe` encodes (`seeks.encoded_windows`): the MAX encoder traced and the reference, every
     layer compared; the row `encoder` is the production graph (no trace outputs), which users run.
@@ -150,8 +151,12 @@ def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE, stre
     float64 reference is judged as it is computed (`producers.judge_stream`), so a large model's trace
     need not fit in memory, and the sequential-order yardstick, whose cost grows with the model (~12 s
     a window for tiny.en, ~80x that for large-v3), is computed only once a row fails against PyTorch's
-    error alone: a unit it could only widen, so no verdict changes."""
-    from maxwhisper.harness.seeks import encoded_windows
+    error alone: a unit it could only widen, so no verdict changes.
+
+    `seeks=False` (random weights: openai-whisper's text, and so its seeks, are noise) judges only the
+    window at seek 0 (`seeks.first_window`), without openai-whisper's transcription of the audio: up to six
+    fallback decodes, each re-encoding, minutes at large-v3's size."""
+    from maxwhisper.harness.seeks import encoded_windows, first_window
 
     dims, sd, dtype, device = model.dims, model.state_dict, model.dtype, model.device
     check, inputs = check_of(dims, dtype, guard=True), input_of(dims)
@@ -160,7 +165,7 @@ def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE, stre
     if stream and quantize:
         raise ValueError(f"{dtype}: a quantized precision's rows are judged again on MAX's inputs, which a stream drops")
     ordered = dtype == "float32"
-    found = encoded_windows(dims, sd, audio)
+    found = encoded_windows(dims, sd, audio) if seeks else first_window(dims, audio)
     windows, features, modes = [], None, None
     for seek, mel in found.windows:
         actual, yardstick = producers.max_encoder(model, mel), producers.torch_encoder(dims, sd, mel, dtype, device)
