@@ -89,4 +89,5 @@ def test_bench_true_size(size, what, batch, impl, request, memory_record, benchm
                                 rounds=1, iterations=1)
     assert result["median_ms"] > 0
     memory_record(dict(kind=f"true-size-{what}", **result))
-    print(f"\n{size} {what} {impl} batch {batch}: {result['median_ms']:.1f} ms")
+    print(f"\n{size} {what} {impl} batch {batch}: {result['median_ms']:.1f} ms, "
+          f"{1e3 * result['gflop'] / result['median_ms']:.1f} GFLOP/s; {json.dumps(result)}")
