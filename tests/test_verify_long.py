@@ -18,9 +18,14 @@ def long_audio(speech_dir):
     return longform_audio(longform_groups(speech_dir)[GROUP], speech_dir)
 
 
-def test_verify_judges_every_window_openai_whisper_encodes(long_audio, tiny_en, tiny_en_model):
+@pytest.fixture(scope="module")
+def found(long_audio, tiny_en):
+    return encoded_windows(*tiny_en, long_audio)  # openai-whisper's transcribe of 66 s: ~30 s, so once
+
+
+def test_verify_judges_every_window_openai_whisper_encodes(long_audio, found, tiny_en_model):
     """The windows are openai-whisper's seeks (not 30 s slices); each is judged, and passes."""
-    seeks = encoded_windows(*tiny_en, long_audio).seeks
+    seeks = found.seeks
     assert len(seeks) >= 3 and any(s % 3000 for s in seeks), seeks  # its seeks follow the timestamps
     result = verify.run(tiny_en_model, long_audio)
     assert [w.seek for w in result.windows] == seeks
@@ -32,10 +37,10 @@ def test_verify_judges_every_window_openai_whisper_encodes(long_audio, tiny_en, 
     assert all(m >= 1 for m, _, _ in result.margins.values())
 
 
-def test_the_first_window_is_openai_whispers_without_transcribing(long_audio, tiny_en):
+def test_the_first_window_is_openai_whispers_without_transcribing(long_audio, found, tiny_en):
     """`first_window` (verify with random weights, whose text is noise) is the mel openai-whisper's
     transcribe encodes first, at seek 0, bit for bit."""
-    found, first = encoded_windows(*tiny_en, long_audio), first_window(tiny_en[0], long_audio)
+    first = first_window(tiny_en[0], long_audio)
     assert first.seeks == [0] == found.seeks[:1]
     assert first.windows[0][1].shape == found.windows[0][1].shape
     assert (first.windows[0][1] == found.windows[0][1]).all()
