@@ -18,13 +18,13 @@ IMPLS = ("max", "torch", "ct2-float32", "ct2-int8")
 WHAT = ("encoder", "step")
 
 
-LONG_S = 10  # a first call this long is the one timed: large-v3-turbo's encoder at batch 8 is minutes a call here
+LONG_S = 60  # a first call this long is the one timed: medium's and turbo's encoders at batch 8 (1-2 min a call here)
 
 
 def _median_ms(run, rounds: int) -> tuple[float, list[float], float]:
     """The median of `rounds` timed calls after an uncounted first call (it loads and warms); where the
-    first took over `LONG_S`, that call alone (a warm-up's milliseconds are noise beside it: the shorter
-    sizes report their first call beside the rest to show it). Also the first call's milliseconds."""
+    first took over `LONG_S`, that call alone (its warm-up excess, timed at batch 1 where both are, is a
+    few percent of such a call: benchmarks/README.md). Also the first call's milliseconds."""
     t0 = time.perf_counter()
     run()
     first = 1e3 * (time.perf_counter() - t0)
