@@ -21,8 +21,9 @@ from max.graph import DeviceRef, Graph, Module, TensorType
 from whisper.model import ModelDimensions
 
 from maxwhisper import layers
+from maxwhisper import int8
 from maxwhisper.precision import dtype_of, form, param_dtype
-from maxwhisper.quant import with_blocks
+from maxwhisper.quant import with_quantized
 from maxwhisper.seams import seam
 from maxwhisper.runtime import Compiled, device_buffer, device_ref, host_float32, host_raw, weight_lookup
 from maxwhisper.tf32 import products
@@ -57,7 +58,7 @@ def step_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], ref
     types += [TensorType(dtype, ["batch", dims.n_audio_ctx, d], ref)] * (2 * n)
     name = ("whisper_decoder_step" + ("_trace" if trace else "")
             + ("" if dtype == DType.float32 else f"_{dtype}") + suffix)
-    with Graph(name, input_types=types, module=module) as g:
+    with Graph(name, input_types=types, module=module, custom_extensions=int8.extensions(quantizes)) as g:
         xs = [v.tensor for v in g.inputs]
         pairs = lambda vs: [(vs[2 * i], vs[2 * i + 1]) for i in range(n)]  # noqa: E731
         rec: dict | None = {} if trace else None
@@ -86,7 +87,7 @@ def cross_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], re
     `dtype`, named by their trace ids."""
     t = TensorType(DType.float32, ["batch", dims.n_audio_ctx, dims.n_audio_state], ref)
     name = "whisper_decoder_cross_kv" + ("" if dtype == DType.float32 else f"_{dtype}") + suffix
-    with Graph(name, input_types=[t], module=module) as g:
+    with Graph(name, input_types=[t], module=module, custom_extensions=int8.extensions(quantizes)) as g:
         rec: dict = {}
         lookup = _weights(shapes, ref, dtype)
         xa = layers.cast(g.inputs[0].tensor, dtype)
@@ -145,7 +146,7 @@ class MaxDecoder:
             raise ValueError(f"no decoder graph {which!r}: step, trace or cross")
         if not self._compiled:
             q = self.form.quantizer
-            weights = with_blocks(self.weights, q) if q else self.weights
+            weights = with_quantized(self.weights, q)
             shapes = {k: v.shape for k, v in weights.items()}
             ref, dtype, how, suffix = device_ref(self.device), self._dtype, products(self.form), self.form.suffix
             module = Module()

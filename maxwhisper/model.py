@@ -13,10 +13,11 @@ from max.dtype import DType
 from whisper.model import ModelDimensions
 
 from maxwhisper import layers
+from maxwhisper import int8
 from maxwhisper.decoder import MaxDecoder
 from maxwhisper.layers import cast
 from maxwhisper.precision import dtype_of, form, param_dtype
-from maxwhisper.quant import with_blocks
+from maxwhisper.quant import with_quantized
 from maxwhisper.seams import seam
 from maxwhisper.runtime import Compiled, device_ref, weight_lookup
 from maxwhisper.tf32 import products
@@ -58,7 +59,7 @@ def encoder_graph(dims: ModelDimensions, shapes: Mapping[str, tuple[int, ...]], 
     a matmul (`tf32.products`), `quantizes` which weights it multiplies as Q4_0 blocks (`precision.Form`).
     `module`: a `Module` compiled as one unit with other graphs.
     """
-    with Graph(name, input_types=[mel_type(dims, ref)], module=module) as g:
+    with Graph(name, input_types=[mel_type(dims, ref)], module=module, custom_extensions=int8.extensions(quantizes)) as g:
         rec: dict | None = {} if trace else None
         lookup = weight_lookup({}, shapes, ref, lambda key: param_dtype(key, dtype))
         out = emit_encoder(cast(g.inputs[0].tensor, dtype), lookup, dims, rec, product, quantizes)
@@ -115,7 +116,7 @@ class MaxWhisper:
         whichever is asked for first compiles both (their shared kernels once; docs/architecture.md)."""
         if trace not in self._compiled:
             weights = {k: v for k, v in self.state_dict.items() if k.startswith("encoder.")}
-            weights = with_blocks(weights, self.form.quantizer) if self.form.quantized else weights
+            weights = with_quantized(weights, self.form.quantizer)
             shapes = {k: v.shape for k, v in weights.items()}
             module = Module()
             # Weights are stored in the dtype they are used in (bfloat16 data enters as a view of its

@@ -79,6 +79,14 @@ PRECISIONS = {r.name: r for r in [
         families={"quantized_records": True},  # and test_cli's verify on jfk.flac, on MAX's inputs too
         why="every Linear and the logits as GGUF Q4_0 weights times int8 activations (MAX's qmatmul), float32 otherwise",
         quantized=("*",)),
+    # CPU only: a Mojo kernel (kernels/int8) multiplies the int8 codes exactly in int32, AVX-512 VNNI or
+    # AVX2 by the CPU's flags (`maxwhisper.int8.path`). Judged as q4_0 is: float64 of the same codes'
+    # product is the reference, PyTorch float32 of it the yardstick, and each product again on MAX's input.
+    Row("int8", "float32", 2.0**-23, False, {"cpu": "int8"}, "int8 operands",
+        families={"quantized_records": True},
+        why="every Linear and the logits as int8 weights (per output channel) times int8 activations (per row), "
+            "summed exactly in int32 (a Mojo kernel), float32 otherwise",
+        quantized=("*",)),
     # No mix of quantized and float32 layers: the harness's search (`python -m maxwhisper.harness.choose`)
     # kept no group, every one changing 3.0-6.4% of float32's words against bfloat16's 1.78%
     # (benchmarks/q4_0_search.json, docs/precision.md).
@@ -116,8 +124,19 @@ class Form:
 
     @property
     def quantizer(self):
-        """`quantizes`, or None for a form without quantized products (what graph builders take)."""
-        return self.quantizes if self.quantized else None
+        """A `Quantizer`, or None for a form without quantized products (what graph builders take)."""
+        return Quantizer(self.products, self.quantized) if self.quantized else None
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    """Which weights (state-dict keys matching `patterns`) a graph multiplies in `scheme` (q4_0 | int8)."""
+
+    scheme: str
+    patterns: tuple[str, ...]
+
+    def __call__(self, key: str) -> bool:
+        return any(fnmatch.fnmatchcase(key, p) for p in self.patterns)
 
 
 def form(name: str, device: str = "cpu", emulate: str | None = None) -> Form:
@@ -128,7 +147,7 @@ def form(name: str, device: str = "cpu", emulate: str | None = None) -> Form:
         raise ValueError(f"emulate {emulate!r}: expected 'gpu' (a GPU's numerics on this device) or nothing")
     target = emulate or kind
     if target not in r.products or kind not in r.products:
-        raise ValueError(f"dtype {name!r} runs on the CPU only (MAX's quantized matmul kernels are CPU kernels), "
+        raise ValueError(f"dtype {name!r} runs on the CPU only (its quantized product's kernels are CPU kernels), "
                          f"not on {device!r}" + (f" nor emulating {emulate!r}" if emulate else ""))
     products = r.products[target]
     # On a GPU the hardware truncates tf32's operands; everywhere else the graph must do it, and the
@@ -155,12 +174,23 @@ _FLOAT32_PARAMS = ("_ln.weight", "_ln.bias", "ln_post.weight", "ln_post.bias", "
                    "positional_embedding", "token_embedding.weight")
 
 
+def quantized_dtype(key: str):
+    """The MAX dtype of a quantized weight's own parameter (Q4_0 blocks, int8 codes, sums, scales), else None."""
+    from max.dtype import DType
+
+    from maxwhisper.int8 import CODES, SCALES, SUMS
+
+    kinds = {QUANT_KEY: DType.uint8, CODES: DType.int8, SUMS: DType.int32, SCALES: DType.float32}
+    return next((v for k, v in kinds.items() if key.endswith(k)), None)
+
+
 def param_dtype(key: str, dtype):
     """The MAX dtype a parameter (by state-dict key) is stored and used in, in a graph of `dtype`."""
     from max.dtype import DType
 
-    if key.endswith(QUANT_KEY):
-        return DType.uint8
+    kind = quantized_dtype(key)
+    if kind is not None:
+        return kind
     return DType.float32 if key.endswith(_FLOAT32_PARAMS) else dtype
 
 
@@ -169,6 +199,8 @@ _PRODUCTS = {
     "tf32": "every Linear and conv matmul on operands truncated to TF32 (10 mantissa bits), float32 otherwise",
     "3xtf32": "every Linear and conv matmul as three TF32 products (3xTF32: a_hi b_hi + a_hi b_lo + a_lo b_hi)",
     "q4_0": "GGUF Q4_0 weights times int8 activations in blocks of 32 (MAX's CPU qmatmul) for the Linears",
+    "int8": "int8 weights per output channel times int8 activations per row, summed exactly in int32 "
+            "(the maxwhisper_int8_matmul Mojo kernel, {path} path), for the Linears",
 }
 
 
@@ -184,6 +216,10 @@ def mode(name: str, device: str = "cpu", emulate: str | None = None) -> str:
                      "core's softmax weights truncated if its products do (not yet probed)")
         return text + f"; {where})"
     how = _PRODUCTS[f.products]
+    if f.products == "int8":
+        from maxwhisper.int8 import path
+
+        how = how.format(path=path())
     if f.quantized:
         what = "all" if f.quantized == ("*",) else ", ".join(f.quantized)
         logits = " (the logits' tied embedding included)" if f.quantizes("decoder.token_embedding.weight") else ""

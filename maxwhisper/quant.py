@@ -115,3 +115,14 @@ def with_blocks(weights, quantizes) -> dict:
             b = q4_0_blocks(v)
             out[k + QUANT_KEY] = np.pad(b, [(0, padded_rows(len(b)) - len(b)), (0, 0)])
     return out
+
+
+def with_quantized(weights, quantizer) -> dict:
+    """`weights` plus the packed weights `quantizer` (`precision.Quantizer`) asks for: Q4_0 blocks or int8 codes."""
+    if quantizer is None:
+        return dict(weights)
+    if quantizer.scheme == "int8":
+        from maxwhisper.int8 import with_codes
+
+        return with_codes(weights, quantizer)
+    return with_blocks(weights, quantizer)

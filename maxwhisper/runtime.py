@@ -20,9 +20,10 @@ from max import driver, engine
 from max.dtype import DType
 from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, Weight
 
+from maxwhisper import int8
 from maxwhisper.device import parse_device
 from maxwhisper.layers import Scope, cast
-from maxwhisper.precision import QUANT_KEY
+from maxwhisper.precision import quantized_dtype
 
 
 @functools.cache
@@ -52,9 +53,11 @@ def weight_data(a: np.ndarray, dtype: DType):
     torch's `.to(dtype)` rounds. numpy has no bfloat16: its bits go in as uint16, viewed by MAX."""
     if dtype == DType.float32:
         return a
-    if dtype == DType.uint8:  # GGUF blocks (`maxwhisper.quant`), already packed
-        if np.asarray(a).dtype != np.uint8:
-            raise ValueError(f"weights in uint8 are GGUF blocks: expected a uint8 array, got {np.asarray(a).dtype}")
+    packed = {DType.uint8: np.uint8, DType.int8: np.int8, DType.int32: np.int32}  # GGUF blocks, int8 codes and sums
+    if dtype in packed:  # already packed (`maxwhisper.quant`, `maxwhisper.int8`)
+        if np.asarray(a).dtype != packed[dtype]:
+            raise ValueError(f"weights in {dtype} are packed quantized weights: expected a {np.dtype(packed[dtype])} "
+                             f"array, got {np.asarray(a).dtype}")
         return np.ascontiguousarray(a)
     if dtype == DType.float16:
         return np.ascontiguousarray(a, np.float16)
@@ -62,7 +65,7 @@ def weight_data(a: np.ndarray, dtype: DType):
         u = np.ascontiguousarray(a, np.float32).view(np.uint32)
         bits = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)  # finite weights only
         return driver.Buffer.from_numpy(bits).view(DType.bfloat16)
-    raise ValueError(f"weights in {dtype}: expected float32, bfloat16, float16 or uint8 (GGUF blocks)")
+    raise ValueError(f"weights in {dtype}: expected float32, bfloat16, float16, or uint8/int8/int32 (quantized)")
 
 
 def host_float32(buffer: driver.Buffer) -> np.ndarray:
@@ -118,7 +121,7 @@ def log_use(graph_name: str, key: str) -> None:
 
 
 def _registry(weights: Mapping[str, np.ndarray] | None, kinds: Mapping[str, DType] | None) -> dict:
-    default = lambda k: DType.uint8 if k.endswith(QUANT_KEY) else DType.float32  # noqa: E731  (GGUF blocks: uint8)
+    default = lambda k: quantized_dtype(k) or DType.float32  # noqa: E731
     return {k: weight_data(v, (kinds or {}).get(k, default(k))) for k, v in (weights or {}).items()}
 
 
@@ -210,17 +213,17 @@ def functional_graph(name: str, fn: Callable[[dict[str, TensorValue], Scope], Te
     graph is round-to-nearest-even, as torch's `.to(dtype)`. `input_dtypes` names inputs of another
     type, which enter as they are (token ids are int64 in every precision). `product` is the
     precision's form of a matmul (`tf32.products`; a plain matmul by default), `quantizes` which weights
-    it multiplies as Q4_0 blocks, which are parameters of their own (uint8, `precision.QUANT_KEY`).
+    it multiplies quantized, whose packed weights are parameters of their own (`precision.quantized_dtype`).
     """
     f32, kinds = DType.float32, dict(input_dtypes or {})
     types = [TensorType(kinds.get(n, f32), list(shape), ref) for n, shape in inputs.items()]
     if not bind:
-        types += [TensorType(DType.uint8 if k.endswith(QUANT_KEY) else f32, list(shape), ref)
+        types += [TensorType(quantized_dtype(k) or f32, list(shape), ref)
                   for k, shape in params.items()]
-    with Graph(name, input_types=types) as g:
+    with Graph(name, input_types=types, custom_extensions=int8.extensions(quantizes)) as g:
         xs = {k: v.tensor if k in kinds else cast(v.tensor, dtype) for k, v in zip(inputs, g.inputs[:len(inputs)])}
         if bind:
-            lookup = weight_lookup({}, params, ref, lambda k: DType.uint8 if k.endswith(QUANT_KEY) else f32)
+            lookup = weight_lookup({}, params, ref, lambda k: quantized_dtype(k) or f32)
         else:
             lookup = dict(zip(params, (v.tensor for v in g.inputs[len(inputs):]))).__getitem__
         out = fn(xs, Scope(lookup, product=product, quantizes=quantizes))

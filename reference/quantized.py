@@ -47,20 +47,72 @@ class Q4_0Products(TorchFunctionMode):
     """Within the mode, the selected weights' products of `module` are Q4_0's: F.linear (every Linear)
     and the logits' matmul through the transposed token embedding. `calls` counts them."""
 
+    eligible = staticmethod(eligible)
+
     def __init__(self, module: nn.Module, quantizes: Callable[[str], bool], prefix: str = ""):
         super().__init__()
         self.calls, self.weights = 0, {}
         for name, p in module.named_parameters():
-            if eligible(name, p.shape) and quantizes(prefix + name):
-                self.weights[id(p)] = torch.from_numpy(dequantized(p.detach().cpu().float().numpy())).to(p.device, p.dtype)
+            if self.eligible(name, p.shape) and quantizes(prefix + name):
+                self.weights[id(p)] = torch.from_numpy(self.dequantize(p.detach().cpu().float().numpy())).to(p.device)
+
+    @staticmethod
+    def dequantize(w: np.ndarray) -> np.ndarray:
+        return dequantized(w)
+
+    @staticmethod
+    def activations(a: torch.Tensor) -> torch.Tensor:
+        return q8(a)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear and id(args[1]) in self.weights:
             self.calls += 1
-            return func(q8(args[0]), self.weights[id(args[1])].to(args[0].dtype), *args[2:], **kwargs)
+            return func(self.activations(args[0]), self.weights[id(args[1])].to(args[0].dtype), *args[2:], **kwargs)
         if func in _MATMULS and getattr(args[1], "_base", None) is not None and id(args[1]._base) in self.weights:
             self.calls += 1  # x @ E.T, E a selected weight: whisper's logits
             w = self.weights[id(args[1]._base)].to(args[0].dtype)
-            return func(q8(args[0]), w.T, *args[2:], **kwargs)
+            return func(self.activations(args[0]), w.T, *args[2:], **kwargs)
         return func(*args, **kwargs)
+
+
+def int8_rows(a: torch.Tensor) -> torch.Tensor:
+    """`a` (..., K) as MAX's int8 product quantizes it (`maxwhisper.int8.quantize`), dequantized in `a`'s
+    dtype: per row, codes round-half-even(x * (127 / max|x|)) within +-127 and scale max|x| / 127, both in
+    float32 from float32 x; in float64 codes times scale is exact."""
+    x = a.float()
+    top = x.abs().amax(-1, keepdim=True)
+    mult = torch.where(top != 0, torch.full_like(top, 127) / top, torch.zeros_like(top))  # a true division
+    codes = torch.clamp(torch.round(x * mult), -127, 127)
+    return codes.to(a.dtype) * (top / 127).to(a.dtype)
+
+
+def int8_dequantized(w: np.ndarray) -> np.ndarray:
+    """float64 weights (N, K) as their int8 codes and scales stand for them (exact in float64, not float32)."""
+    from maxwhisper.int8 import quantize
+
+    codes, scale = quantize(np.asarray(w, np.float32))
+    return codes.astype(np.float64) * scale.astype(np.float64)[:, None]
+
+
+class Int8Products(Q4_0Products):
+    """As Q4_0Products, with int8's codes: weights per output channel, activations per row."""
+
+    @staticmethod
+    def eligible(key, shape) -> bool:
+        from maxwhisper.int8 import eligible as int8_eligible
+
+        return int8_eligible(key, shape)
+
+    @staticmethod
+    def dequantize(w: np.ndarray) -> np.ndarray:
+        return int8_dequantized(w)
+
+    @staticmethod
+    def activations(a: torch.Tensor) -> torch.Tensor:
+        return int8_rows(a)
+
+
+def products(scheme: str):
+    """The mode class of a quantized scheme (`precision.Quantizer.scheme`)."""
+    return {"q4_0": Q4_0Products, "int8": Int8Products}[scheme]

@@ -82,11 +82,12 @@ def quantized(precision: str | None, module, prefix: str = ""):
 
     if precision is None or not row(precision).quantized:
         return contextlib.nullcontext()
-    from reference.quantized import Q4_0Products
+    from reference.quantized import products
 
     if module is None:
         raise ValueError(f"{precision}'s quantized products need the module they quantize")
-    return Q4_0Products(module, form(precision).quantizes, prefix)
+    f = form(precision)
+    return products(f.products)(module, f.quantizes, prefix)
 
 
 def torch_dtype(precision: str) -> torch.dtype:
@@ -104,7 +105,8 @@ def describe(precision: str, device: str = "cpu") -> str:
     if row(precision).yardstick == "tf32 operands":
         text += ", Linear/conv/logits operands truncated to TF32"
     if row(precision).quantized:
-        text += ", Q4_0 weights times int8 activations (reference.quantized) in the quantized products"
+        what = {"q4_0": "Q4_0 weights times int8 activations", "int8": "int8 weights times int8 activations per row"}
+        text += f", {what[row(precision).products['cpu']]} (reference.quantized) in the quantized products"
     return text
 
 

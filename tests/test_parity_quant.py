@@ -91,7 +91,7 @@ def test_mutant_scale_one_ulp_off_is_caught(monkeypatch, record_parity):
     rounded by another rule, or read from a neighbouring byte order, does): MAX's linear record fails."""
     from maxwhisper.harness import runners
 
-    real = runners.with_blocks
+    real = runners.with_quantized
 
     def bugged(values, quantizes):
         out = real(values, quantizes)
@@ -99,7 +99,7 @@ def test_mutant_scale_one_ulp_off_is_caught(monkeypatch, record_parity):
         return out
 
     spec, x, params = _case("linear", 2, 2, 16)
-    monkeypatch.setattr(runners, "with_blocks", bugged)
+    monkeypatch.setattr(runners, "with_quantized", bugged)
     actual = P.max_layer(spec, TINY_EN, x, params, "q4_0")
     monkeypatch.undo()
     c = _judge("mutant linear: a scale one ulp off", spec, x, params, actual)
@@ -167,17 +167,18 @@ def test_model_mutant_scale_fails_on_maxs_input_at_its_layer(tiny_en, jfk_mel, m
     from maxwhisper.harness.registry import check_of
 
     key = "encoder.blocks.1.mlp.0.weight.q4_0"
-    real = M.with_blocks
+    real = M.with_quantized
 
     def bugged(weights, quantizes):
         out = real(weights, quantizes)
         out[key] = np.stack([_bumped(out[key], row)[row] for row in range(len(out[key]))])  # block 3 of every channel
         return out
 
-    monkeypatch.setattr(M, "with_blocks", bugged)
+    monkeypatch.setattr(M, "with_quantized", bugged)
     m = M.MaxWhisper(*tiny_en, dtype="q4_0")
     trace = P.max_encoder(m, jfk_mel, production=False).arrays
-    rows = quantized.judge_on_max_inputs(trace, m.dims, m.state_dict, m.form, check_of(m.dims, "q4_0"))
+    rows = {k: v for k, (v,) in quantized.judge_on_max_inputs(trace, m.dims, m.state_dict, m.form,
+                                                             check_of(m.dims, "q4_0")).items()}
     assert len(rows) == 4 * 5  # q, k, v, mlp.0, mlp.2 of 4 blocks (the attention's out-projection has no traced input)
     bad = [layer for layer, c in rows.items() if not c.passed]
     assert bad == ["encoder.blocks.1.mlp.0"], {k: c.report() for k, c in rows.items() if k in bad or k.endswith("1.mlp.0")}

@@ -17,11 +17,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from maxwhisper.harness.compare import Check, Comparison, compare
+from maxwhisper.harness.compare import Check, Comparison, Tolerance, compare
 from maxwhisper.layers import decoder_trace, encoder_trace
 from maxwhisper.precision import Form
 
 SUFFIX = " (on MAX's input)"
+EXACT = " (bit for bit, on MAX's input)"
+EXACTLY = Tolerance(0.0, 0.0)  # int8's check: MAX's output equals `int8.linear_np` of its input
 
 
 def _weight(trace_id: str) -> str:
@@ -40,46 +42,52 @@ def products(dims, state_dict: Mapping[str, np.ndarray], form: Form) -> dict[str
     return out
 
 
-def _product(x: np.ndarray, wq: np.ndarray, bias: np.ndarray | None, dtype) -> np.ndarray:
-    """q8(x) @ wq.T + bias in torch `dtype`: `wq` the dequantized Q4_0 weights (`reference.quantized`)."""
+def _product(x: np.ndarray, wq: np.ndarray, bias: np.ndarray | None, dtype, scheme: str = "q4_0") -> np.ndarray:
+    """q(x) @ wq.T + bias in torch `dtype`: `wq` the dequantized weights, q the scheme's activation
+    quantizer (`reference.quantized`)."""
     import torch
 
-    from reference.quantized import q8
+    from reference.quantized import products
     from reference.yardstick import ieee
 
     ieee()
-    y = q8(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(dtype)) @ torch.from_numpy(wq).to(dtype).T
+    q = products(scheme).activations
+    y = q(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(dtype)) @ torch.from_numpy(wq).to(dtype).T
     if bias is not None:
         y = y + torch.from_numpy(np.asarray(bias, np.float32)).to(dtype)
     return y.numpy()
 
 
 def judge_on_max_inputs(trace: Mapping[str, np.ndarray], dims, state_dict: Mapping[str, np.ndarray], form: Form,
-                        check_of) -> dict[str, Comparison]:
+                        check_of) -> dict[str, list[Comparison]]:
     """Output id -> its quantized product re-run on MAX's traced input: MAX's traced output against
-    float64 of the same quantized arithmetic, in units of PyTorch float32's (`check_of(id)`'s rule)."""
+    float64 of the same quantized arithmetic, in units of PyTorch float32's (`check_of(id)`'s rule); in
+    int8 also against MAX's arithmetic done in numpy, which it must equal bit for bit."""
     import torch
 
-    from reference.quantized import dequantized
+    from reference.quantized import products as modes
 
-    out = {}
+    scheme, out = form.products, {}
     for layer, source in products(dims, state_dict, form).items():
         if layer not in trace or source not in trace:
             continue
-        wq, b = dequantized(state_dict[_weight(layer)]), state_dict.get(layer + ".bias")
-        x = trace[source]
-        reference = _product(x, wq, b, torch.float64)
-        yardstick = _product(x, wq, b, torch.float32)
+        w, b = state_dict[_weight(layer)], state_dict.get(layer + ".bias")
+        wq, x = modes(scheme).dequantize(w), trace[source]
+        reference = _product(x, wq, b, torch.float64, scheme)
+        yardstick = _product(x, wq, b, torch.float32, scheme)
         c: Check = check_of(layer)
-        out[layer] = compare(layer + SUFFIX, trace[layer], reference, Check(c.rule, None, c.dtype), yardstick)
+        out[layer] = [compare(layer + SUFFIX, trace[layer], reference, Check(c.rule, None, c.dtype), yardstick)]
+        if scheme == "int8":  # MAX's arithmetic is defined to the bit (`maxwhisper.int8`): equal, or a bug
+            from maxwhisper.int8 import linear_np
+
+            out[layer].append(compare(layer + EXACT, trace[layer], linear_np(x, w, b), Check(None, EXACTLY, c.dtype)))
     return out
 
 
-def interleave(rows: list[Comparison], extra: Mapping[str, Comparison]) -> list[Comparison]:
+def interleave(rows: list[Comparison], extra: Mapping[str, list[Comparison]]) -> list[Comparison]:
     """`rows` with each extra comparison right after the chained row of the same id."""
     out = []
     for c in rows:
         out.append(c)
-        if c.layer in extra:
-            out.append(extra[c.layer])
+        out += extra.get(c.layer, [])
     return out

@@ -19,8 +19,8 @@ from whisper.model import ModelDimensions
 from maxwhisper.device import parse_device
 from maxwhisper.harness.registry import QUANTIZED_SPECS, SPECS, LayerSpec
 from maxwhisper.layers import Scope
-from maxwhisper.precision import QUANT_KEY, Form, dtype_of, form, row
-from maxwhisper.quant import BLOCK, BLOCK_BYTES, eligible, padded_rows, with_blocks
+from maxwhisper.precision import QUANT_KEY, Form, dtype_of, form, quantized_dtype, row
+from maxwhisper.quant import BLOCK, BLOCK_BYTES, eligible, padded_rows, with_quantized
 from maxwhisper.runtime import Compiled, device_ref, functional_graph
 from maxwhisper.tf32 import products
 from reference import modules as ref
@@ -49,6 +49,11 @@ def param_shapes(spec: LayerSpec, dims: ModelDimensions, f: Form) -> dict[str, t
     shapes = spec.param_shapes(dims)
     if not f.quantized:
         return shapes
+    if f.products == "int8":
+        from maxwhisper import int8
+
+        return {**shapes, **{q: v for k, s in shapes.items() if int8.eligible(k, s) and f.quantizes(k)
+                             for q, v in int8.param_shapes(k, s).items()}}
     blocks = {k + QUANT_KEY: (padded_rows(s[0]), s[1] // BLOCK * BLOCK_BYTES) for k, s in shapes.items()
               if eligible(k, s) and f.quantizes(k)}
     return {**shapes, **blocks}
@@ -57,7 +62,7 @@ def param_shapes(spec: LayerSpec, dims: ModelDimensions, f: Form) -> dict[str, t
 def param_values(spec: LayerSpec, dims: ModelDimensions, f: Form, params: Mapping[str, np.ndarray]) -> dict:
     """`params` in `param_shapes` order, with the Q4_0 blocks a quantized form needs made from them."""
     values = {k: np.asarray(params[k]) for k in spec.param_shapes(dims)}
-    return with_blocks(values, f.quantizes) if f.quantized else values
+    return with_quantized(values, f.quantizer)
 
 
 _COMPILED: dict[tuple, tuple[LayerSpec, Compiled]] = {}
@@ -107,7 +112,7 @@ class Records:
         self.compiled = Compiled(graph, device)
         # the graph takes every record's inputs first, then every record's parameters
         self.keys = [*inputs, *params]
-        zero = lambda k: np.int64 if kinds.get(k) == DType.int64 else np.uint8 if k.endswith(QUANT_KEY) else np.float32  # noqa: E731
+        zero = lambda k: np.int64 if kinds.get(k) == DType.int64 else (quantized_dtype(k) or DType.float32).to_numpy()  # noqa: E731
         self.zeros = {k: self.compiled.to_device(np.zeros([1 if isinstance(d, str) else d for d in shape], zero(k)))
                       for k, shape in [*inputs.items(), *params.items()]}
 
