@@ -25,7 +25,7 @@ from maxwhisper import int8
 from maxwhisper.precision import dtype_of, form, param_dtype
 from maxwhisper.quant import with_quantized
 from maxwhisper.seams import seam
-from maxwhisper.runtime import Compiled, device_buffer, device_ref, host_float32, host_raw, weight_lookup
+from maxwhisper.runtime import Compiled, device_buffer, device_ref, host_float32, host_raw, unit, weight_lookup
 from maxwhisper.tf32 import products
 
 
@@ -149,7 +149,7 @@ class MaxDecoder:
             weights = with_quantized(self.weights, q)
             shapes = {k: v.shape for k, v in weights.items()}
             ref, dtype, how, suffix = device_ref(self.device), self._dtype, products(self.form), self.form.suffix
-            module = Module()
+            module = unit(q)
             graphs = [step_graph(self.dims, shapes, ref, False, dtype, how, suffix, module, q),
                       step_graph(self.dims, shapes, ref, True, dtype, how, suffix, module, q),
                       cross_graph(self.dims, shapes, ref, dtype, how, suffix, module, q)]

@@ -19,7 +19,7 @@ from maxwhisper.layers import cast
 from maxwhisper.precision import dtype_of, form, param_dtype
 from maxwhisper.quant import with_quantized
 from maxwhisper.seams import seam
-from maxwhisper.runtime import Compiled, device_ref, weight_lookup
+from maxwhisper.runtime import Compiled, device_ref, unit, weight_lookup
 from maxwhisper.tf32 import products
 from maxwhisper.checkpoints import alignment_heads as weights_heads, check_heads, load_weights
 
@@ -118,7 +118,7 @@ class MaxWhisper:
             weights = {k: v for k, v in self.state_dict.items() if k.startswith("encoder.")}
             weights = with_quantized(weights, self.form.quantizer)
             shapes = {k: v.shape for k, v in weights.items()}
-            module = Module()
+            module = unit(self.form.quantizer)
             # Weights are stored in the dtype they are used in (bfloat16 data enters as a view of its
             # bits): half the memory of float32 and no cast per call; one compile per dtype either way.
             graphs = [encoder_graph(self.dims, shapes, device_ref(self.device), t,

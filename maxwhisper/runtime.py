@@ -125,6 +125,12 @@ def _registry(weights: Mapping[str, np.ndarray] | None, kinds: Mapping[str, DTyp
     return {k: weight_data(v, (kinds or {}).get(k, default(k))) for k, v in (weights or {}).items()}
 
 
+def unit(quantizer) -> Module | None:
+    """The compile unit for a set of graphs: one `Module`, or None (each alone) for int8's, whose custom op
+    MAX 26.7 does not compile inside a Module ("'mo.custom' op currently not supported")."""
+    return None if getattr(quantizer, "scheme", None) == "int8" else Module()
+
+
 class Compiled:
     """A loaded MAX model called with numpy arrays and returning numpy arrays.
 
@@ -139,11 +145,13 @@ class Compiled:
         self._bind(model, graph, output_names, device, time.perf_counter() - t0)
 
     @classmethod
-    def together(cls, graphs: Sequence[tuple[Graph, Sequence[str]]], module: Module, device: str,
+    def together(cls, graphs: Sequence[tuple[Graph, Sequence[str]]], module: Module | None, device: str,
                  weights: Mapping[str, np.ndarray], weight_dtypes: Mapping[str, DType] | None = None) -> list[Compiled]:
         """Graphs built into one `Module` (each with its output names), compiled as one unit: MAX
         compiles the kernels they share once (the saving, measured: docs/architecture.md) and caches
-        the unit as one entry."""
+        the unit as one entry. `module` None (`unit`): each graph compiled on its own."""
+        if module is None:
+            return [cls(g, device, weights, names, weight_dtypes) for g, names in graphs]
         session = _session(parse_device(device).name)[0]
         t0 = time.perf_counter()
         models = session.load_all(module, weights_registry=_registry(weights, weight_dtypes))
