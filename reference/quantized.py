@@ -14,7 +14,6 @@ quantized product only the record's own input).
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable
 
 import numpy as np
@@ -96,32 +95,8 @@ def int8_dequantized(w: np.ndarray) -> np.ndarray:
     return codes.astype(np.float64) * scale.astype(np.float64)[:, None]
 
 
-# weight key -> the float32 input MAX's traced model gave that product: while set (`harness.quantized.
-# max_codes`), an int8 product quantizes that input instead of its own, so the reference and the yardstick
-# multiply MAX's codes (a code one ulp of input from its boundary flips on either side of it otherwise)
-MAX_INPUTS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("MAX_INPUTS", default=None)
-
-
 class Int8Products(Q4_0Products):
-    """As Q4_0Products, with int8's codes: weights per output channel, activations per row; within
-    `MAX_INPUTS`, the codes of MAX's input to each product it names (`forced` counts them)."""
-
-    def __init__(self, module: nn.Module, quantizes: Callable[[str], bool], prefix: str = ""):
-        super().__init__(module, quantizes, prefix)
-        self.names = {id(p): prefix + name for name, p in module.named_parameters() if id(p) in self.weights}
-        self.forced = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        given = MAX_INPUTS.get()
-        if given and len(args) > 1:
-            w = args[1] if func is F.linear else getattr(args[1], "_base", None) if func in _MATMULS else None
-            x = given.get(self.names.get(id(w)))
-            if x is not None:
-                if tuple(x.shape) != tuple(args[0].shape):
-                    raise ValueError(f"{self.names[id(w)]}: MAX's traced input is {x.shape}, this product's {tuple(args[0].shape)}")
-                self.forced += 1
-                args = (torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(args[0].device, args[0].dtype), *args[1:])
-        return super().__torch_function__(func, types, args, kwargs)
+    """As Q4_0Products, with int8's codes: weights per output channel, activations per row."""
 
     @staticmethod
     def eligible(key, shape) -> bool:

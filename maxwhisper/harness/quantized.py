@@ -91,28 +91,3 @@ def interleave(rows: list[Comparison], extra: Mapping[str, list[Comparison]]) ->
         out.append(c)
         out += extra.get(c.layer, [])
     return out
-
-
-def max_codes(dims, state_dict: Mapping[str, np.ndarray], form: Form, trace: Mapping[str, np.ndarray]):
-    """Within the block, the reference's and the yardstick's int8 products quantize MAX's traced input to
-    each (`reference.quantized.MAX_INPUTS`): chained, their codes are MAX's, so a row's error is arithmetic,
-    not a code one input ulp from its rounding boundary flipped on one side only (on jfk.flac tiny.en's
-    block 0 query had such flips in MAX and none in PyTorch: rms 200x). MAX's codes are its own
-    input's, judged at the row before, and its products are checked bit for bit (`judge_on_max_inputs`)."""
-    import contextlib
-
-    from reference.quantized import MAX_INPUTS
-
-    if form.products != "int8":
-        return contextlib.nullcontext()
-    given = {_weight(layer): trace[source] for layer, source in products(dims, state_dict, form).items()
-             if source in trace}
-
-    @contextlib.contextmanager
-    def scope():
-        token = MAX_INPUTS.set(given)
-        try:
-            yield given
-        finally:
-            MAX_INPUTS.reset(token)
-    return scope()

@@ -167,12 +167,8 @@ def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE, stre
     ordered = dtype == "float32"
     found = encoded_windows(dims, sd, audio) if seeks else first_window(dims, audio)
     windows, features, modes = [], None, None
-    from maxwhisper.harness.quantized import max_codes
-
     for seek, mel in found.windows:
-        actual = producers.max_encoder(model, mel)
-        with max_codes(dims, sd, model.form, actual.arrays):
-            yardstick = producers.torch_encoder(dims, sd, mel, dtype, device)
+        actual, yardstick = producers.max_encoder(model, mel), producers.torch_encoder(dims, sd, mel, dtype, device)
         modes = modes or (actual.ran.mode, yardstick.ran.mode)
         order = (lambda mel=mel: producers.order_encoder(dims, sd, mel)) if ordered else None
         if stream:
@@ -180,8 +176,7 @@ def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE, stre
                 actual, lambda sink, mel=mel: producers.torch_encoder(dims, sd, mel, sink=sink), yardstick, check,
                 inputs, order=order)
         else:
-            with max_codes(dims, sd, model.form, actual.arrays):
-                reference = producers.torch_encoder(dims, sd, mel, quantize=quantize)
+            reference = producers.torch_encoder(dims, sd, mel, quantize=quantize)
             rows, kept = producers.judge(actual, reference, yardstick, check, inputs,
                                          order=order() if ordered else None), reference.arrays
             rows = _on_max_inputs(model, rows, actual) if quantize else rows
@@ -189,10 +184,9 @@ def run(model: MaxWhisper, audio: np.ndarray, text: str = DEFAULT_SENTENCE, stre
         features = kept["encoder.ln_post"] if features is None else features
     text = found.first_text if len(windows) > 1 else text
     tokens = teacher_tokens(dims, text)
-    decoder = [producers.max_decoder(model, tokens, features, PROMPT)]
-    with max_codes(dims, sd, model.form, decoder[0].arrays):
-        decoder += [producers.torch_decoder(dims, sd, tokens, features, quantize=quantize, per_part=stream),
-                    producers.torch_decoder(dims, sd, tokens, features, dtype, device)]
+    decoder = [producers.max_decoder(model, tokens, features, PROMPT),
+               producers.torch_decoder(dims, sd, tokens, features, quantize=quantize, per_part=stream),
+               producers.torch_decoder(dims, sd, tokens, features, dtype, device)]
     order = (lambda: producers.order_decoder(dims, sd, tokens, features)) if ordered else None
     rows = producers.judge(*decoder, check, inputs, order=order if stream else order() if ordered else None)
     rows = _on_max_inputs(model, rows, decoder[0]) if quantize else rows
