@@ -164,3 +164,49 @@ def test_every_precision_is_in_the_dtype_help(command, capsys):
         main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--dtype" in text and all(name in text.split("--dtype", 1)[1] for name in PRECISIONS), text
+
+
+@pytest.mark.precision("int8")
+def test_verify_int8(speech_dir, tmp_path, capsys):
+    """int8 on jfk.flac: chained rows judged up to the first product, then shown only (a code flipped on
+    one side of its boundary is not arithmetic: `harness.quantized.unjudged_after_codes`); each of the 45
+    products with a traced input judged on MAX's own input by the rule and bit for bit; top-1 equal at every
+    step; the same words as openai-whisper float32."""
+    out = tmp_path / "v.json"
+    assert main(["verify", str(speech_dir / "jfk.flac"), "--dtype", "int8", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "summed exactly in int32 (the maxwhisper_int8_matmul Mojo kernel" in printed
+    assert "judged layers within tolerance (94 more shown, not judged)" in printed
+    report = json.loads(out.read_text())
+    rows = {r["layer"]: r for r in report["layers"]}
+    exact = [k for k in rows if k.endswith("(bit for bit, on MAX's input)")]
+    assert len(exact) == 45 and all(rows[k]["max_abs"] == 0 for k in exact)
+    assert rows["encoder.blocks.0.attn_ln"]["status"] == "ok" and report["passed"]
+    assert report["decoder"]["top1_equal"] == 28 and report["transcripts"]["wer_max_vs_torch"] == 0.0
+
+
+@pytest.mark.precision("int8")
+def test_verify_int8_names_a_scale_one_ulp_off(speech_dir, monkeypatch):
+    """One product's weight scales one float32 ulp large (`encoder.blocks.1.mlp.0`): its bit-for-bit row,
+    and no other row, fails; the rule on MAX's input cannot see it (a 2^-23 relative change)."""
+    import numpy as np
+
+    from maxwhisper import int8
+    from maxwhisper import model as M
+    from maxwhisper.harness import verify
+
+    real = M.with_quantized
+
+    def bugged(weights, quantizer):
+        out = real(weights, quantizer)
+        key = "encoder.blocks.1.mlp.0.weight" + int8.SCALES
+        if key in out:
+            out[key] = np.nextafter(out[key], np.float32(np.inf))
+        return out
+
+    monkeypatch.setattr(M, "with_quantized", bugged)
+    m = M.load_model(dtype="int8")
+    _, audio = verify.default_audio(str(speech_dir / "jfk.flac"))
+    result = verify.run(m, audio)
+    bad = [c.layer for c in result.comparisons_all if not c.passed]
+    assert bad == ["encoder.blocks.1.mlp.0 (bit for bit, on MAX's input)"], bad

@@ -66,7 +66,7 @@ def cmd_verify(args) -> int:
             print(format_windows(result))
         bad = result.first_failure
         print(f"first layer over tolerance: {bad.layer}" if bad else
-              f"all {len(result.comparisons_all)} layers within tolerance")
+              _within(result.comparisons_all))
         if bad:
             print(bad.report())
         print(f"margin, k over the worst ratio (rms / q99 / max): {format_margins(result.comparisons_all)}")
@@ -160,3 +160,10 @@ def add_commands(sub) -> None:
     d.add_argument("--model", default="tiny.en", help="model name or path (default: embedded tiny.en)")
     d.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
     d.set_defaults(func=cmd_diff)
+
+
+def _within(rows) -> str:
+    shown = sum(c.status == "shown" for c in rows)
+    if not shown:
+        return f"all {len(rows)} layers within tolerance"
+    return f"all {len(rows) - shown} judged layers within tolerance ({shown} more shown, not judged)"

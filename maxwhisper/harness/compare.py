@@ -68,6 +68,13 @@ class Comparison:
     failed_by: list[str] = field(default_factory=list)
 
     @property
+    def status(self) -> str:
+        """ok | FAIL | shown (a row with no check: int8's chained rows, `harness.quantized`)."""
+        if self.check.rule is None and self.check.guard is None and not self.problem:
+            return "shown"
+        return "ok" if self.passed else "FAIL"
+
+    @property
     def ratios(self) -> dict:
         return self.verdict.ratios if self.verdict else {}
 
@@ -79,7 +86,7 @@ class Comparison:
             v = self.verdict
             d.update(max_errors=v.max_errors.as_dict(), torch_errors=v.yardstick.as_dict(), ratios=v.ratios,
                      needed_k=v.needed, bounds=v.bounds)
-        d["status"] = "ok" if self.passed else "FAIL"
+        d["status"] = self.status
         return d
 
     def report(self) -> str:
@@ -233,7 +240,7 @@ def format_table(comparisons: list[Comparison]) -> str:
         r = c.ratios
         rows.append((c.layer, "x".join(map(str, c.shape)), f"{c.max_abs:.2e}",
                      *(f"{r[f]:.2f}" if f in r else "-" for f in ("norm", "quantile", "max")),
-                     f"{c.cosine:.9f}", "ok" if c.passed else "FAIL"))
+                     f"{c.cosine:.9f}", c.status))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
 

@@ -127,7 +127,10 @@ def _on_max_inputs(model: MaxWhisper, rows: list[Comparison], trace) -> list[Com
 
     extra = quantized.judge_on_max_inputs(trace.arrays, model.dims, model.state_dict, model.form,
                                           check_of(model.dims, model.dtype))
-    return quantized.interleave(rows, extra)
+    rows = quantized.interleave(rows, extra)
+    if model.form.products == "int8":
+        rows = quantized.unjudged_after_codes(rows, quantized.products(model.dims, model.state_dict, model.form))
+    return rows
 
 
 STREAM_BYTES = 1 << 30  # a float64 encoder trace above this (small and up) is judged as it is computed
