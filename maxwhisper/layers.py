@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from max.dtype import DType
-from max.graph import TensorType, TensorValue, ops
+from max.graph import TensorValue, ops
 from max.graph.quantization import QuantizationEncoding
 
-from maxwhisper import int8
+from maxwhisper import int8, int8_ops
 from maxwhisper.precision import QUANT_KEY
 
 from maxwhisper.seams import seam
@@ -50,7 +50,7 @@ class Scope:
         `n_out`: W's rows, where its blocks may be padded (`quant.padded_rows`)."""
         if self.quantizes is not None and self.quantizes(self.prefix + name):
             if getattr(self.quantizes, "scheme", "q4_0") == "int8":
-                return int8_product(x, self(name + int8.CODES), self(name + int8.SUMS), self(name + int8.SCALES))
+                return int8_ops.product(x, self(name + int8.CODES), self(name + int8.SUMS), self(name + int8.SCALES))
             blocks = self(name + QUANT_KEY)
             y = qmatmul(x, blocks)
             return y if n_out is None or n_out == int(blocks.shape[0]) else y[..., :n_out]
@@ -73,46 +73,6 @@ def qmatmul(x: TensorValue, blocks: TensorValue) -> TensorValue:
     """float32 `x` (..., K) times GGUF Q4_0 `blocks` (N, K / 32 * 18) transposed, with MAX's CPU kernel:
     it quantizes `x` to int8 per block of 32 (its arithmetic, bit for bit: `maxwhisper.quant`)."""
     return ops.qmatmul(QuantizationEncoding.Q4_0, None, x, blocks)
-
-
-def int8_product(x: TensorValue, codes: TensorValue, sums: TensorValue, scales: TensorValue) -> TensorValue:
-    """float32 `x` (..., K) times a weight's int8 codes transposed (`maxwhisper.int8`, its arithmetic bit
-    for bit): each row of `x` quantized, the codes' exact int32 product (the Mojo kernel), then scaled;
-    the codes' padded rows are dropped."""
-    rows = ops.reshape(x, [-1, x.shape[-1]])
-    q, top = int8_rows(rows)
-    acc = int8_matmul(q, codes, sums)
-    n = int(scales.shape[0])
-    acc = acc if n == int(sums.shape[0]) else acc[:, :n]
-    return ops.reshape(int8_scaled(acc, top, scales), [*x.shape[:-1], n])
-
-
-def _f32(v: float, x: TensorValue) -> TensorValue:
-    return ops.constant(v, DType.float32, device=x.device)
-
-
-@seam
-def int8_rows(rows: TensorValue) -> tuple[TensorValue, TensorValue]:
-    """(codes int8, max|row| (M, 1)) of float32 rows: round-half-even(x * (127 / max|x|)), a zero row 0."""
-    top = ops.max(ops.abs(rows), axis=-1)
-    inv = ops.where(top > _f32(0, rows), _f32(127, rows) / top, _f32(0, rows))
-    limit = _f32(127, rows)
-    return ops.cast(ops.min(ops.max(ops.round(rows * inv), -limit), limit), DType.int8), top
-
-
-@seam
-def int8_matmul(q: TensorValue, codes: TensorValue, sums: TensorValue) -> TensorValue:
-    """The exact int32 product of int8 rows `q` (M, K) and packed codes (`int8.pack`): (M, padded N)."""
-    return ops.custom("maxwhisper_int8_matmul", q.device, [q, codes, sums],
-                      [TensorType(DType.int32, [q.shape[0], int(sums.shape[0])], q.device)],
-                      parameters={"vnni": int8.path() == "vnni"})[0].tensor
-
-
-@seam
-def int8_scaled(acc: TensorValue, top: TensorValue, scales: TensorValue) -> TensorValue:
-    """(float32(acc) * the rows' scales max|x| * float32(1 / 127)) * the weight's scales: one rounding each
-    (a bias added next fuses with the last product into one FMA)."""
-    return (ops.cast(acc, DType.float32) * (top * _f32(float(int8.STEP), acc))) * scales
 
 
 def cast(x: TensorValue, dtype: DType) -> TensorValue:

@@ -61,7 +61,7 @@ def test_unknown_device():
         maxwhisper.load_model("tiny.en", device="tpu")
 
 
-@pytest.mark.parametrize("dtype", ["float64", "bf16", "int8", ""])
+@pytest.mark.parametrize("dtype", ["float64", "bf16", "int4", ""])
 def test_unknown_dtype_names_it(dtype, tiny_en):
     with pytest.raises(ValueError, match=f"dtype '{dtype}'"):
         maxwhisper.load_model("tiny.en", dtype=dtype)

@@ -8,7 +8,7 @@ import contextlib
 import numpy as np
 import pytest
 
-from maxwhisper import int8, layers, seams
+from maxwhisper import int8, int8_ops, layers, seams  # noqa: F401  (int8_ops: its seams)
 
 pytestmark = pytest.mark.precision("int8")  # a CPU kernel
 
@@ -148,7 +148,7 @@ def _mutant(name: str):
     from max.graph import ops
 
     if name == "scale one ulp off":  # every weight scale 1 + 2^-23 larger
-        return "layers.int8_scaled", lambda f: lambda acc, top, s: f(acc, top, s * ops.constant(1 + 2**-23, DType.float32, device=s.device))
+        return "int8_ops.scaled", lambda f: lambda acc, top, s: f(acc, top, s * ops.constant(1 + 2**-23, DType.float32, device=s.device))
     if name == "ties away from zero":  # round-half-away instead of half-to-even
         def rows(f):
             def g(r):
@@ -159,9 +159,9 @@ def _mutant(name: str):
                 away = ops.where(y < zero, -ops.floor(-y + half), ops.floor(y + half))
                 return ops.cast(away, DType.int8), top
             return g
-        return "layers.int8_rows", rows
+        return "int8_ops.quantize_rows", rows
     if name == "int16 accumulation":  # the sum wrapped to 16 bits
-        return "layers.int8_matmul", lambda f: lambda q, c, s: ops.cast(ops.cast(f(q, c, s), DType.int16), DType.int32)
+        return "int8_ops.matmul", lambda f: lambda q, c, s: ops.cast(ops.cast(f(q, c, s), DType.int16), DType.int32)
     raise ValueError(name)
 
 

@@ -206,7 +206,7 @@ def test_every_precision_has_a_form_on_every_device_it_names():
         else:
             with pytest.raises(ValueError, match="CPU only"):
                 form(name, "cpu", "gpu")
-    assert [n for n, r in PRECISIONS.items() if "gpu" not in r.products] == ["q4_0"]
+    assert [n for n, r in PRECISIONS.items() if "gpu" not in r.products] == ["q4_0", "int8"]
     assert form("float32", "cpu").marked == () and form("float32", "gpu").marked == ("linear", "conv")
     assert form("tf32", "gpu").marked == ()  # the tensor cores truncate: the plain graph
     assert form("tf32", "cpu").marked == ("linear", "conv")  # emulated in the graph
