@@ -16,7 +16,9 @@ This module imports neither MAX nor torch: the reference side reads the same row
 from __future__ import annotations
 
 import fnmatch
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from maxwhisper.device import parse_device
 
@@ -82,11 +84,12 @@ PRECISIONS = {r.name: r for r in [
     # CPU only: a Mojo kernel (kernels/int8) multiplies the int8 codes exactly in int32, AVX-512 VNNI or
     # AVX2 by the CPU's flags (`maxwhisper.int8.path`). Judged as q4_0 is: float64 of the same codes'
     # product is the reference, PyTorch float32 of it the yardstick, and each product again on MAX's input.
+    # Which products: the harness's choice, `int8_layers.json` (its measurements beside it).
     Row("int8", "float32", 2.0**-23, False, {"cpu": "int8"}, "int8 operands",
         families={"quantized_records": True},
-        why="every Linear and the logits as int8 weights (per output channel) times int8 activations (per row), "
-            "summed exactly in int32 (a Mojo kernel), float32 otherwise",
-        quantized=("*",)),
+        why="the chosen Linears and the logits as int8 weights (per output channel) times int8 activations "
+            "(per row), summed exactly in int32 (a Mojo kernel), float32 otherwise",
+        quantized=tuple(json.loads((Path(__file__).parent / "int8_layers.json").read_text())["patterns"])),
     # No mix of quantized and float32 layers: the harness's search (`python -m maxwhisper.harness.choose`)
     # kept no group, every one changing 3.0-6.4% of float32's words against bfloat16's 1.78%
     # (benchmarks/q4_0_search.json, docs/precision.md).

@@ -177,3 +177,34 @@ def test_each_mutant_of_the_arithmetic_is_caught(bug):
     assert wrong.any(), f"{bug}: the graph still equals the numpy arithmetic"
     if bug == "ties away from zero":  # only the row of ties differs
         assert wrong[1, 3].any() and not np.delete(wrong.reshape(14, N), 10, axis=0).any()
+
+
+def test_the_model_reads_the_harness_choice():
+    """`maxwhisper/int8_layers.json` (the harness's choice, docs/precision.md) is what the int8 row runs."""
+    import json
+    from pathlib import Path
+
+    from maxwhisper.precision import form
+
+    chosen = json.loads((Path(int8.__file__).parent / "int8_layers.json").read_text())
+    assert form("int8").quantized == tuple(chosen["patterns"]) and chosen["patterns"]
+
+
+def test_graphs_multiply_every_chosen_product_in_int8(tiny_en):
+    """Built, not compiled: the encoder and decoder graphs call the int8 kernel once per product the
+    choice selects (all: per block q, k, v, out, mlp.0, mlp.2; the decoder's cross q and out too; the logits)."""
+    from max.graph import DeviceRef
+
+    from maxwhisper import decoder, model
+    from maxwhisper.precision import form
+    from maxwhisper.quant import with_quantized
+
+    dims, state_dict = tiny_en
+    q = form("int8").quantizer
+    shapes = {k: v.shape for k, v in with_quantized(state_dict, q).items()}
+    enc = {k: s for k, s in shapes.items() if k.startswith("encoder.")}
+    dec = {k: s for k, s in shapes.items() if k.startswith("decoder.")}
+    count = lambda g: str(g).count('"maxwhisper_int8_matmul"')  # noqa: E731
+    assert count(model.encoder_graph(dims, enc, DeviceRef.CPU(), quantizes=q)[0]) == 4 * 6
+    assert count(decoder.step_graph(dims, dec, DeviceRef.CPU(), quantizes=q)[0]) == 4 * 8 + 1
+    assert count(decoder.cross_graph(dims, dec, DeviceRef.CPU(), quantizes=q)[0]) == 4 * 2

@@ -65,16 +65,16 @@ class Emulation:
         self.model = pipeline_model(self.max_model, "torch", "torch")
         self.dims = self.max_model.dims
 
-    def texts(self, audios, patterns: tuple[str, ...]) -> list[str]:
+    def texts(self, audios, patterns: tuple[str, ...], scheme: str = "q4_0") -> list[str]:
         import contextlib
         from dataclasses import replace
 
         from maxwhisper.precision import form
         from maxwhisper.transcribe import transcribe
-        from reference.quantized import Q4_0Products
+        from reference.quantized import products
 
-        quantizes = replace(form("q4_0"), quantized=patterns).quantizes  # q4_0's arithmetic, these weights only
-        mode = Q4_0Products(self.model, quantizes) if patterns else contextlib.nullcontext()
+        quantizes = replace(form(scheme), quantized=patterns).quantizes  # the scheme's arithmetic, these weights only
+        mode = products(scheme)(self.model, quantizes) if patterns else contextlib.nullcontext()
         with mode:
             return [transcribe(self.model, a, fp16=False)["text"] for a in audios]
 
