@@ -1,7 +1,7 @@
 """maxwhisper command line: argument parsing and printing; the work is in the library
 (`transcribe`: `maxwhisper.transcribe_cli`; `verify` and `diff`: the harness's, `maxwhisper.harness.cli`).
 
-  maxwhisper verify [AUDIO] [--model NAME|PATH] [--device cpu|gpu|gpu:N] [--dtype float32,tf32,bfloat16,float16,q4_0]
+  maxwhisper verify [AUDIO] [--model NAME|PATH] [--device cpu|gpu|gpu:N] [--dtype float32,tf32,bfloat16,float16,q4_0,int8]
                     [--emulate gpu] [--no-transcripts] [--json PATH] [--plot PATH] [--save-trace PATH]
   maxwhisper diff [BASELINE] [--factor F]
   maxwhisper transcribe FILE... [openai-whisper's options: --model, --output_dir, --beam_size, ...]

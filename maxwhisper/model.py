@@ -90,7 +90,7 @@ class MaxWhisper:
     """Whisper with its audio encoder compiled as a MAX graph.
 
     `state_dict` uses openai-whisper's key names; the graph's weights carry the same names.
-    `dtype` (a `maxwhisper.precision` row: float32, tf32, bfloat16, float16, q4_0) is the graph's precision;
+    `dtype` (a `maxwhisper.precision` row: float32, tf32, bfloat16, float16, q4_0, int8) is the graph's precision;
     `emulate="gpu"` builds a GPU's form of it on this device (its TF32 truncation done in the graph).
     `encode` takes and returns float32 in every dtype.
     """
@@ -161,7 +161,7 @@ def load_model(name_or_path: str | os.PathLike = "tiny.en", device: str = "cpu",
                dtype: str = "float32", emulate: str | None = None) -> MaxWhisper:
     """Load Whisper weights (embedded tiny.en by default; a .pt, a CTranslate2 model, a transformers
     checkpoint folder: `maxwhisper.checkpoints`) and their alignment heads onto MAX, to
-    compute in `dtype` (float32, tf32, bfloat16, float16 or q4_0; see `maxwhisper.precision`)."""
+    compute in `dtype` (float32, tf32, bfloat16, float16, q4_0 or int8; see `maxwhisper.precision`)."""
     device_ref(device)  # a bad device, dtype or emulation fails here, before any weights are read
     form(dtype, device, emulate)
     import whisper
