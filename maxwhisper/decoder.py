@@ -227,6 +227,18 @@ class DecoderState:
         return host_float32(logits)
 
     @seam
+    def keep(self, rows: Sequence[int]) -> None:
+        """Only `rows` (ascending) go on: the others' caches and cross K/V are dropped (finished rows)."""
+        rows = np.asarray(rows, np.int64)
+        if rows.ndim != 1 or not len(rows) or (np.diff(rows) <= 0).any() or rows[0] < 0 or rows[-1] >= self.batch:
+            raise ValueError(f"rows to keep must ascend within [0, {self.batch}), got {rows.tolist()}")
+        if len(rows) == self.batch:
+            return
+        self.cache = [self.decoder.buffer(host_raw(c)[rows]) for c in self.cache]
+        self.cross = [self.decoder.buffer(host_raw(c)[rows]) for c in self.cross]
+        self.batch = len(rows)
+
+    @seam
     def reorder(self, source: Sequence[int]) -> None:
         """Row i of the self-attention cache becomes row source[i] (beam search's rearrangement)."""
         source = np.asarray(source, np.int64)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+import numpy as np
 import torch
 from torch import nn
 from torch.distributions import Categorical
@@ -26,9 +27,11 @@ from maxwhisper.seams import seam
 class MaxInference(Inference):
     """openai-whisper's `PyTorchInference`, answered by the MAX decoder."""
 
-    def __init__(self, decoder: MaxDecoder, initial_token_length: int, n_group: int = 1):
+    def __init__(self, decoder: MaxDecoder, initial_token_length: int, n_group: int = 1, eot: int | None = None):
         self.decoder, self.initial_token_length, self.n_group = decoder, initial_token_length, n_group
         self.state: DecoderState | None = None
+        # greedy only: a row that emitted `eot` leaves the batch (its later logits only ever become eot)
+        self.eot, self.rows = eot, None
 
     @seam
     def logits(self, tokens: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
@@ -40,10 +43,24 @@ class MaxInference(Inference):
                 raise ValueError(f"{tokens.shape[0]} token rows for {audio_features.shape[0]} audio features")
             features = audio_features.detach().to("cpu", torch.float32).numpy()
             self.state = self.decoder.start(features, group)
+            self.rows = np.arange(len(tokens))
         if tokens.shape[-1] > self.initial_token_length:
             tokens = tokens[:, -1:]  # as PyTorchInference: after the prompt, only the new token
-        logits = self.state.step(tokens.cpu().numpy())
-        return torch.from_numpy(logits).to(audio_features.device)
+            if self.eot is not None:
+                self._drop_finished(tokens)
+        logits = self.state.step(tokens[torch.from_numpy(self.rows)].cpu().numpy())
+        if len(self.rows) == len(tokens):
+            return torch.from_numpy(logits).to(audio_features.device)
+        # a finished row's logits: zeros, finite under every filter, and its next token is eot regardless
+        full = np.zeros((len(tokens), *logits.shape[1:]), logits.dtype)
+        full[self.rows] = logits
+        return torch.from_numpy(full).to(audio_features.device)
+
+    def _drop_finished(self, tokens: torch.Tensor) -> None:
+        going = tokens[torch.from_numpy(self.rows), -1].cpu().numpy() != self.eot
+        if not going.all() and going.any():
+            self.state.keep(np.flatnonzero(going))
+            self.rows = self.rows[going]
 
     @seam
     def rearrange_kv_cache(self, source_indices) -> None:
@@ -52,7 +69,7 @@ class MaxInference(Inference):
 
     @seam
     def cleanup_caching(self) -> None:
-        self.state = None
+        self.state, self.rows = None, None
 
 
 class PerAudioSampler(GreedyDecoder):
@@ -108,7 +125,9 @@ class MaxDecodingTask(GroupedTask):
     def __init__(self, model: MaxDecoderWhisper, options: DecodingOptions,
                  generators: Sequence[torch.Generator] | None = None):
         super().__init__(model, options, generators)
-        self.inference = MaxInference(model.max_decoder, len(self.initial_tokens), self.n_group)
+        greedy = options.beam_size is None and options.temperature == 0 and self.n_group == 1
+        self.inference = MaxInference(model.max_decoder, len(self.initial_tokens), self.n_group,
+                                      self.tokenizer.eot if greedy else None)
         if isinstance(self.decoder, BeamSearchDecoder):  # it rearranges the cache through this object
             self.decoder.inference = self.inference
 

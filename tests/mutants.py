@@ -276,6 +276,9 @@ RUNTIME_BUGS = {
                                        "window 1"),
     "batch_results_reversed": (_seam("batch.deliver", lambda f: lambda chunk, results: f(chunk, list(results)[::-1])),
                                "batch_results_in_order", r"file \d: batched"),
+    "finished_rows_drop_their_neighbours": (  # greedy batches drop finished rows (`inference.MaxInference`)
+        _seam("decoder.DecoderState.keep", lambda f: lambda self, rows: f(self, sorted({(int(r) + 1) % self.batch for r in rows}))),
+        "batch_results_in_order", r"file \d: batched"),
     "encoder_batch_rows_rolled": (_seam("model.MaxWhisper.encode", lambda f: lambda self, mel: np.roll(f(self, mel), 1, 0)),
                                   "encoder_rows", "encoder row 0"),
 }
