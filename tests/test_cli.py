@@ -166,6 +166,9 @@ def test_every_precision_is_in_the_dtype_help(command, capsys):
     assert "--dtype" in text and all(name in text.split("--dtype", 1)[1] for name in PRECISIONS), text
 
 
+# int8's whole-model traced graphs are cold compiles CI cannot afford (the int8 tests took 7m52s from an empty
+# cache, these two most of it: docs/testing.md); its one-layer graphs, mutants and records run in CI
+@pytest.mark.thorough
 @pytest.mark.precision("int8")
 def test_verify_int8(speech_dir, tmp_path, capsys):
     """int8 on jfk.flac: chained rows judged up to the first product, then shown only (a code flipped on
@@ -185,6 +188,7 @@ def test_verify_int8(speech_dir, tmp_path, capsys):
     assert report["decoder"]["top1_equal"] == 28 and report["transcripts"]["wer_max_vs_torch"] == 0.0
 
 
+@pytest.mark.thorough
 @pytest.mark.precision("int8")
 def test_verify_int8_names_a_scale_one_ulp_off(speech_dir, monkeypatch):
     """One product's weight scales one float32 ulp large (`encoder.blocks.1.mlp.0`): its bit-for-bit row,
