@@ -1,4 +1,4 @@
-"""The reference side of a quantized precision: openai-whisper's modules with MAX's Q4_0 arithmetic.
+"""The reference side of a quantized precision: openai-whisper's modules with MAX's Q4_0 or int8 arithmetic.
 
 In a quantized precision (`precision.Row.quantized`) a selected Linear (and the logits' `x @ E.T`)
 multiplies GGUF Q4_0 weights by activations quantized to int8 per block of 32 along K, as MAX's CPU
@@ -22,6 +22,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
+from maxwhisper.int8 import eligible as int8_eligible
+from maxwhisper.int8 import quantize
 from maxwhisper.quant import BLOCK, eligible, q4_0_blocks, q4_0_weights
 
 _MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__)
@@ -47,7 +49,7 @@ class Q4_0Products(TorchFunctionMode):
     """Within the mode, the selected weights' products of `module` are Q4_0's: F.linear (every Linear)
     and the logits' matmul through the transposed token embedding. `calls` counts them."""
 
-    eligible = staticmethod(eligible)
+    eligible, dequantize, activations = staticmethod(eligible), staticmethod(dequantized), staticmethod(q8)
 
     def __init__(self, module: nn.Module, quantizes: Callable[[str], bool], prefix: str = ""):
         super().__init__()
@@ -55,14 +57,6 @@ class Q4_0Products(TorchFunctionMode):
         for name, p in module.named_parameters():
             if self.eligible(name, p.shape) and quantizes(prefix + name):
                 self.weights[id(p)] = torch.from_numpy(self.dequantize(p.detach().cpu().float().numpy())).to(p.device)
-
-    @staticmethod
-    def dequantize(w: np.ndarray) -> np.ndarray:
-        return dequantized(w)
-
-    @staticmethod
-    def activations(a: torch.Tensor) -> torch.Tensor:
-        return q8(a)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -89,8 +83,6 @@ def int8_rows(a: torch.Tensor) -> torch.Tensor:
 
 def int8_dequantized(w: np.ndarray) -> np.ndarray:
     """float64 weights (N, K) as their int8 codes and scales stand for them (exact in float64, not float32)."""
-    from maxwhisper.int8 import quantize
-
     codes, scale = quantize(np.asarray(w, np.float32))
     return codes.astype(np.float64) * scale.astype(np.float64)[:, None]
 
@@ -98,19 +90,7 @@ def int8_dequantized(w: np.ndarray) -> np.ndarray:
 class Int8Products(Q4_0Products):
     """As Q4_0Products, with int8's codes: weights per output channel, activations per row."""
 
-    @staticmethod
-    def eligible(key, shape) -> bool:
-        from maxwhisper.int8 import eligible as int8_eligible
-
-        return int8_eligible(key, shape)
-
-    @staticmethod
-    def dequantize(w: np.ndarray) -> np.ndarray:
-        return int8_dequantized(w)
-
-    @staticmethod
-    def activations(a: torch.Tensor) -> torch.Tensor:
-        return int8_rows(a)
+    eligible, dequantize, activations = staticmethod(int8_eligible), staticmethod(int8_dequantized), staticmethod(int8_rows)
 
 
 def products(scheme: str):
