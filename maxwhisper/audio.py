@@ -6,6 +6,7 @@ resampling uses soxr. The log-Mel front end is openai-whisper's own code, so fea
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -33,16 +34,28 @@ def load_audio(path) -> np.ndarray:
         raise AudioError(f"{name}: no such file")
     if path.is_dir():
         raise AudioError(f"{name}: is a directory, not an audio file")
+    return _decode(path, name)
+
+
+def decode_audio(data: bytes, name: str) -> np.ndarray:
+    """`load_audio` of a file's bytes (an upload); messages name it `name`."""
+    if not data:
+        raise AudioError(f"{name}: is empty")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source, name: str) -> np.ndarray:
     fmt = None
     try:
-        with sf.SoundFile(path) as f:
+        with sf.SoundFile(source) as f:
             fmt, rate = f.format, f.samplerate
             data = f.read(dtype="float32", always_2d=True)
     except sf.SoundFileError as e:
         # A FLAC cut short fails here either way: mid-frame the decoder loses sync; at a frame boundary
         # soundfile's seek to the length that STREAMINFO declares fails ("psf_fseek() failed").
         problem = "truncated or corrupt FLAC" if fmt == "FLAC" else "cannot decode audio"
-        raise AudioError(f"{name}: {problem} ({e})") from e
+        why = str(e).split(": ", 1)[-1] if str(e).startswith("Error opening <") else e  # not a file object's repr
+        raise AudioError(f"{name}: {problem} ({why})") from e
     if data.size == 0:  # libsndfile also reports 0 frames for an Ogg stream cut before its last page
         raise AudioError(f"{name}: contains no samples (empty or truncated)")
     if not np.isfinite(data).all():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -32,16 +33,26 @@ class _Call:
     mel: torch.Tensor
     options: DecodingOptions
     generator: torch.Generator | None = None  # the file's own, for sampling (temperature > 0)
+    cancel: threading.Event | None = None  # set when the file's caller has gone (`DecodeBatcher.cancel`)
+    since: float = 0.0  # time.monotonic() when it began to wait
     result: DecodingResult | None = None
     error: BaseException | None = None
     done: bool = False
 
 
-class DecodeBatcher:
-    """Collects `decode` calls from the running transcriptions and serves them in batches."""
+class Cancelled(Exception):
+    """A transcription whose caller went away: its windows not yet decoded leave the batches."""
 
-    def __init__(self, model: whisper.model.Whisper, batch_size: int):
-        self.model, self.batch_size = model, batch_size
+
+class DecodeBatcher:
+    """Collects `decode` calls from the running transcriptions and serves them in batches.
+
+    A round starts once every running transcription waits on a call, or (with `max_wait`, seconds)
+    once the oldest waiting call has waited that long: a server's requests, which arrive at any time,
+    do not wait for one that is still reading its audio."""
+
+    def __init__(self, model: whisper.model.Whisper, batch_size: int, max_wait: float | None = None):
+        self.model, self.batch_size, self.max_wait = model, batch_size, max_wait
         # openai-whisper's decode fails on several audios with beam search or best_of: ours is its code with
         # that fixed (`inference.GroupedTask`), for its PyTorch model and for the MAX decoder model alike
         own = type(model).decode
@@ -50,6 +61,7 @@ class DecodeBatcher:
         self.local = threading.local()  # each worker's file generator (`transcribe_many`)
         self.cond = threading.Condition()
         self.running = 0
+        self.closed = True  # `serve` returns once no transcription runs; a server sets False, `close` ends it
         self.waiting: list[_Call] = []
         self.rounds: list[list[int]] = []  # batch sizes decoded per round (for reports and tests)
 
@@ -59,11 +71,17 @@ class DecodeBatcher:
             options = replace(options, **kwargs)
         if mel.ndim != 2:  # transcribe decodes one window at a time
             raise ValueError(f"batched transcription serves single (n_mels, frames) windows, got {tuple(mel.shape)}")
-        call = _Call(mel, options, getattr(self.local, "generator", None))
+        cancel = getattr(self.local, "cancel", None)
+        call = _Call(mel, options, getattr(self.local, "generator", None), cancel, time.monotonic())
         with self.cond:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("the caller went away")
             self.waiting.append(call)
             self.cond.notify_all()
             while not call.done:
+                if cancel is not None and cancel.is_set() and call in self.waiting:
+                    self.waiting.remove(call)  # not yet in a round: it leaves before its rows are decoded
+                    raise Cancelled("the caller went away")
                 self.cond.wait()
         if call.error is not None:
             raise call.error
@@ -78,19 +96,48 @@ class DecodeBatcher:
             self.running -= 1
             self.cond.notify_all()
 
-    def serve(self) -> None:
-        """Decode rounds in this thread until every worker has left. MAX builds and runs its graphs
-        here, in the thread that called `transcribe_many` (a graph built in a worker thread fails:
-        MAX's MLIR context is per thread)."""
+    def cancel(self, event: threading.Event) -> None:
+        """Cancel the transcription whose worker set `local.cancel = event`: its waiting call leaves,
+        and its next one raises `Cancelled` (a window already in a round is decoded with it)."""
+        event.set()
         with self.cond:
-            while self.running:
-                if self.waiting and len(self.waiting) >= self.running:
-                    self._round()
-                else:
-                    self.cond.wait()
+            self.cond.notify_all()
 
-    def _round(self) -> None:
-        calls, self.waiting = self.waiting, []
+    def close(self) -> None:
+        """End a server's `serve` (`closed` False) once the running transcriptions have left."""
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def _due(self) -> float | None:
+        """0 when a round should start now, else how long to wait (None: until notified)."""
+        if not self.waiting:
+            return None
+        if len(self.waiting) >= self.running:
+            return 0.0
+        if self.max_wait is None:
+            return None
+        return max(0.0, min(c.since for c in self.waiting) + self.max_wait - time.monotonic())
+
+    def serve(self) -> None:
+        """Decode rounds in this thread until every worker has left and `closed` is set. MAX builds and runs its graphs here, in the thread that called `transcribe_many` or
+        started the server (a graph built in a worker thread fails: MAX's MLIR context is per
+        thread). The lock is released while a round decodes, so workers may enter and cancel."""
+        while True:
+            with self.cond:
+                while (wait := self._due()) != 0.0:
+                    if not self.running and self.closed:
+                        return
+                    self.cond.wait(wait)
+                calls, self.waiting = self.waiting, []
+            sizes = self._round(calls)
+            with self.cond:
+                for c in calls:
+                    c.done = True
+                self.rounds.append(sizes)
+                self.cond.notify_all()
+
+    def _round(self, calls: list[_Call]) -> list[int]:
         groups: list[list[_Call]] = []
         for call in calls:  # equal options decode together (DecodingOptions compares by value)
             group = next((g for g in groups if g[0].options == call.options), None)
@@ -111,10 +158,7 @@ class DecodeBatcher:
                 except BaseException as e:  # every caller of the batch gets the error
                     for c in chunk:
                         c.error = e
-                for c in chunk:
-                    c.done = True
-        self.rounds.append(sizes)
-        self.cond.notify_all()
+        return sizes
 
 
 @seam

@@ -6,6 +6,8 @@
   maxwhisper diff [BASELINE] [--factor F]
   maxwhisper transcribe FILE... [openai-whisper's options: --model, --output_dir, --beam_size, ...]
                                 [--dtype NAME] [--batch-size N] [--encoder max|torch] [--decoder max|torch]
+  maxwhisper serve [--model NAME|PATH] [--dtype NAME] [--host H] [--port P] [--max-batch N] [--max-wait-ms T]
+                   [--max-upload-mb M]
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="maxwhisper", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     from maxwhisper.harness.cli import add_commands  # verify, diff: the harness's own subcommands
+    from maxwhisper.serve.cli import add_serve
     from maxwhisper.transcribe_cli import add_transcribe
 
     add_commands(sub)
     add_transcribe(sub)  # openai-whisper's command line, the model on MAX
+    add_serve(sub)  # OpenAI's audio API; its server imports only when it runs
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -21,6 +21,7 @@ from maxwhisper.quant import with_quantized
 from maxwhisper.seams import seam
 from maxwhisper.runtime import Compiled, device_ref, unit, weight_lookup
 from maxwhisper.tf32 import products
+from maxwhisper.transcribe import pipeline_model, transcribe
 from maxwhisper.checkpoints import alignment_heads as weights_heads, check_heads, load_weights
 
 
@@ -138,8 +139,6 @@ class MaxWhisper:
     def transcribe(self, audio, **options) -> dict:
         """openai-whisper's `transcribe` result dict for a file or 16 kHz float32 samples, encoder and
         decoder on MAX (see `maxwhisper.transcribe`); options are openai-whisper's."""
-        from maxwhisper.transcribe import pipeline_model, transcribe  # it imports this module
-
         if self._pipeline is None:
             self._pipeline = pipeline_model(self)
         return transcribe(self._pipeline, audio, **options)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,8 +21,10 @@ from torch import nn
 
 from maxwhisper.audio import load_audio
 from maxwhisper.inference import with_max_decoder
-from maxwhisper.model import MaxWhisper
 from maxwhisper.checkpoints import set_heads, to_torch_model
+
+if TYPE_CHECKING:  # the model imports this module: no import back
+    from maxwhisper.model import MaxWhisper
 
 # Greedy decoding without temperature fallback: deterministic, so two pipelines can be compared token by token.
 GREEDY = dict(temperature=0.0, fp16=False)
@@ -88,7 +91,7 @@ def transcribe(model: MaxWhisper | whisper.model.Whisper, audio: str | os.PathLi
     Options are openai-whisper's; the default is greedy decoding (temperature 0, no fallback).
     A `MaxWhisper` is wrapped by `pipeline_model` on each call; pass the wrapped model to reuse it.
     """
-    if isinstance(model, MaxWhisper):
+    if not isinstance(model, whisper.model.Whisper):  # a MaxWhisper
         model = pipeline_model(model)
     if not isinstance(audio, np.ndarray):
         audio = load_audio(audio)  # openai-whisper's own loader needs the ffmpeg program
