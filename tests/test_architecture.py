@@ -33,6 +33,48 @@ def test_model_package_imports_no_harness_and_no_benchmarks():
     assert p.stdout.strip() == "[]", f"the model package pulls in {p.stdout.strip()}"
 
 
+def test_model_and_transcription_modules_import_in_one_direction():
+    """The package's top-level modules (the model, transcription, batching, the CLI) form no import
+    circle, lazy imports inside functions counted (model.py and transcribe.py had one); type-only
+    imports (`if TYPE_CHECKING:`) are not imports."""
+    import ast
+
+    pkg = ROOT / "maxwhisper"
+    graph = {}
+    for f in pkg.glob("*.py"):
+        tree = ast.parse(f.read_text())
+        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                       for n in ast.walk(node)}
+        deps = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            names = ([node.module] + [f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom)
+                     and node.module else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            deps |= {p[1] for p in (n.split(".") for n in names)
+                     if p[0] == "maxwhisper" and len(p) > 1 and (pkg / f"{p[1]}.py").is_file() and p[1] != f.stem}
+        graph[f.stem] = deps
+    assert {"transcribe", "decoder"} <= graph["model"], graph  # the walk finds imports
+
+    def visit(m, path):
+        assert m not in path, f"import circle: {' -> '.join([*path, m])}"
+        for d in graph[m]:
+            visit(d, [*path, m])
+
+    for m in graph:
+        visit(m, [])
+
+
+def test_the_model_and_the_cli_import_no_server():
+    """`maxwhisper serve`'s FastAPI and uvicorn load only when it runs (an extra the core never needs)."""
+    code = ("import sys, maxwhisper.model, maxwhisper.transcribe, maxwhisper.batch, maxwhisper.cli\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'uvicorn', 'starlette')"
+            " or m.startswith('maxwhisper.serve.')))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == "[]", p.stdout
+
+
 def test_checkpoints_modules_import_each_other_in_one_direction():
     """The checkpoints wing has no import circle (weights.py and ct2.py had one, hidden by an import
     inside a function): no module imports a sibling lazily, and the sibling imports form no cycle."""

@@ -41,6 +41,16 @@ def _error(e: APIError) -> JSONResponse:
     return JSONResponse(error_body(e.message, e.kind, e.param, e.code), status_code=e.status)
 
 
+def request_options(decode_options: dict | None, task: str = "transcribe", language: str | None = None,
+                    prompt: str | None = None, temperature: float = 0.0, words: bool = False,
+                    stream: bool = False) -> dict:
+    """openai-whisper's `transcribe` options for a request: the server's decoding options, then the
+    request's fields (a transcription alone with these is what the request must get)."""
+    return {**(decode_options or {}), "task": task, "language": language, "initial_prompt": prompt,
+            "temperature": FALLBACK if temperature == 0 else temperature, "word_timestamps": words,
+            "verbose": True if stream else None}  # verbose prints each segment: the stream's events
+
+
 def create_app(engine: Engine, model_name: str, max_upload_mb: float = 25.0, decode_options: dict | None = None,
                on_failed=None) -> FastAPI:
     """The app; `on_failed()` is called once if the engine's start-up (compile, check) fails."""
@@ -164,10 +174,8 @@ def create_app(engine: Engine, model_name: str, max_upload_mb: float = 25.0, dec
             audio = await asyncio.to_thread(decode_audio, data, upload.filename or "file")
         except AudioError as e:
             raise APIError(400, str(e), "file", "invalid_file") from None
-        prompt = fields.get("prompt") or None
-        options = {**(decode_options or {}), "task": task, "language": language, "initial_prompt": prompt,
-                   "temperature": FALLBACK if temperature == 0 else temperature,
-                   "word_timestamps": "word" in granularities, "verbose": True if stream else None}
+        options = request_options(decode_options, task, language, fields.get("prompt") or None, temperature,
+                                  "word" in granularities, stream)
         shape = {"format": response_format, "task": task, "duration": len(audio) / 16000, "stream": stream,
                  "words": "word" in granularities, "segments": not granularities or "segment" in granularities}
         return Job(audio, options), shape
