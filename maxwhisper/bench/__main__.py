@@ -8,6 +8,7 @@ import sys
 from maxwhisper.bench.gate import check
 from maxwhisper.bench.pipeline import IMPLS, step_probe, transcribe_probe
 from maxwhisper.bench.probes import GRAPHS, compile_time, rss_probe
+from maxwhisper.bench.serve_load import SERVERS as SERVE_SERVERS, load
 from maxwhisper.bench.sizes import IMPLS as SIZE_IMPLS, WHAT, size_probe
 from maxwhisper.sizes import SIZES
 
@@ -36,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--limit", type=int, default=None, help="only the first N utterances")
     t.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N (max and torch only)")
     t.add_argument("--tokens", action="store_true", help="also each file's text and token ids")
+    t.add_argument("--no-warmup", action="store_true", help="time the first file too (a whole-process run)")
     t.add_argument("--dtype", default="float32",
-                   help="MAX's precision (float32, q4_0, ...), or faster-whisper's compute_type (float32, int8)")
+                   help="MAX's precision (float32, q4_0, ...), faster-whisper's compute_type (float32, int8), "
+                        "whisper.cpp's file type (f16, q8_0)")
     s = sub.add_parser("step", help="time one-token decoder steps (MAX or PyTorch); print JSON")
     s.add_argument("impl", choices=["max", "torch"])
     s.add_argument("--batch", type=int, default=1)
@@ -48,13 +51,24 @@ def main(argv: list[str] | None = None) -> int:
     z.add_argument("--what", choices=WHAT, default="encoder")
     z.add_argument("--batch", type=int, default=1)
     z.add_argument("--rounds", type=int, default=3)
+    v = sub.add_parser("serve-load", help="N concurrent openai clients over the 107 utterances against one "
+                       "server process (maxwhisper serve, or faster-whisper behind the same API); print JSON")
+    v.add_argument("server", choices=SERVE_SERVERS)
+    v.add_argument("--clients", type=int, default=1)
+    v.add_argument("--batch", type=int, default=8, help="maxwhisper serve --max-batch (faster-whisper: 1)")
+    v.add_argument("--dtype", default="float32", help="MAX's precision, or faster-whisper's compute_type")
+    v.add_argument("--limit", type=int, default=None, help="only the first N utterances")
     args = p.parse_args(argv)
     try:
+        if args.command == "serve-load":
+            print(json.dumps(load(args.server, args.clients, args.batch, args.dtype, args.limit)))
+            return 0
         if args.command == "rss":
             print(json.dumps(rss_probe(args.impl, args.config, args.batch, args.device)))
             return 0
         if args.command == "transcribe":
-            print(json.dumps(transcribe_probe(args.impl, args.batch, args.limit, args.device, args.tokens, args.dtype)))
+            print(json.dumps(transcribe_probe(args.impl, args.batch, args.limit, args.device, args.tokens, args.dtype,
+                                              not args.no_warmup)))
             return 0
         if args.command == "step":
             print(json.dumps(step_probe(args.impl, args.batch, dtype=args.dtype)))

