@@ -14,7 +14,10 @@ import pytest
 
 # (impl, batch): sequential, and each in its best configuration for many files; openai-whisper first,
 # since every MAX pipeline's texts are compared with its texts
-PIPELINES = [("torch", 1), ("max", 1), ("max", 16), ("max-encoder", 1), ("faster-whisper", 1), ("faster-whisper", 16)]
+PIPELINES = [("torch", 1), ("max", 1), ("max", 16), ("max-encoder", 1), ("faster-whisper", 1), ("faster-whisper", 16),
+             ("whisper.cpp", 1)]
+DTYPES = {"whisper.cpp": "f16"}  # its file type (q8_0: `python -m maxwhisper.bench transcribe whisper.cpp --dtype q8_0`)
+PEERS = {"faster-whisper": "faster_whisper", "whisper.cpp": "pywhispercpp"}  # the bench extra's modules
 SAME_TEXTS = ("max", "max-encoder")  # openai-whisper's decoding on its weights: its texts exactly
 # A plain run smoke-tests each code path once: MAX at batch 1 is the batch-16 path with another argument
 # (and its tokens equal the batched ones, tests/test_transcribe.py); each probe is a fresh process.
@@ -38,13 +41,14 @@ def _openai_whisper_texts(limit: list[str]) -> str:
 
 @pytest.mark.parametrize("impl, batch", PIPELINES, ids=[f"{i}-batch{b}" for i, b in PIPELINES])
 def test_bench_transcribe_librispeech(impl, batch, speech_dir, request, memory_record, benchmark):
-    if impl == "faster-whisper":
-        pytest.importorskip("faster_whisper", reason="faster-whisper not installed (pip install '.[bench]')")
+    if impl in PEERS:
+        pytest.importorskip(PEERS[impl], reason=f"{impl} is in the bench extra: pip install '.[bench]'")
     smoke = not request.config.getoption("benchmark_only")
     if smoke and (impl, batch) in SMOKE_SKIPS:
         pytest.skip(f"{impl} at batch {batch} runs under --benchmark-only (a plain run smoke-tests its batch-16 path)")
     limit = ["--limit", "2"] if smoke else []
-    result = benchmark.pedantic(lambda: _probe("transcribe", impl, "--batch", str(batch), *limit), rounds=1, iterations=1)
+    dtype = ["--dtype", DTYPES[impl]] if impl in DTYPES else []
+    result = benchmark.pedantic(lambda: _probe("transcribe", impl, "--batch", str(batch), *dtype, *limit), rounds=1, iterations=1)
     assert result["files"] == (107 if not limit else 2) and result["seconds"] > 0
     if impl == "torch":
         _texts["torch", tuple(limit)] = result["texts_sha256"]

@@ -25,7 +25,7 @@ PREPEND, APPEND = "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、"
 def add_transcribe(sub) -> None:
     t = sub.add_parser("transcribe", help="transcribe audio files: openai-whisper's command line, the model on MAX")
     a = t.add_argument
-    a("audio", nargs="+", metavar="FILE", help="wav, flac, mp3 or ogg; any rate, mono or stereo")
+    a("audio", nargs="*", metavar="FILE", help="wav, flac, mp3 or ogg; any rate, mono or stereo")
     a("--model", default="tiny.en", help="model name or path (default: the embedded tiny.en)")
     a("--model_dir", "--model-dir", default=None, help="where openai-whisper's NAME.pt is kept and downloaded to (default ~/.cache/whisper)")
     a("--device", default="cpu", help="cpu, gpu or gpu:N (openai-whisper's cuda and cuda:N mean gpu)")
@@ -65,6 +65,12 @@ def add_transcribe(sub) -> None:
     a("--batch-size", "--batch_size", type=int, default=1, metavar="N",
       help="transcribe N files at once (their windows decoded as one batch; default 1)")
     a("--no-progress", action="store_true", help="no progress bar over batches")
+    a("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+      help="transcribe on a Ray cluster (ADDRESS, or a local one when omitted; pip install 'maxwhisper[ray]'); "
+           "writes OUTPUT_DIR/transcripts.parquet beside the per-file outputs, and skips files already in it")
+    a("--workers", type=int, default=1, metavar="N", help="with --ray: transcribing actors, one model each (default 1)")
+    a("--manifest", action="append", default=[], metavar="PATH",
+      help="with --ray: a list of audio paths or URLs (.txt one per line, .csv/.tsv with a 'path' column, .parquet)")
     t.set_defaults(func=run)
 
 
@@ -79,7 +85,8 @@ def options(args: argparse.Namespace) -> tuple[dict, dict]:
     a bad combination is a ValueError."""
     given = dict(vars(args))
     for key in ("audio", "model", "model_dir", "device", "dtype", "output_dir", "output_format", "encoder",
-                "decoder", "batch_size", "no_progress", "func", "command", "fp16", "threads"):
+                "decoder", "batch_size", "no_progress", "func", "command", "fp16", "threads", "ray", "workers",
+                "manifest"):
         given.pop(key, None)
     if args.model.endswith(".en") and given["language"] not in {"en", "English"}:
         if given["language"] is not None:
@@ -131,6 +138,12 @@ def run(args: argparse.Namespace) -> int:
     decode, write_options = options(args)
     device = device_of(args.device)
     dtype = args.dtype or ("float16" if args.fp16 and parse_device(device).kind == "gpu" else "float32")
+    if args.ray is not None:
+        return run_on_ray(args, decode, write_options, device, dtype)
+    if args.manifest or args.workers != 1:
+        raise ValueError("--manifest and --workers go with --ray")
+    if not args.audio:
+        raise ValueError("no audio file given")
     if args.threads:
         torch.set_num_threads(args.threads)
     model = pipeline_model(load_model(model_path(args.model, args.model_dir), device=device, dtype=dtype),
@@ -152,3 +165,23 @@ def run(args: argparse.Namespace) -> int:
                                 transcribe_many(model, audios[i:i + args.batch_size], args.batch_size, **decode)):
             write(result, path, **write_options)
     return 2 if failed else 0
+
+
+def run_on_ray(args: argparse.Namespace, decode: dict, write_options: dict, device: str, dtype: str) -> int:
+    """`--ray`: the same inputs, options and per-file outputs, on a Ray Data pipeline (`maxwhisper.corpus`)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise ValueError("--ray needs its extra: pip install 'maxwhisper[ray]'") from None
+    from maxwhisper.corpus import job
+    from maxwhisper.corpus.manifest import inputs
+
+    if args.encoder != "max" or args.decoder != "max":
+        raise ValueError("--ray runs the MAX pipeline: --encoder and --decoder max")
+    paths = inputs(args.audio, args.manifest)
+    decode = {**decode, "verbose": None}  # each worker's printed segments would interleave in the driver's log
+    counts = job.run(paths, args.output_dir, address=args.ray, workers=args.workers,
+                     model=model_path(args.model, args.model_dir), dtype=dtype, device=device,
+                     batch_size=args.batch_size, options=decode, output_format=args.output_format,
+                     write_options=write_options)
+    return 2 if counts["failed"] else 0
