@@ -65,11 +65,12 @@ def test_model_and_transcription_modules_import_in_one_direction():
         visit(m, [])
 
 
-def test_the_model_and_the_cli_import_no_server():
-    """`maxwhisper serve`'s FastAPI and uvicorn load only when it runs (an extra the core never needs)."""
+def test_the_model_and_the_cli_import_no_server_and_no_ray():
+    """`maxwhisper serve`'s FastAPI and uvicorn, and `transcribe --ray`'s Ray, load only when they run
+    (extras the core never needs)."""
     code = ("import sys, maxwhisper.model, maxwhisper.transcribe, maxwhisper.batch, maxwhisper.cli\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'uvicorn', 'starlette')"
-            " or m.startswith('maxwhisper.serve.')))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'uvicorn', 'starlette', 'ray')"
+            " or m.startswith(('maxwhisper.serve.', 'maxwhisper.corpus.'))))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip() == "[]", p.stdout

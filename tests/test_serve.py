@@ -249,19 +249,15 @@ def test_a_client_that_disconnects_frees_its_rows(server, speech_dir):
     assert health(server)["engine"]["windows"] == h["windows"]  # nothing of it is decoded after it left
 
 
-def test_serve_refuses_to_start_naming_the_layer(tiny_en, monkeypatch, capsys, device):
+def test_serve_refuses_to_start_naming_the_layer(monkeypatch, capsys, device):
     """A MAX build whose weights are not the checkpoint's (one Linear off by 2**-12, a loading bug the
-    shapes do not show): the start-up check names its layer and `serve` exits 1 without serving."""
+    shapes do not show, `harness.check.misloaded`): the start-up check names its layer and `serve`
+    exits 1 without serving."""
     import maxwhisper
     from maxwhisper.cli import main
+    from maxwhisper.harness.check import misloaded
 
-    dims, sd = tiny_en
-    bad, name = dict(sd), "encoder.blocks.1.mlp.2.weight"
-    bad[name] = sd[name] * np.float32(1 + 2**-12)
-    model = maxwhisper.MaxWhisper(dims, bad, device, name="tiny.en")
-    model.compile()
-    model.decoder.compile()
-    model.state_dict = sd  # the reference reads the checkpoint; MAX computes with what it loaded
+    model = misloaded(device=device)
     monkeypatch.setattr(maxwhisper, "load_model", lambda *a, **k: model)
     assert main(["serve", "--port", str(_free_port()), "--device", device]) == 1
     err = capsys.readouterr().err

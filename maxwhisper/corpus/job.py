@@ -74,11 +74,13 @@ def run(paths: list[str], output_dir: str, *, address: str = "local", workers: i
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
             else:
                 try:
-                    ray.init(address=address, include_dashboard=False)
+                    ray.init(address=address)
                 except (ConnectionError, ValueError, RuntimeError) as e:
                     raise ValueError(f"--ray {address}: cannot reach a Ray cluster there ({str(e).splitlines()[0]})") from None
         ds = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=max(1, len(todo) // batch_size))
-        ds = ds.map(decode, num_cpus=0.1)  # reading and decoding audio: light, parallel tasks beside the actors
+        # reading and decoding: light parallel tasks that take no CPU slot, so they run beside actors holding all
+        # of them (with a slot each, 2 actors on a 2-CPU node left the decode tasks waiting forever)
+        ds = ds.map(decode, num_cpus=0)
         ds = ds.map_batches(Transcriber, batch_size=batch_size, batch_format="numpy", concurrency=workers,
                             num_cpus=worker_cpus, fn_constructor_kwargs=dict(model=model, dtype=dtype, device=device,
                             options=options or {}, batch_size=batch_size, factory=factory))

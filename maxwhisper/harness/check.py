@@ -57,3 +57,22 @@ def run_check(model: MaxWhisper) -> CheckResult:
     margins = {k: {"margin": m, "ratio": r, "layer": layer} for k, (m, r, layer) in result.margins.items()}
     return CheckResult(failure is None, failure, detail, len(result.comparisons_all), margins, source, model.dtype,
                        model.device, result.mode, result.yardstick, cpu(), time.perf_counter() - start)
+
+
+def misloaded(name: str = "tiny.en", weight: str = "encoder.blocks.1.mlp.2.weight", factor: float = 1 + 2**-12,
+              device: str = "cpu", dtype: str = "float32") -> MaxWhisper:
+    """A wrong build for proving the check fails: MAX computes with `weight` scaled by `factor` (a loading
+    bug the shapes do not show), while the reference reads the checkpoint. Picklable as a partial, so a
+    Ray worker can build it."""
+    import numpy as np
+
+    from maxwhisper.checkpoints import alignment_heads, load_weights
+
+    dims, sd = load_weights(name)
+    bad = dict(sd)
+    bad[weight] = sd[weight] * np.float32(factor)
+    model = MaxWhisper(dims, bad, device, dtype, name=name, alignment_heads=alignment_heads(name, dims)[0])
+    model.compile()
+    model.decoder.compile()
+    model.state_dict = sd  # what the reference judges against; the graphs hold the scaled weight
+    return model
