@@ -48,8 +48,8 @@ def run_check(model: MaxWhisper) -> CheckResult:
 
     start = time.perf_counter()
     source, audio = verify.default_audio()
-    # streamed: the sequential-order yardstick (most of the check's time) only once a row fails against
-    # PyTorch's error alone, which no verdict changes (`verify.run`); a quantized precision cannot stream
+    # streamed: the sequential-order yardstick only once a row fails against PyTorch's error alone, which
+    # changes no verdict (`verify.run`; docs/serving.md has the times); a quantized precision cannot stream
     stream = not row(model.dtype).quantized
     result = verify.run(model, audio, reference_text(source) or verify.DEFAULT_SENTENCE, stream=stream, seeks=False)
     bad = result.first_failure
