@@ -91,7 +91,7 @@ def transcribe(model: MaxWhisper | whisper.model.Whisper, audio: str | os.PathLi
     Options are openai-whisper's; the default is greedy decoding (temperature 0, no fallback).
     A `MaxWhisper` is wrapped by `pipeline_model` on each call; pass the wrapped model to reuse it.
     """
-    if not isinstance(model, whisper.model.Whisper):  # a MaxWhisper
+    if hasattr(model, "encode_trace"):  # a MaxWhisper (duck-typed: model.py imports this module)
         model = pipeline_model(model)
     if not isinstance(audio, np.ndarray):
         audio = load_audio(audio)  # openai-whisper's own loader needs the ffmpeg program
