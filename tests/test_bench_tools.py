@@ -110,3 +110,32 @@ def test_decoder_step_work_is_what_torch_counts():
     for h in hooks:
         h.remove()
     assert counted.get_total_flops() / 1e9 == pytest.approx(work_gflop(dims, "step", 2), rel=1e-3)
+
+
+def test_the_summary_renders_every_kind_of_row_the_benchmarks_record():
+    """The report that ends a benchmark run knows each kind of row a benchmark records: a smoke run of
+    the serve benchmark once crashed the end of CI's run with a KeyError here."""
+    import re
+    from pathlib import Path
+
+    from maxwhisper.bench.report import SECTIONS, rows_by_kind, summary_sections
+
+    recorded = set()
+    for path in (Path(__file__).parents[1] / "benchmarks").glob("test_*.py"):
+        for kind in re.findall(r'kind=f?"([^"]+)"', path.read_text()):
+            recorded |= {kind.replace("{what}", w) for w in ("encoder", "step")} if "{what}" in kind else {kind}
+    assert recorded and recorded <= set(SECTIONS), recorded - set(SECTIONS)
+    rows = [dict(config="tiny.en:batch1", impl="max", baseline_mb=700.0, peak_mb=1000.0),
+            dict(kind="compile", graph="encoder", cold_s=30.0, warm_s=2.0),
+            dict(kind="pipeline", impl="torch", batch=1, files=107, audio_s=700.0, seconds=90.0, rtf=0.13, spent=""),
+            dict(kind="decoder-step", impl="max", batch=1, median_ms=5.0, cache=32),
+            dict(kind="true-size-encoder", size="base", what="encoder", impl="max", batch=1, median_ms=200.0, gflop=20.0),
+            dict(kind="true-size-step", size="base", what="step", impl="max", batch=1, median_ms=5.0, gflop=0.1),
+            dict(kind="serve-load", server="maxwhisper", dtype="float32", batch=8, clients=8, files=4, seconds=5.0,
+                 requests_per_s=0.8, p50_s=1.0, p95_s=2.0)]
+    sections = dict(summary_sections([], rows))
+    assert len(sections) == 1 + len(SECTIONS) and all(sections[t] for t, _ in SECTIONS.values())
+    assert "0.80 requests/s" in sections[SECTIONS["serve-load"][0]][0]
+    assert sum(map(len, rows_by_kind(rows).values())) == len(rows)
+    with pytest.raises(ValueError, match="'nonesuch'"):
+        summary_sections([], [dict(kind="nonesuch")])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from maxwhisper.bench.report import memory_lines, ratio_rows, write_report
+from maxwhisper.bench.report import ratio_rows, summary_sections, write_report
 
 NAME = "maxwhisper-bench"
 
@@ -29,7 +29,7 @@ def max_last(items: list, impl_of) -> list:
 class BenchPlugin:
     def __init__(self):
         self.results: list[dict] = []  # one per timed benchmark: group, impl, median, FLOPs, cores
-        self.rows: list[dict] = []     # peak RSS per configuration; compile times (kind="compile")
+        self.rows: list[dict] = []     # untimed rows, told apart by "kind": see report.summary_sections
 
     def pytest_collection_modifyitems(self, config, items):
         if config.getoption("benchmark_only", False):
@@ -45,34 +45,14 @@ class BenchPlugin:
     def pytest_terminal_summary(self, terminalreporter, config):
         if not (self.results or self.rows):
             return
-        write = terminalreporter.write_line
         rows = ratio_rows(self.results)
-        terminalreporter.write_sep("-", "MAX / PyTorch (median time ratio, same run)")
-        for r in rows:
-            write(r["line"])
-        memory = [r for r in self.rows if r.get("kind") not in ("compile", "pipeline", "decoder-step")]
-        if memory:
-            terminalreporter.write_sep("-", "peak RSS per configuration (each in a fresh process)")
-            for line in memory_lines(memory):
-                write(line)
-        compiles = [r for r in self.rows if r.get("kind") == "compile"]
-        if compiles:
-            terminalreporter.write_sep("-", "compile per graph (empty MAX cache, then warm)")
-            for r in compiles:
-                write(f"{r['graph']:12s} cold {r['cold_s']:6.1f} s  warm {r['warm_s']:5.1f} s")
-        pipelines = [r for r in self.rows if r.get("kind") == "pipeline"]
-        if pipelines:
-            terminalreporter.write_sep("-", "end to end (each in a fresh process; ratio: openai-whisper's time / this)")
-            base = next((r["seconds"] for r in pipelines if r["impl"] == "torch" and r["batch"] == 1), None)
-            for r in pipelines:
-                speedup = f"{base / r['seconds']:5.2f}x" if base else "   - "
-                write(f"{r['impl']:15s} batch {r['batch']:2d}  {r['files']:3d} files {r['audio_s']:6.0f} s audio "
-                      f"{r['seconds']:7.1f} s  RTF {r['rtf']:.3f}  {speedup}  {r['spent']}")
-        for r in (r for r in self.rows if r.get("kind") == "decoder-step"):
-            write(f"decoder step {r['impl']:5s} batch {r['batch']}: {r['median_ms']:.2f} ms (cache {r['cache']})")
+        for title, lines in summary_sections(rows, self.rows):
+            terminalreporter.write_sep("-", title)
+            for line in lines:
+                terminalreporter.write_line(line)
         if config.getoption("--bench-out"):
             for path in write_report(self.results, rows, config.getoption("--bench-out"), self.rows):
-                write(f"bench: wrote {path}")
+                terminalreporter.write_line(f"bench: wrote {path}")
 
 
 def pytest_addoption(parser):

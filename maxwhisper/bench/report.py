@@ -59,18 +59,78 @@ def memory_lines(memory: list[dict]) -> list[str]:
             for r in memory]
 
 
+def _compile_lines(rows):
+    return [f"{r['graph']:12s} cold {r['cold_s']:6.1f} s  warm {r['warm_s']:5.1f} s" for r in rows]
+
+
+def _pipeline_lines(rows):
+    base = next((r["seconds"] for r in rows if r["impl"] == "torch" and r["batch"] == 1), None)
+    lines = []
+    for r in rows:
+        speedup = f"{base / r['seconds']:5.2f}x" if base else "   - "
+        lines.append(f"{r['impl']:15s} batch {r['batch']:2d}  {r['files']:3d} files {r['audio_s']:6.0f} s audio "
+                     f"{r['seconds']:7.1f} s  RTF {r['rtf']:.3f}  {speedup}  {r['spent']}")
+    return lines
+
+
+def _step_lines(rows):
+    return [f"decoder step {r['impl']:5s} batch {r['batch']}: {r['median_ms']:.2f} ms (cache {r['cache']})" for r in rows]
+
+
+def _size_lines(rows):
+    return [f"{r['size']:15s} {r['what']:7s} {r['impl']:12s} batch {r['batch']:2d}: {r['median_ms']:9.1f} ms  "
+            f"{1e3 * r['gflop'] / r['median_ms']:6.1f} GFLOP/s" for r in rows]
+
+
+def _serve_lines(rows):
+    return [f"{r['server']:14s} {r['dtype']:8s} batch {r['batch']:2d} clients {r['clients']:2d}: {r['files']:3d} files "
+            f"{r['seconds']:7.1f} s  {r['requests_per_s']:.2f} requests/s  p50 {r['p50_s']:.2f} s  p95 {r['p95_s']:.2f} s"
+            for r in rows]
+
+
+# Each kind of untimed row the benchmarks record (memory_record), its section title and its lines.
+SECTIONS = {
+    "rss": ("peak RSS per configuration (each in a fresh process)", memory_lines),
+    "compile": ("compile per graph (empty MAX cache, then warm)", _compile_lines),
+    "pipeline": ("end to end (each in a fresh process; ratio: openai-whisper's time / this)", _pipeline_lines),
+    "decoder-step": ("decoder step (each in a fresh process)", _step_lines),
+    "true-size-encoder": ("true-size encoder (random weights at the true dims, each in a fresh process)", _size_lines),
+    "true-size-step": ("true-size decoder step after 32 cached tokens (each in a fresh process)", _size_lines),
+    "serve-load": ("maxwhisper serve under load (server and clients in fresh processes)", _serve_lines),
+}
+
+
+def rows_by_kind(rows: list[dict]) -> dict[str, list[dict]]:
+    """bench.json's lists of untimed rows: "memory" (peak RSS), "compile", "pipeline", "decoder_step", ..."""
+    key = lambda k: "memory" if k == "rss" else k.replace("-", "_")  # noqa: E731
+    return {key(k): [r for r in rows if (r.get("kind") or "rss") == k] for k in SECTIONS}
+
+
+def summary_sections(ratios: list[dict], rows: list[dict]) -> list[tuple[str, list[str]]]:
+    """The end-of-run report: the ratio table, then one section per kind of untimed row, in SECTIONS' order.
+
+    A kind SECTIONS does not know is a ValueError naming it, raised here and tested, rather than a
+    KeyError at the end of a 30-minute run.
+    """
+    kinds: dict[str, list[dict]] = {}
+    for r in rows:
+        kinds.setdefault(r.get("kind") or "rss", []).append(r)
+    unknown = sorted(set(kinds) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"benchmark rows of unknown kind {unknown}: add them to report.SECTIONS")
+    sections = [("MAX / PyTorch (median time ratio, same run)", [r["line"] for r in ratios])]
+    return sections + [(SECTIONS[k][0], SECTIONS[k][1](kinds[k])) for k in SECTIONS if k in kinds]
+
+
 def write_report(results: list[dict], rows: list[dict], out_dir: str | os.PathLike,
                  memory: list[dict] = ()) -> list[Path]:
-    """bench.json (machine, every result, the ratio rows, peak RSS and compile rows) and bench.png."""
+    """bench.json (machine, every result, the ratio rows, and the untimed rows by kind) and bench.png."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "bench.json"]
     paths[0].write_text(json.dumps(dict(machine=machine(), results=results,
                                         ratios=[{k: v for k, v in r.items() if k != "line"} for r in rows],
-                                        memory=[m for m in memory if m.get("kind") in (None, "rss")],
-                                        compile=[m for m in memory if m.get("kind") == "compile"],
-                                        pipeline=[m for m in memory if m.get("kind") == "pipeline"],
-                                        decoder_step=[m for m in memory if m.get("kind") == "decoder-step"]),
+                                        **rows_by_kind(memory)),
                                    indent=1) + "\n")
     chart = write_chart(rows, out / "bench.png")
     return paths + ([chart] if chart else [])
