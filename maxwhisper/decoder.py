@@ -12,6 +12,8 @@ tiny.en at 224 tokens that copies 2.8 MB, against the 80 MB of embedding read fo
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -138,24 +140,32 @@ class MaxDecoder:
         self.weights = {k: v for k, v in state_dict.items() if k.startswith("decoder.")}
         self._compiled: dict[str, Compiled] = {}
 
+    @functools.cached_property
+    def _bound(self) -> dict[str, np.ndarray]:
+        """The weights the graphs bind: the state dict's, plus each quantized weight's codes and scales."""
+        return with_quantized(self.weights, self.form.quantizer)
+
     def compile(self, which: str = "step") -> Compiled:
         """One of the decoder's graphs: "step" (through the cache), "trace" (every activation and the
         alignment scores) or "cross" (cross-attention K/V). The three are one compile unit: whichever
-        is asked for first compiles all three (their shared kernels once; docs/architecture.md)."""
+        is asked for first compiles all three (their shared kernels once; docs/architecture.md); int8's,
+        which MAX compiles one by one (`runtime.unit`), only the one asked for (words need "trace")."""
         if which not in ("step", "trace", "cross"):
             raise ValueError(f"no decoder graph {which!r}: step, trace or cross")
-        if not self._compiled:
+        if which not in self._compiled:
             q = self.form.quantizer
-            weights = with_quantized(self.weights, q)
+            weights = self._bound
             shapes = {k: v.shape for k, v in weights.items()}
             ref, dtype, how, suffix = device_ref(self.device), self._dtype, products(self.form), self.form.suffix
             module = unit(q)
-            graphs = [step_graph(self.dims, shapes, ref, False, dtype, how, suffix, module, q),
-                      step_graph(self.dims, shapes, ref, True, dtype, how, suffix, module, q),
-                      cross_graph(self.dims, shapes, ref, dtype, how, suffix, module, q)]
+            build = dict(step=lambda: step_graph(self.dims, shapes, ref, False, dtype, how, suffix, module, q),
+                         trace=lambda: step_graph(self.dims, shapes, ref, True, dtype, how, suffix, module, q),
+                         cross=lambda: cross_graph(self.dims, shapes, ref, dtype, how, suffix, module, q))
+            names = tuple(build) if module is not None else (which,)
+            graphs = [build[n]() for n in names]
             kinds = {k: param_dtype(k, dtype) for k in weights}
             compiled = Compiled.together(graphs, module, self.device, weights, kinds)
-            self._compiled = dict(zip(("step", "trace", "cross"), compiled))
+            self._compiled.update(zip(names, compiled))
         return self._compiled[which]
 
     @seam

@@ -114,21 +114,23 @@ class MaxWhisper:
     def compile(self, trace: bool = False) -> Compiled:
         """The encoder graph (with every activation as an output when `trace`), compiled or loaded
         from MAX's cache now rather than on first use. The two encoder graphs are one compile unit:
-        whichever is asked for first compiles both (their shared kernels once; docs/architecture.md)."""
+        whichever is asked for first compiles both (their shared kernels once; docs/architecture.md);
+        int8's, which MAX compiles one by one (`runtime.unit`), only the one asked for."""
         if trace not in self._compiled:
             weights = {k: v for k, v in self.state_dict.items() if k.startswith("encoder.")}
             weights = with_quantized(weights, self.form.quantizer)
             shapes = {k: v.shape for k, v in weights.items()}
             module = unit(self.form.quantizer)
+            which = (False, True) if module is not None else (trace,)
             # Weights are stored in the dtype they are used in (bfloat16 data enters as a view of its
             # bits): half the memory of float32 and no cast per call; one compile per dtype either way.
             graphs = [encoder_graph(self.dims, shapes, device_ref(self.device), t,
                                     "whisper_encoder" + ("_trace" if t else "") + self.form.suffix,
                                     self._dtype, products(self.form), module, self.form.quantizer)
-                      for t in (False, True)]
+                      for t in which]
             kinds = {k: param_dtype(k, self._dtype) for k in weights}
             compiled = Compiled.together(graphs, module, self.device, weights, kinds)
-            self._compiled = dict(zip((False, True), compiled))
+            self._compiled.update(zip(which, compiled))
         return self._compiled[trace]
 
     @functools.cached_property

@@ -20,7 +20,7 @@ from max import driver, engine
 from max.dtype import DType
 from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, Weight
 
-from maxwhisper import int8
+from maxwhisper import artifacts, int8
 from maxwhisper.device import parse_device
 from maxwhisper.layers import Scope, cast
 from maxwhisper.precision import quantized_dtype
@@ -141,7 +141,7 @@ class Compiled:
                  output_names: Sequence[str] = (), weight_dtypes: Mapping[str, DType] | None = None):
         session = _session(parse_device(device).name)[0]
         t0 = time.perf_counter()
-        model = session.load(graph, weights_registry=_registry(weights, weight_dtypes))
+        model = session.init(artifacts.compiled(session, graph), weights_registry=_registry(weights, weight_dtypes))
         self._bind(model, graph, output_names, device, time.perf_counter() - t0)
 
     @classmethod

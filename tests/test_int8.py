@@ -4,6 +4,7 @@ the one-Linear graph equal to `int8.linear_np` bit for bit; each mutant of the a
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,3 +209,53 @@ def test_graphs_multiply_every_chosen_product_in_int8(tiny_en):
     assert count(model.encoder_graph(dims, enc, DeviceRef.CPU(), quantizes=q)[0]) == 4 * 6
     assert count(decoder.step_graph(dims, dec, DeviceRef.CPU(), quantizes=q)[0]) == 4 * 8 + 1
     assert count(decoder.cross_graph(dims, dec, DeviceRef.CPU(), quantizes=q)[0]) == 4 * 2
+
+
+@pytest.mark.parametrize("path", _paths()[:1])
+def test_a_graph_with_the_kernel_is_kept_as_an_artifact_keyed_by_all_it_is_built_from(path, tmp_path, monkeypatch):
+    """Its second load reads the stored MEF and still computes the numpy arithmetic bit for bit; another
+    graph, other kernel bytes or another CPU is another key; a damaged file is compiled again, with a warning."""
+    from max import engine
+    from max.graph import Graph
+
+    from maxwhisper import artifacts
+    from maxwhisper.precision import Quantizer
+    from maxwhisper.runtime import device_ref, functional_graph
+
+    monkeypatch.setattr(artifacts, "folder", lambda: tmp_path)
+    compiles = []
+    real = engine.InferenceSession.compile
+    monkeypatch.setattr(engine.InferenceSession, "compile", lambda self, m, **kw: compiles.append(m) or real(self, m, **kw))
+    x, w, b = _cases()
+    want = int8.linear_np(x, w, b)
+    np.testing.assert_array_equal(_run(_linear(path, "_artifact"), x, w, b), want)
+    (stored,) = tmp_path.glob("*.mef")
+    assert isinstance(compiles[-1], Graph)  # compiled from the graph, then stored
+    _GRAPHS.pop((path, "_artifact"))
+    np.testing.assert_array_equal(_run(_linear(path, "_artifact"), x, w, b), want)
+    assert compiles[-1] == stored  # the same graph built again: read from its file
+
+    def key(name="int8_linear_key", n=N):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(int8.PATH_ENV, path)
+            params = {"weight": (n, K), "bias": (n,), **int8.param_shapes("weight", (n, K))}
+            g, _ = functional_graph(name, lambda xs, s: layers.linear(xs["x"], s), {"x": ["batch", "t", K]},
+                                    params, device_ref("cpu"), quantizes=Quantizer("int8", ("*",)))
+            return artifacts.key(g)
+
+    assert key() == key() != key(n=N + 64)
+    with monkeypatch.context() as mp:
+        mp.setattr(artifacts, "_cpu", lambda: b"model name : AMD EPYC\nflags : avx2 fma")
+        other_cpu = key()
+    assert other_cpu != key()
+    with monkeypatch.context() as mp:  # one byte of the kernel library changed
+        read = Path.read_bytes
+        mp.setattr(Path, "read_bytes", lambda p: read(p)[:-1] + b"?" if p.suffix == ".mojoc" else read(p))
+        other_kernel = key()
+    assert other_kernel != key()
+
+    stored.write_bytes(b"not a MEF")
+    _GRAPHS.pop((path, "_artifact"))
+    with pytest.warns(UserWarning, match="unreadable MAX artifact"):
+        np.testing.assert_array_equal(_run(_linear(path, "_artifact"), x, w, b), want)
+    assert stored.stat().st_size > 1000  # replaced by a good one
