@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 from torch.nn import functional as F
-from whisper.decoding import BeamSearchDecoder, DecodingOptions, DecodingTask, GreedyDecoder, Inference
+from whisper.decoding import BeamSearchDecoder, DecodingOptions, DecodingTask, GreedyDecoder, Inference, LogitFilter
 from whisper.model import Whisper
 
 from maxwhisper.decoder import DecoderState, MaxDecoder
@@ -70,6 +70,24 @@ class MaxInference(Inference):
     @seam
     def cleanup_caching(self) -> None:
         self.state, self.rows = None, None
+
+
+class LiveRows(LogitFilter):
+    """openai-whisper's logit filter `inner`, applied to the rows still decoding only (`MaxInference.rows`):
+    each of its filters acts row by row, and a finished row's next token is eot, at zero log-probability,
+    whatever its logits. At batch 8 the filters ran over every row until the longest text ended."""
+
+    def __init__(self, inner: LogitFilter, inference: MaxInference):
+        self.inner, self.inference = inner, inference
+
+    def apply(self, logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        rows = self.inference.rows
+        if rows is None or len(rows) == len(tokens):
+            return self.inner.apply(logits, tokens)
+        live = torch.from_numpy(rows)
+        some = logits[live]
+        self.inner.apply(some, tokens[live])
+        logits[live] = some
 
 
 class PerAudioSampler(GreedyDecoder):
@@ -130,6 +148,8 @@ class MaxDecodingTask(GroupedTask):
                                       self.tokenizer.eot if greedy else None)
         if isinstance(self.decoder, BeamSearchDecoder):  # it rearranges the cache through this object
             self.decoder.inference = self.inference
+        if greedy:
+            self.logit_filters = [LiveRows(f, self.inference) for f in self.logit_filters]
 
 
 @torch.no_grad()
