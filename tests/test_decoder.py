@@ -91,3 +91,26 @@ def test_model_transcribe_returns_openai_whisper_result(speech_dir, tiny_en_mode
     assert set(result) == {"text", "segments", "language"}
     assert "ask not what your country can do for you" in result["text"]
     assert result["segments"][-1]["end"] == pytest.approx(10.74, abs=0.5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_finished_rows_are_compacted_in_place_as_views(dtype):
+    """`keep`'s CPU path: the kept rows, in order, at the front of each buffer's own memory (bfloat16's bits
+    moved unrounded), seen through a view of their first rows; no other row's data in it."""
+    from max import driver
+    from max.dtype import DType
+
+    from maxwhisper.decoder import _compacted
+    from maxwhisper.runtime import device_buffer, host_raw
+
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((6, 5, 4)).astype(np.float32)
+    kind = DType.bfloat16 if dtype == "bfloat16" else DType.float32
+    buffers = [device_buffer(data * (i + 1), kind, driver.CPU()) for i in range(2)]
+    want = [host_raw(b).copy() for b in buffers]
+    rows = np.array([1, 2, 4, 5])
+    views = _compacted(buffers, rows)
+    for v, b, w in zip(views, buffers, want):
+        assert v.dtype == b.dtype and v.shape == (4, 5, 4)
+        np.testing.assert_array_equal(host_raw(v), w[rows])
+        assert np.shares_memory(host_raw(v), host_raw(b))  # no copy
