@@ -240,6 +240,28 @@ def pipelines(tiny_en_model):
     return pipeline_model(tiny_en_model, "max", "max"), pipeline_model(tiny_en_model, "torch", "torch")
 
 
+ALONE_SEED = 0  # torch's global seed before each file of `max_alone` (the server's, `serve.engine.SEED`)
+
+
+@pytest.fixture(scope="session")
+def max_alone(speech_dir, pipelines):
+    """file -> the MAX pipeline's `transcribe` result of that file alone (its defaults: greedy), torch seeded
+    with ALONE_SEED first, for jfk.flac and the 107 LibriSpeech utterances: the end-to-end tests and the
+    server's share the one pass (~70 s)."""
+    import torch
+
+    from maxwhisper.audio import load_audio
+    from maxwhisper.harness.speech import transcripts
+    from maxwhisper.transcribe import transcribe
+
+    out = {}
+    for row in transcripts(speech_dir):
+        audio = load_audio(speech_dir / row["file"])
+        torch.manual_seed(ALONE_SEED)
+        out[row["file"]] = transcribe(pipelines[0], audio)
+    return out
+
+
 def axis(family: str) -> list:
     """The precisions beyond float32 that run a test family (`precision.Row.families`), as pytest params
     marked `thorough` where CI leaves them out (conftest deselects those and names them in the summary)."""
