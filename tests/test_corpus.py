@@ -1,7 +1,7 @@
 """`maxwhisper transcribe --ray` on a local Ray cluster (2 CPUs): the 107 LibriSpeech utterances with
 two workers, one of them killed mid-run, and undecodable files in the manifest; an interrupted job
 resumed; a worker whose build fails the start-up check refusing work. Texts are compared with the
-one-machine CLI's (`maxwhisper transcribe` with the same options)."""
+one-machine pipeline's with the same options (greedy; `max_alone`)."""
 
 from __future__ import annotations
 
@@ -48,19 +48,10 @@ def utterances(speech_dir):
 
 
 @pytest.fixture(scope="module")
-def one_machine(utterances, tmp_path_factory):
-    """path -> text of the one-machine CLI: `maxwhisper transcribe FILES --batch-size 8`, greedy; one output
-    folder per source folder (two folders hold a 1089-134686-0001, and outputs are named by stem)."""
-    from maxwhisper.cli import main
-
-    texts = {}
-    for folder in dict.fromkeys(Path(p).parent for p in utterances):
-        files = [p for p in utterances if Path(p).parent == folder]
-        out = tmp_path_factory.mktemp("cli")
-        assert main(["transcribe", *files, "--batch-size", "8", "--output_format", "json", "--output_dir", str(out),
-                     "--verbose", "False", "--no-progress", *GREEDY]) == 0
-        texts.update({p: json.loads((out / (Path(p).stem + ".json")).read_text())["text"] for p in files})
-    return texts
+def one_machine(utterances, speech_dir, max_alone):
+    """path -> text of the one-machine pipeline with the same options: greedy, each file alone
+    (`max_alone`, the pass the end-to-end tests share; batching equals it there)."""
+    return {p: max_alone[str(Path(p).relative_to(speech_dir))]["text"] for p in utterances}
 
 
 def _table(out: Path) -> list[dict]:
