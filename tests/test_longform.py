@@ -15,7 +15,8 @@ from maxwhisper.harness.speech import longform_audio, longform_groups
 from maxwhisper.harness.wer import normalize, wer
 from maxwhisper.precision import mode
 from maxwhisper.transcribe import pipeline_model, transcribe
-from test_transcribe import LOW_PIPELINE, WER_POINTS_16, _tokens
+from maxwhisper.harness.pytest_plugin import axis
+from test_transcribe import WER_POINTS_16, _tokens
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def _windows(result: dict) -> dict[int, str]:
     return {seek: normalize(text) for seek, text in texts.items()}
 
 
-@pytest.mark.parametrize("dtype", LOW_PIPELINE)
+@pytest.mark.parametrize("dtype", axis("longform"))  # 16-bit; CI leaves both out (precision.Row.families)
 def test_e2e_longform_axis_window_by_window(dtype, longform, tiny_en, tiny_en_in):
     """The 10 long-form groups through the 16-bit pipeline (batched): every window decoded (segments
     reaching the end, words covering the text); compared window by window (text per seek) with the

@@ -158,6 +158,7 @@ def test_torch_quantizer_is_maxs_bit_for_bit():
     np.testing.assert_array_equal(q8(torch.from_numpy(a)).numpy(), want)
 
 
+@pytest.mark.thorough  # a cold compile of q4_0's traced encoder (98 s), as int8's twin in test_cli
 def test_model_mutant_scale_fails_on_maxs_input_at_its_layer(tiny_en, jfk_mel, monkeypatch):
     """In the traced model, chained rows cannot see a scale one ulp off (an upstream code flip moves a row
     ~1e-3, the bug ~1e-4): the product judged on MAX's own input (`harness.quantized`) fails, at its layer,

@@ -107,6 +107,7 @@ TF32_OVER_FLOAT32 = 100
 FIRST_PRODUCTS = ("encoder.conv1", "encoder.blocks.0.attn.query")  # the conv stem; the first Linear
 
 
+@pytest.mark.thorough  # compiles tf32's encoder (127 s cold), as the golden tf32 trace it shares graphs with
 def test_tf32_is_not_float32_in_disguise(tiny_en, tiny_en_in, device):
     """tiny.en's tf32 encoder (the graphs the golden tf32 trace runs: no graph of its own) and the tf32
     yardstick each err far more than float32 at the first conv and Linear products: both truncate."""
@@ -137,6 +138,21 @@ def test_tf32_decoder_graphs_truncate_every_product_operand(tiny_en):
         step, _ = step_graph(dims, shapes, device_ref("cpu"), False, DType.float32, tf32.products(f), f.suffix)
         cross, _ = cross_graph(dims, shapes, device_ref("cpu"), DType.float32, tf32.products(f), f.suffix)
         assert (str(step).count("mo.floor"), str(cross).count("mo.floor")) == (step_floors, cross_floors), name
+
+
+def test_tf32_encoder_graph_truncates_every_product_operand(tiny_en):
+    """tf32's encoder graph built, not compiled (its numerics are --thorough): two floors per product, the
+    conv stem's two im2col matmuls and six Linears a block; float32's holds none. CI's check that tf32's
+    encoder truncates where the golden tf32 trace is left to --thorough."""
+    from maxwhisper.model import encoder_graph
+
+    dims, state_dict = tiny_en
+    shapes = {k: v.shape for k, v in state_dict.items() if k.startswith("encoder.")}
+    for name, floors in (("float32", 0), ("tf32", 2 * (2 + 6 * dims.n_audio_layer))):
+        f = form(name)
+        graph, _ = encoder_graph(dims, shapes, device_ref("cpu"), name=f"whisper_encoder{f.suffix}",
+                                 product=tf32.products(f))
+        assert str(graph).count("mo.floor") == floors, name
 
 
 @pytest.mark.parametrize("name, products", [("mlp", 2), ("logits", 1), ("conv_stem", 2), ("attention", 4)])
