@@ -229,7 +229,7 @@ def transcribe_many(model: whisper.model.Whisper, audios: Sequence[np.ndarray], 
     and the global generator is not advanced. `rounds`, if given, receives the batch sizes decoded in
     each round. `model` is not modified.
     """
-    from maxwhisper.transcribe import transcribe
+    from maxwhisper.transcribe import torch_beside_max, transcribe
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -269,7 +269,9 @@ def transcribe_many(model: whisper.model.Whisper, audios: Sequence[np.ndarray], 
 
     workers = [threading.Thread(target=work, daemon=True) for _ in range(min(batch_size, len(audios)))]
     switch = _threadsafe_sdpa_switch() if options.get("word_timestamps") else contextlib.nullcontext()
-    with switch:
+    # this thread decodes the batches: its per-token torch work too goes on one thread (batch 8's steps
+    # took 1.7-2x longer while it kept two; docs/architecture.md)
+    with switch, torch_beside_max(model):
         for w in workers:
             batcher.enter()
         for w in workers:

@@ -29,32 +29,32 @@ if TYPE_CHECKING:  # the model imports this module: no import back
 # Greedy decoding without temperature fallback: deterministic, so two pipelines can be compared token by token.
 GREEDY = dict(temperature=0.0, fp16=False)
 
-_threads = {"depth": 0, "saved": None}
-_threads_lock = threading.Lock()
+_threads = threading.local()  # torch's thread count is OpenMP's, which each thread keeps for itself
 
 
 @contextlib.contextmanager
 def torch_beside_max(model: whisper.model.Whisper):
     """openai-whisper's per-token torch work (logit filters, token updates, the mel) on one torch thread
-    while `model`'s decoder runs on MAX: MAX's CPU workers keep polling the cores after each call, and a
-    second torch thread only fights them (benchmarks/README.md has the measurement). A PyTorch decoder
-    keeps its threads. Restored when the last of several concurrent transcriptions
-    (`batch.transcribe_many`'s workers) leaves."""
+    in the calling thread while `model`'s decoder runs on MAX: MAX's CPU workers keep polling the cores
+    after each call, and a second torch thread only fights them (benchmarks/README.md has the
+    measurement). A PyTorch decoder keeps its threads. `torch.set_num_threads` sets only the calling
+    thread's OpenMP team (and the count new threads start with), so every thread that runs torch work
+    beside MAX enters this itself: a batch's decoding thread (`batch.transcribe_many`, the server's
+    engine) as well as each file's worker. Restored when that thread's outermost entry leaves."""
     if not hasattr(model.decoder, "max_decoder"):
         yield
         return
-    with _threads_lock:
-        if _threads["depth"] == 0:
-            _threads["saved"] = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _threads["depth"] += 1
+    depth = getattr(_threads, "depth", 0)
+    if depth == 0:
+        _threads.saved = torch.get_num_threads()
+        torch.set_num_threads(1)
+    _threads.depth = depth + 1
     try:
         yield
     finally:
-        with _threads_lock:
-            _threads["depth"] -= 1
-            if _threads["depth"] == 0:
-                torch.set_num_threads(_threads["saved"])
+        _threads.depth -= 1
+        if _threads.depth == 0:
+            torch.set_num_threads(_threads.saved)
 
 
 class MaxEncoder(nn.Module):

@@ -185,6 +185,37 @@ def test_transcribe_many_bad_input_before_any_work(pipelines):
         transcribe_many(pipelines[0], [good], batch_size=0)
 
 
+def test_a_batchs_decoding_thread_runs_its_torch_work_on_one_thread(monkeypatch):
+    """`transcribe_many` decodes every batch in its caller's thread, which runs openai-whisper's
+    per-token torch work: that thread's torch goes to one thread too, and back after. torch's count is
+    per thread (OpenMP's): set in the workers only, the decoding thread kept two, and batch 8's MAX
+    steps took 11.4-13.3 s against 6.2-7.7 s (docs/architecture.md). No MAX runs here."""
+    import threading
+    import types
+
+    import maxwhisper.transcribe as T
+    from whisper.decoding import DecodingResult
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)  # a count that one thread is not, on any machine
+    decoded, main = [], threading.current_thread()
+
+    class Pipeline:  # a MAX-decoded pipeline to `torch_beside_max`; its decode is the batched call
+        decoder = types.SimpleNamespace(max_decoder=object())
+
+        def decode(self, mels, options):
+            decoded.append((threading.current_thread() is main, torch.get_num_threads(), len(mels)))
+            return [DecodingResult(audio_features=None, language="en") for _ in mels]
+
+    monkeypatch.setattr(T.whisper, "transcribe", lambda model, audio, **o: {"text": model.decode(torch.zeros(80, 3000)).language})
+    try:
+        out = transcribe_many(Pipeline(), [np.zeros(1600, np.float32)] * 3, batch_size=3)
+        assert [r["text"] for r in out] == ["en"] * 3
+        assert decoded == [(True, 1, 3)] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_torch_work_beside_a_max_decoder_runs_on_one_thread(monkeypatch):
     """openai-whisper's per-token torch work beside a MAX decoder runs on one torch thread (MAX's polling
     workers fight a second one), restored afterwards, also when several transcriptions overlap (the

@@ -20,7 +20,7 @@ from maxwhisper.batch import Cancelled, DecodeBatcher, _own_decoder, _threadsafe
 from maxwhisper.harness.check import CheckResult, run_check
 from maxwhisper.model import MaxWhisper
 from maxwhisper.serve import tap
-from maxwhisper.transcribe import pipeline_model, transcribe
+from maxwhisper.transcribe import pipeline_model, torch_beside_max, transcribe
 
 # Every request samples (the temperature fallback) from its own generator started from this seed, so
 # a text does not depend on which requests shared its batches.
@@ -84,7 +84,8 @@ class Engine:
         self.view.decode = batcher.decode
         self.batcher, self.state = batcher, "ready"
         self.ready.set()
-        with _threadsafe_sdpa_switch():  # concurrent word alignments (see batch.SdpaSwitch)
+        # concurrent word alignments (see batch.SdpaSwitch); this thread's torch work beside MAX on one thread
+        with _threadsafe_sdpa_switch(), torch_beside_max(pipeline):
             batcher.serve()
 
     def submit(self, job: Job) -> Job:
