@@ -269,8 +269,8 @@ def transcribe_many(model: whisper.model.Whisper, audios: Sequence[np.ndarray], 
 
     workers = [threading.Thread(target=work, daemon=True) for _ in range(min(batch_size, len(audios)))]
     switch = _threadsafe_sdpa_switch() if options.get("word_timestamps") else contextlib.nullcontext()
-    # this thread decodes the batches: its per-token torch work too goes on one thread (batch 8's steps
-    # took 1.7-2x longer while it kept two; docs/architecture.md)
+    # this thread decodes the batches: its per-token torch work goes on one thread too (while it kept
+    # two, they fought MAX's workers: docs/architecture.md)
     with switch, torch_beside_max(model):
         for w in workers:
             batcher.enter()
