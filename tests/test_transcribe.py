@@ -188,8 +188,8 @@ def test_transcribe_many_bad_input_before_any_work(pipelines):
 def test_a_batchs_decoding_thread_runs_its_torch_work_on_one_thread(monkeypatch):
     """`transcribe_many` decodes every batch in its caller's thread, which runs openai-whisper's
     per-token torch work: that thread's torch goes to one thread too, and back after. torch's count is
-    per thread (OpenMP's): set in the workers only, the decoding thread kept two, and batch 8's MAX
-    steps took 11.4-13.3 s against 6.2-7.7 s (docs/architecture.md). No MAX runs here."""
+    per thread (OpenMP's): set in the workers only, the decoding thread kept two and batch 8's MAX
+    steps slowed (docs/architecture.md has the figures). No MAX runs here."""
     import threading
     import types
 
